@@ -1,0 +1,131 @@
+"""Image-text retrieval recall@K in both directions, with several captions per image.
+
+The protocol is the one of the Flickr30k/COCO retrieval benchmarks (Karpathy & Fei-Fei 2015;
+used by CLIP and LIMoE): embed every image and every caption, rank by cosine similarity, and
+count a query as a hit at K when a correct item is among its K best. An image query is correct
+when *any* of its captions is in the top K; a caption query when its one image is.
+
+Ties are counted against the query (a correct item ranks below every wrong item with an equal
+score), so a model that scores everything alike gets recall ~0 rather than 1.
+
+Shapes: I images, N texts, D embedding dim.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from vlmoe.eval.common import BatchFn, model_device, to_device
+
+DEFAULT_KS: tuple[int, ...] = (1, 5, 10)
+
+
+def image_to_text_ranks(sim_IN: torch.Tensor, text_image_N: torch.Tensor) -> torch.Tensor:
+    """0-based rank of each image's best-scored correct caption.
+
+    Args:
+        sim_IN: (I, N) image-text similarities.
+        text_image_N: (N,) index of the image each text describes.
+    Returns:
+        (I,) ranks; an image with no caption gets rank N (never a hit).
+    """
+    I, N = sim_IN.shape
+    pos_IN = text_image_N[None, :] == torch.arange(I, device=sim_IN.device)[:, None]
+    best_pos_I = sim_IN.masked_fill(~pos_IN, float("-inf")).amax(dim=1)
+    ranks_I = (sim_IN.masked_fill(pos_IN, float("-inf")) >= best_pos_I[:, None]).sum(dim=1)
+    return torch.where(pos_IN.any(dim=1), ranks_I, torch.full_like(ranks_I, N))
+
+
+def text_to_image_ranks(sim_IN: torch.Tensor, text_image_N: torch.Tensor) -> torch.Tensor:
+    """(N,) 0-based rank of each text's image among all images (ties counted against it)."""
+    sim_NI = sim_IN.T
+    pos_sim_N = sim_NI.gather(1, text_image_N[:, None].long())  # (N, 1)
+    neg_NI = F.one_hot(text_image_N.long(), sim_NI.shape[1]).bool().logical_not()
+    return ((sim_NI >= pos_sim_N) & neg_NI).sum(dim=1)
+
+
+def recall_at_k(ranks: torch.Tensor, ks: Sequence[int] = DEFAULT_KS) -> dict[int, float]:
+    """{K: fraction of queries with rank < K}."""
+    n = ranks.numel()
+    return {k: float((ranks < k).sum()) / n if n else 0.0 for k in ks}
+
+
+def retrieval_metrics(
+    image_embeds_ID: torch.Tensor,
+    text_embeds_ND: torch.Tensor,
+    text_image_N: torch.Tensor,
+    ks: Sequence[int] = DEFAULT_KS,
+) -> dict[str, float]:
+    """Recall@K both ways from embeddings (cosine similarity).
+
+    Returns keys `i2t_r@K`, `t2i_r@K` and `mean_recall` (the mean of all of them, the usual
+    single-number summary "RSUM / 2K").
+    """
+    sim_IN = F.normalize(image_embeds_ID.float(), dim=-1) @ F.normalize(text_embeds_ND.float(), dim=-1).T
+    i2t = recall_at_k(image_to_text_ranks(sim_IN, text_image_N), ks)
+    t2i = recall_at_k(text_to_image_ranks(sim_IN, text_image_N), ks)
+    out = {f"i2t_r@{k}": v for k, v in i2t.items()} | {f"t2i_r@{k}": v for k, v in t2i.items()}
+    out["mean_recall"] = sum(out.values()) / len(out)
+    return out
+
+
+class RetrievalEvaluator:
+    """Recall@1/5/10 image→text and text→image over a DataLoader.
+
+    Each batch holds images and their captions. Captions are tied to images by `image_id_key`
+    when the batch has it (several captions of one image may sit in different rows); otherwise
+    row i's caption belongs to row i's image, and repeated images are not merged.
+
+    Args:
+        loader: yields dict batches.
+        encode_image: `(model, batch) -> (B, D)` image embeddings.
+        encode_text: `(model, batch) -> (B, D)` text embeddings (one caption per row).
+        image_id_key: batch key of a per-row image identifier (tensor or list), or None.
+    """
+
+    def __init__(
+        self,
+        loader: Iterable[dict],
+        *,
+        encode_image: BatchFn,
+        encode_text: BatchFn,
+        image_id_key: str | None = "image_id",
+        ks: Sequence[int] = DEFAULT_KS,
+    ) -> None:
+        self.loader = loader
+        self.encode_image = encode_image
+        self.encode_text = encode_text
+        self.image_id_key = image_id_key
+        self.ks = tuple(ks)
+
+    @torch.no_grad()
+    def embed(self, model: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(image_embeds_ID, text_embeds_ND, text_image_N) over the whole loader."""
+        device = model_device(model)
+        images, texts, text_image = [], [], []
+        seen: dict[object, int] = {}
+        for batch in self.loader:
+            batch = to_device(batch, device)
+            img_BD = self.encode_image(model, batch)
+            txt_BD = self.encode_text(model, batch)
+            ids = batch.get(self.image_id_key) if self.image_id_key else None
+            if ids is None:
+                ids = [("row", len(text_image) + i) for i in range(img_BD.shape[0])]
+            elif isinstance(ids, torch.Tensor):
+                ids = ids.tolist()
+            for i, key in enumerate(ids):
+                if key not in seen:
+                    seen[key] = len(images)
+                    images.append(img_BD[i])
+                text_image.append(seen[key])
+            texts.append(txt_BD)
+        return torch.stack(images), torch.cat(texts), torch.tensor(text_image, device=device)
+
+    def run(self, model: torch.nn.Module) -> Iterator[tuple[str, float]]:
+        image_ID, text_ND, text_image_N = self.embed(model)
+        yield from retrieval_metrics(image_ID, text_ND, text_image_N, self.ks).items()
+        yield "num_images", image_ID.shape[0]
+        yield "num_texts", text_ND.shape[0]

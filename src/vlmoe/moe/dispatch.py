@@ -1,0 +1,152 @@
+"""Dispatch and combine: move (token, expert) pairs into one buffer sorted by expert, and back.
+
+Legend: T tokens, D model dim, K expert slots per token, E experts, N = T * K pairs.
+
+Sort-based and dropless by default (MegaBlocks, Gale et al. 2022): the pairs are stably sorted by
+expert id, so the buffer holds every pair exactly once and each expert reads one contiguous
+slice; no (E, capacity, D) padding is ever built. With `capacity_factor`, each expert keeps at
+most C = ceil(capacity_factor * T * K / E) pairs (Switch, GShard); the rest are dropped and sit at
+the end of the buffer, where the experts return zeros, so a dropped pair adds nothing and the
+token passes through the residual. Which pairs an expert keeps follows a priority order: all
+first choices before any second choice, then either token position (`position`) or the token's
+top router weight, highest first (`score`: batch-prioritized routing, V-MoE, Riquelme et al. 2021).
+
+Both directions of the permutation are gathers (rows by index), in forward and in backward,
+through small autograd functions: no scatter-add, no atomics, deterministic, and the gradient of
+a gather by a permutation is a gather by its inverse.
+
+Expert parallelism replaces only this pair of functions (`Dispatcher`); the plan is the contract.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+DropPolicy = Literal["position", "score"]
+
+
+@dataclass(frozen=True)
+class DispatchPlan:
+    """How the buffer was built; everything `combine` and the stats need.
+
+    counts_E: pairs each expert computes (after capacity), int64.
+    order_N: buffer row n holds pair order_N[n] of the flattened (T, K) pairs.
+    inverse_N: pair p sits in buffer row inverse_N[p].
+    kept_TK: False where a pair was dropped by capacity or never routed (id -1).
+    """
+
+    counts_E: Tensor
+    order_N: Tensor
+    inverse_N: Tensor
+    kept_TK: Tensor
+    weights_TK: Tensor
+
+
+class _GatherPairs(torch.autograd.Function):
+    """x_ND[n] = x_TD[order_N[n] // K]; backward gathers by the inverse and sums the K copies."""
+
+    @staticmethod
+    def forward(ctx, x_TD: Tensor, order_N: Tensor, inverse_N: Tensor, K: int) -> Tensor:
+        ctx.save_for_backward(inverse_N)
+        ctx.K = K
+        return x_TD.index_select(0, order_N // K)
+
+    @staticmethod
+    def backward(ctx, grad_ND: Tensor):
+        (inverse_N,) = ctx.saved_tensors
+        grad_TKD = grad_ND.index_select(0, inverse_N).unflatten(0, (-1, ctx.K))
+        return grad_TKD.sum(dim=1), None, None, None
+
+
+class _PermuteRows(torch.autograd.Function):
+    """y[n] = x[index_N[n]] for a permutation; backward gathers by the inverse permutation."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, index_N: Tensor, inverse_N: Tensor) -> Tensor:
+        ctx.save_for_backward(inverse_N)
+        return x.index_select(0, index_N)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        (inverse_N,) = ctx.saved_tensors
+        return grad.index_select(0, inverse_N), None, None
+
+
+def _priority_rank(weights_TK: Tensor, drop_policy: DropPolicy) -> Tensor:
+    """(T*K,) rank of every pair in keep-priority order (0 = kept first)."""
+    T, K = weights_TK.shape
+    if drop_policy == "position":
+        token_order = torch.arange(T, device=weights_TK.device)
+    else:  # batch-prioritized: tokens with the most confident router go first
+        token_order = weights_TK.max(dim=1).values.argsort(descending=True, stable=True)
+    token_rank = torch.empty_like(token_order)
+    token_rank[token_order] = torch.arange(T, device=weights_TK.device)
+    rank_TK = torch.arange(K, device=weights_TK.device)[None, :] * T + token_rank[:, None]
+    return rank_TK.reshape(-1)
+
+
+def capacity(num_tokens: int, top_k: int, num_experts: int, capacity_factor: float) -> int:
+    """Pairs one expert may keep: ceil(capacity_factor * T * K / E)."""
+    return math.ceil(capacity_factor * num_tokens * top_k / num_experts)
+
+
+class Dispatcher:
+    """Single-device dispatch/combine. Stateless apart from its settings."""
+
+    def __init__(self, num_experts: int, capacity_factor: float | None = None,
+                 drop_policy: DropPolicy = "score") -> None:
+        self.num_experts = num_experts
+        self.capacity_factor = capacity_factor
+        self.drop_policy = drop_policy
+
+    def plan(self, expert_ids_TK: Tensor, weights_TK: Tensor) -> DispatchPlan:
+        """Sort the pairs by expert (kept pairs first, dropped ones at the end)."""
+        T, K = expert_ids_TK.shape
+        E, N = self.num_experts, T * K
+        ids_N = expert_ids_TK.reshape(-1)
+        routed_N = ids_N >= 0
+        if self.capacity_factor is None:
+            # Dropless. Unrouted pairs (-1, expert choice) sort to the end as bin E.
+            key_N = torch.where(routed_N, ids_N, E)
+            order_N = key_N.argsort(stable=True)
+            kept_N = routed_N
+        else:
+            C = capacity(T, K, E, self.capacity_factor)
+            rank_N = _priority_rank(weights_TK, self.drop_policy)
+            key_N = torch.where(routed_N, ids_N, E) * N + rank_N
+            by_expert_N = key_N.argsort()
+            sorted_ids = torch.where(routed_N, ids_N, E)[by_expert_N]
+            counts_all = torch.bincount(sorted_ids, minlength=E + 1)
+            starts = torch.cumsum(counts_all, 0) - counts_all
+            slot_N = torch.arange(N, device=ids_N.device) - starts[sorted_ids]
+            kept_sorted = (slot_N < C) & (sorted_ids < E)
+            kept_N = torch.empty_like(kept_sorted)
+            kept_N[by_expert_N] = kept_sorted
+            final_key = torch.where(kept_N, key_N, (E + 1) * N + rank_N)
+            order_N = final_key.argsort()
+        kept_ids = torch.where(kept_N, ids_N, E)
+        counts_E = torch.bincount(kept_ids, minlength=E + 1)[:E]
+        inverse_N = torch.empty_like(order_N)
+        inverse_N[order_N] = torch.arange(N, device=order_N.device)
+        kept_TK = kept_N.view(T, K)
+        return DispatchPlan(counts_E, order_N, inverse_N, kept_TK, weights_TK)
+
+    def dispatch(self, x_TD: Tensor, expert_ids_TK: Tensor, weights_TK: Tensor
+                 ) -> tuple[Tensor, DispatchPlan]:
+        """(T, D) tokens -> (N, D) buffer sorted by expert, and the plan to undo it."""
+        plan = self.plan(expert_ids_TK, weights_TK)
+        K = expert_ids_TK.shape[1]
+        x_ND = _GatherPairs.apply(x_TD, plan.order_N, plan.inverse_N, K)
+        return x_ND, plan
+
+    def combine(self, y_ND: Tensor, plan: DispatchPlan) -> Tensor:
+        """(N, D) expert outputs -> (T, D): each token's router-weighted sum over its experts."""
+        T, K = plan.kept_TK.shape
+        y_TKD = _PermuteRows.apply(y_ND, plan.inverse_N, plan.order_N).unflatten(0, (T, K))
+        w_TK = torch.where(plan.kept_TK, plan.weights_TK, 0.0).to(y_ND.dtype)
+        return torch.bmm(w_TK.unsqueeze(1), y_TKD).squeeze(1)  # (T, 1, K) @ (T, K, D)

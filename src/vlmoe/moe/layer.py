@@ -1,0 +1,161 @@
+"""`MoELayer`: router + dispatch + experts (+ always-on shared experts), and `MoEAux`.
+
+Legend: T tokens, D model dim, E routed experts, K experts per token, N dispatched rows,
+B sequences, L tokens per sequence, S soft-MoE slots.
+
+The forward is the MoE in a few lines (gpt-fast style): route, dispatch, run experts, combine,
+add shared experts. It returns `(y, MoEAux)` whatever the options; `MoEAux` carries everything
+the balance losses (`vlmoe.moe.losses`) and routing stats (`vlmoe.moe.stats`) need, so neither
+is computed or accumulated inside `forward`, and nothing here syncs with the host (except the
+`loop` reference backend).
+
+Shared experts follow DeepSeekMoE (Dai et al. 2024); the sigmoid-gated variant follows
+Qwen2-MoE. Modality groups follow VL-MoE (Shen et al. 2023).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from vlmoe.config import MoEConfig
+from vlmoe.moe.dispatch import Dispatcher
+from vlmoe.moe.experts import Experts
+from vlmoe.moe.router import RouterOutput, TopKRouter, build_router
+from vlmoe.nn.mlp import MLP
+
+
+@dataclass(frozen=True)
+class MoEAux:
+    """What one MoE layer's forward tells the losses, stats and bias update.
+
+    logits_TE, probs_TE: fp32 router logits and scores (see `RouterOutput`).
+    expert_ids_TK, weights_TK: the routing (-1 = unused slot), fp32 weights.
+    kept_TK: pairs that survived capacity (all routed pairs when dropless).
+    counts_E: rows each expert computed (int64).
+    modality_T: modality id per token (0 image, 1 text, -1 padding), or None (all one pool).
+    allowed_ME: (M, E) bool experts each modality may reach, or None (one shared pool).
+    """
+
+    logits_TE: Tensor
+    probs_TE: Tensor
+    expert_ids_TK: Tensor
+    weights_TK: Tensor
+    kept_TK: Tensor
+    counts_E: Tensor
+    modality_T: Tensor | None
+    allowed_ME: Tensor | None
+    num_experts: int
+    top_k: int
+    router: str
+
+    @property
+    def valid_T(self) -> Tensor:
+        """Tokens that count in losses and stats (everything but padding)."""
+        if self.modality_T is None:
+            return torch.ones(self.logits_TE.shape[0], dtype=torch.bool, device=self.logits_TE.device)
+        return self.modality_T >= 0
+
+    @property
+    def routed_E(self) -> Tensor:
+        """Pairs routed to each expert before capacity drops (valid tokens only)."""
+        ids = self.expert_ids_TK.masked_fill(~self.valid_T[:, None], -1).reshape(-1)
+        ids = torch.where(ids >= 0, ids, self.num_experts)
+        return torch.bincount(ids, minlength=self.num_experts + 1)[: self.num_experts]
+
+
+class MoELayer(nn.Module):
+    """A sparse MoE feed-forward layer; a drop-in for `vlmoe.nn.mlp.MLP` that also returns aux."""
+
+    def __init__(self, cfg: MoEConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.router = build_router(cfg)
+        self.experts = Experts(cfg.num_experts, cfg.dim, cfg.hidden_dim, cfg.activation, cfg.backend)
+        self.dispatcher = Dispatcher(cfg.num_experts, cfg.capacity_factor, cfg.drop_policy)
+        self.shared_experts = None
+        self.shared_gate = None
+        if cfg.num_shared_experts:
+            hidden = cfg.num_shared_experts * (cfg.shared_hidden_dim or cfg.hidden_dim)
+            self.shared_experts = MLP(cfg.dim, hidden, cfg.activation)
+            if cfg.shared_expert_gate:
+                self.shared_gate = nn.Linear(cfg.dim, 1, bias=False)
+
+    def forward(self, x: Tensor, modality: Tensor | None = None) -> tuple[Tensor, MoEAux]:
+        """x (..., D), modality (...) int or None -> y (..., D), MoEAux."""
+        D = x.shape[-1]
+        if D != self.cfg.dim:
+            raise ValueError(f"MoELayer expects inputs of dim {self.cfg.dim}, got shape {tuple(x.shape)}")
+        if modality is not None and modality.shape != x.shape[:-1]:
+            raise ValueError(
+                f"modality shape {tuple(modality.shape)} must match the tokens' shape {tuple(x.shape[:-1])}"
+            )
+        x_TD = x.reshape(-1, D)
+        modality_T = None if modality is None else modality.reshape(-1).long()
+        if self.cfg.router == "soft":
+            y_TD, routing, counts_E = self._soft(x, modality)
+            kept_TK = torch.ones_like(routing.expert_ids_TK, dtype=torch.bool)
+        else:
+            routing = self.router(x_TD, modality_T)
+            x_ND, plan = self.dispatcher.dispatch(x_TD, routing.expert_ids_TK, routing.weights_TK)
+            y_ND = self.experts(x_ND, plan.counts_E)  # (N, D)
+            y_TD = self.dispatcher.combine(y_ND, plan)  # (T, D)
+            kept_TK, counts_E = plan.kept_TK, plan.counts_E
+        if self.shared_experts is not None:
+            shared_TD = self.shared_experts(x_TD)
+            if self.shared_gate is not None:
+                shared_TD = torch.sigmoid(self.shared_gate(x_TD)) * shared_TD
+            y_TD = y_TD + shared_TD
+        aux = MoEAux(
+            logits_TE=routing.logits_TE,
+            probs_TE=routing.probs_TE,
+            expert_ids_TK=routing.expert_ids_TK,
+            weights_TK=routing.weights_TK,
+            kept_TK=kept_TK,
+            counts_E=counts_E,
+            modality_T=modality_T,
+            allowed_ME=getattr(self.router, "allowed_ME", None),
+            num_experts=self.cfg.num_experts,
+            top_k=routing.expert_ids_TK.shape[1],
+            router=self.cfg.router,
+        )
+        return y_TD.view(x.shape), aux
+
+    def _soft(self, x_BLD: Tensor, modality_BL: Tensor | None) -> tuple[Tensor, RouterOutput, Tensor]:
+        """Soft MoE: slots = dispatch-weighted token mixes; outputs = combine-weighted slot mixes."""
+        routing = self.router(x_BLD, modality_BL)
+        B, L, D = x_BLD.shape
+        E, S = self.cfg.num_experts, self.router.num_slots
+        dispatch_BLS = routing.soft_dispatch_BLS.to(x_BLD.dtype)
+        combine_BLS = routing.soft_combine_BLS.to(x_BLD.dtype)
+        slots_BSD = dispatch_BLS.transpose(1, 2) @ x_BLD  # (B, S, D)
+        # Expert e owns slots [e*S/E, (e+1)*S/E) of every sequence: gather them expert-major.
+        x_ND = slots_BSD.unflatten(1, (E, S // E)).transpose(0, 1).reshape(-1, D)  # (E*B*S/E, D)
+        counts_E = torch.full((E,), B * (S // E), dtype=torch.long, device=x_BLD.device)
+        y_ND = self.experts(x_ND, counts_E)
+        y_BSD = y_ND.view(E, B, S // E, D).transpose(0, 1).reshape(B, S, D)
+        y_BLD = combine_BLS @ y_BSD  # (B, L, D)
+        return y_BLD.reshape(B * L, D), routing, counts_E
+
+    @torch.no_grad()
+    def update_balance_bias(self, aux: MoEAux) -> None:
+        """Aux-loss-free balancing step from this layer's last `MoEAux` (no-op when disabled)."""
+        if isinstance(self.router, TopKRouter):
+            self.router.update_bias(aux.routed_E)
+
+
+def moe_layers(model: nn.Module) -> list[MoELayer]:
+    """Every MoELayer in `model`, in module order (the order models return their aux lists)."""
+    return [m for m in model.modules() if isinstance(m, MoELayer)]
+
+
+@torch.no_grad()
+def update_balance_bias(model: nn.Module, auxes: list[MoEAux]) -> None:
+    """Aux-loss-free balancing after the optimizer step: one `MoEAux` per MoE layer, in order."""
+    layers = moe_layers(model)
+    if len(layers) != len(auxes):
+        raise ValueError(f"got {len(auxes)} MoEAux for {len(layers)} MoE layers")
+    for layer, aux in zip(layers, auxes):
+        layer.update_balance_bias(aux)

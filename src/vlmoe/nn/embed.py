@@ -1,0 +1,79 @@
+"""Patch and position embeddings for images (ViT, Dosovitskiy et al. 2021) and tokens.
+
+- `PatchEmbed`: a stride-p convolution cutting an image into p x p patches, (B, C, H, W) ->
+  (B, N, D) with N = (H / p) * (W / p), row-major over the patch grid.
+- `sincos_2d`: fixed 2-D sine-cosine position embeddings (MAE, He et al. 2022).
+- `LearnedPositions`: a trainable table, for image patches or text positions.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+
+class PatchEmbed(nn.Module):
+    """Non-overlapping patches, linearly projected: (B, C, H, W) -> (B, N, D)."""
+
+    def __init__(self, image_size: int, patch_size: int, in_channels: int, dim: int) -> None:
+        super().__init__()
+        if image_size % patch_size:
+            raise ValueError(f"image_size={image_size} is not divisible by patch_size={patch_size}")
+        self.image_size, self.patch_size = image_size, patch_size
+        self.grid_size = (image_size // patch_size, image_size // patch_size)
+        self.num_patches = self.grid_size[0] * self.grid_size[1]
+        self.proj = nn.Conv2d(in_channels, dim, kernel_size=patch_size, stride=patch_size)
+
+    def forward(self, images_BCHW: Tensor) -> Tensor:
+        if images_BCHW.shape[-2:] != (self.image_size, self.image_size):
+            raise ValueError(
+                f"expected {self.image_size}x{self.image_size} images, got {tuple(images_BCHW.shape[-2:])}"
+            )
+        return self.proj(images_BCHW).flatten(2).transpose(1, 2)  # (B, N, D)
+
+
+def sincos_1d(dim: int, positions: Tensor) -> Tensor:
+    """(P,) positions -> (P, dim) sin-cos features, half sine, half cosine."""
+    omega = 1.0 / 10000 ** (torch.arange(dim // 2, dtype=torch.float64) / (dim // 2))
+    angles = positions.double()[:, None] * omega[None]  # (P, dim/2)
+    return torch.cat([angles.sin(), angles.cos()], dim=1).float()
+
+
+def sincos_2d(dim: int, grid_size: tuple[int, int]) -> Tensor:
+    """Fixed 2-D position embeddings (N, dim) for a (rows, cols) patch grid, row-major."""
+    if dim % 4:
+        raise ValueError(f"2-D sin-cos position embeddings need dim % 4 == 0, got dim={dim}")
+    rows, cols = torch.meshgrid(
+        torch.arange(grid_size[0]), torch.arange(grid_size[1]), indexing="ij"
+    )
+    emb_rows = sincos_1d(dim // 2, rows.flatten())
+    emb_cols = sincos_1d(dim // 2, cols.flatten())
+    return torch.cat([emb_rows, emb_cols], dim=1)  # (N, dim)
+
+
+class LearnedPositions(nn.Module):
+    """A trainable (num_positions, dim) table; `forward` looks positions up or takes a prefix."""
+
+    def __init__(self, num_positions: int, dim: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(num_positions, dim))
+        nn.init.trunc_normal_(self.weight, std=0.02)
+
+    def forward(self, positions: Tensor) -> Tensor:
+        """Int positions of any shape (...) -> (..., dim)."""
+        if positions.numel() and int(positions.max()) >= self.weight.shape[0]:
+            raise ValueError(
+                f"position {int(positions.max())} is beyond the {self.weight.shape[0]} learned positions"
+            )
+        return self.weight[positions]
+
+
+class FixedPositions(nn.Module):
+    """Fixed 2-D sin-cos embeddings for a patch grid, kept as a non-persistent buffer."""
+
+    def __init__(self, grid_size: tuple[int, int], dim: int) -> None:
+        super().__init__()
+        self.register_buffer("weight", sincos_2d(dim, grid_size), persistent=False)
+
+    def forward(self, positions: Tensor) -> Tensor:
+        return self.weight[positions]

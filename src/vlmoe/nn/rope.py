@@ -1,0 +1,40 @@
+"""Rotary position embeddings (RoPE, Su et al. 2021) for text and decoder sequences.
+
+Positions are given per token, (B, L), so left-padded batches and cached decoding use each
+sequence's own positions. The rotate-half layout (first half of the head dim paired with the
+second half) matches LLaMA and GPT-NeoX.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+
+class RotaryEmbedding(nn.Module):
+    """Computes (cos, sin) tables for given positions; `apply_rope` rotates q and k with them."""
+
+    def __init__(self, head_dim: int, theta: float = 10000.0) -> None:
+        super().__init__()
+        if head_dim % 2:
+            raise ValueError(f"RoPE needs an even head_dim, got {head_dim}")
+        inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
+        # Not persistent: recomputed from (head_dim, theta), so never part of a checkpoint.
+        self.register_buffer("inv_freq", inv_freq, persistent=False)
+
+    def forward(self, positions_BL: Tensor) -> tuple[Tensor, Tensor]:
+        """(B, L) int positions -> cos, sin of shape (B, 1, L, head_dim), fp32."""
+        angles = positions_BL.float()[..., None] * self.inv_freq  # (B, L, Dh/2)
+        angles = torch.cat([angles, angles], dim=-1)  # (B, L, Dh)
+        return angles.cos()[:, None], angles.sin()[:, None]
+
+
+def _rotate_half(x: Tensor) -> Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat([-x2, x1], dim=-1)
+
+
+def apply_rope(x_BHLK: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """Rotate queries or keys (B, H, L, Dh) by their positions' angles."""
+    out = x_BHLK.float() * cos + _rotate_half(x_BHLK.float()) * sin
+    return out.to(x_BHLK.dtype)

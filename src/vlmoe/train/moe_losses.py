@@ -1,0 +1,93 @@
+"""The MoE auxiliary losses of a training step, summed over layers with their coefficients.
+
+Each term is returned on its own (`moe/load_balance`, `moe/z_loss`, `moe/local_entropy/<modality>`,
+`moe/global_entropy/<modality>`, averaged over MoE layers) so that it is logged separately; the
+total is what the trainer adds to the task loss. Coefficients and their sources are in
+`vlmoe.train.config.MoELossConfig`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from vlmoe.train.config import MoELossConfig
+
+log = logging.getLogger(__name__)
+
+
+def moe_aux_losses(
+    auxes: Sequence, cfg: MoELossConfig, use_entropy: bool
+) -> tuple[Tensor | None, dict[str, Tensor]]:
+    """(weighted total or None when there are no MoE layers, {name: per-layer mean (detached)})."""
+    if not auxes:
+        return None, {}
+    from vlmoe.moe.losses import entropy_losses, load_balance_loss, z_loss
+
+    n = len(auxes)
+    terms: dict[str, Tensor] = {}
+    total = auxes[0].logits_TE.new_zeros(())
+    if cfg.load_balance > 0:
+        lb = sum(load_balance_loss(a) for a in auxes) / n
+        total = total + cfg.load_balance * lb
+        terms["moe/load_balance"] = lb.detach()
+    if cfg.z_loss > 0:
+        z = sum(z_loss(a) for a in auxes) / n
+        total = total + cfg.z_loss * z
+        terms["moe/z_loss"] = z.detach()
+    if use_entropy and (cfg.local_entropy > 0 or cfg.global_entropy > 0):
+        sums: dict[str, Tensor] = {}
+        for a in auxes:
+            for key, value in entropy_losses(a, cfg.global_entropy_threshold).items():
+                sums[key] = sums.get(key, 0) + value / n
+        for key, value in sums.items():
+            kind, modality = key.split("/", 1)
+            coef = cfg.local_entropy if kind == "local" else cfg.global_entropy
+            if coef > 0:
+                total = total + coef * value
+                terms[f"moe/{kind}_entropy/{modality}"] = value.detach()
+    return total, terms
+
+
+def has_moe_layers(model: nn.Module) -> bool:
+    from vlmoe.moe.layer import MoELayer
+
+    return any(isinstance(m, MoELayer) for m in model.modules())
+
+
+def uses_balance_bias(model: nn.Module) -> bool:
+    from vlmoe.moe.layer import MoELayer
+
+    return any(isinstance(m, MoELayer) and m.cfg.balance_bias for m in model.modules())
+
+
+def warn_if_unbalanced(model: nn.Module, cfg: MoELossConfig, use_entropy: bool) -> bool:
+    """Warn when a model with MoE layers would train with no balancing at all. Returns True if so."""
+    if not has_moe_layers(model) or uses_balance_bias(model):
+        return False
+    coefs = [cfg.load_balance, cfg.z_loss]
+    if use_entropy:
+        coefs += [cfg.local_entropy, cfg.global_entropy]
+    if any(c > 0 for c in coefs):
+        return False
+    log.warning(
+        "the model has MoE layers but every MoE loss coefficient is 0 and aux-loss-free "
+        "balancing is off: routers tend to collapse onto a few experts. Set "
+        "losses.load_balance (default 0.01) or moe.balance_bias=true."
+    )
+    return True
+
+
+@torch.no_grad()
+def routing_summary(auxes: Sequence) -> dict[str, float]:
+    """Cheap per-step routing numbers for the log: max expert load / mean, over layers."""
+    if not auxes:
+        return {}
+    worst = 0.0
+    for a in auxes:
+        routed = a.routed_E.float()
+        worst = max(worst, (routed.max() / routed.mean().clamp_min(1e-9)).item())
+    return {"moe/max_load_ratio": worst}

@@ -1,0 +1,82 @@
+"""Expert load per MoE layer as heatmaps, one panel per modality (layers x experts).
+
+Each cell is the fraction of a modality's token-to-expert assignments in that layer that went
+to that expert, so every row sums to 1 and a perfectly balanced layer reads 1/E everywhere.
+Experts that received nothing are crossed out. This is the picture of LIMoE's Fig. 6 and
+VL-MoE's modality-expert analysis: whether image and text tokens settle on different experts.
+
+Shapes: L MoE layers, M modalities, E experts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from vlmoe.viz.common import new_figure, save_png
+
+DEFAULT_MODALITIES: tuple[str, ...] = ("image", "text")
+
+
+def load_fractions(counts_LME: np.ndarray) -> np.ndarray:
+    """Counts → per-(layer, modality) fractions; rows with no tokens stay zero."""
+    counts_LME = np.asarray(counts_LME, dtype=float)
+    totals_LM1 = counts_LME.sum(axis=-1, keepdims=True)
+    return np.divide(counts_LME, totals_LM1, out=np.zeros_like(counts_LME), where=totals_LM1 > 0)
+
+
+def plot_expert_load(
+    counts_LME: np.ndarray | Sequence,
+    out_path: str | Path,
+    layer_names: Sequence[str] | None = None,
+    modality_names: Sequence[str] = DEFAULT_MODALITIES,
+    title: str | None = "Expert load per MoE layer",
+) -> Path:
+    """Heatmaps of token assignments per (layer, expert), one panel per modality; a PNG.
+
+    Args:
+        counts_LME: (L, M, E) token-to-expert assignment counts (or fractions).
+        layer_names: L row labels (default `layer 0..L-1`).
+        modality_names: M panel titles.
+    """
+    frac_LME = load_fractions(np.asarray(counts_LME))
+    if frac_LME.ndim != 3:
+        raise ValueError(f"plot_expert_load: expected (layers, modalities, experts), got {frac_LME.shape}")
+    L, M, E = frac_LME.shape
+    counts_LME = np.asarray(counts_LME, dtype=float)
+    has_tokens_M = counts_LME.sum(axis=(0, 2)) > 0
+    panels = [m for m in range(M) if has_tokens_M[m]] or list(range(M))
+    layer_names = list(layer_names) if layer_names is not None else [f"layer {i}" for i in range(L)]
+    modality_names = [
+        modality_names[m] if m < len(modality_names) else f"modality {m}" for m in range(M)
+    ]
+    vmax = max(float(frac_LME.max()), 1e-9)
+
+    cell = 0.45 if E <= 16 else 0.22
+    width = max(3.0, cell * E + 1.2) * len(panels) + 1.2
+    height = max(2.4, cell * L + 1.4) + (0.3 if title else 0)
+    fig = new_figure(width, height)
+    axes = fig.subplots(1, len(panels), squeeze=False, sharey=True)[0]
+    image = None
+    for ax, m in zip(axes, panels):
+        image = ax.imshow(frac_LME[:, m, :], cmap="viridis", vmin=0, vmax=vmax, aspect="auto")
+        ax.set_title(f"{modality_names[m]} tokens")
+        ax.set_xlabel("expert")
+        ax.set_xticks(range(E), [str(e) for e in range(E)], fontsize="small" if E <= 16 else 6)
+        ax.set_yticks(range(L), layer_names)
+        dead_L, dead_E = np.nonzero(counts_LME[:, m, :] == 0)
+        ax.scatter(dead_E, dead_L, marker="x", c="red", s=30, label="no tokens")
+        if L * E <= 160:
+            for (l, e), v in np.ndenumerate(frac_LME[:, m, :]):
+                color = "black" if v > 0.6 * vmax else "white"
+                ax.text(e, l, f"{v:.2f}", ha="center", va="center", fontsize=6, color=color)
+    axes[0].set_ylabel("MoE layer")
+    if len(dead_L := np.nonzero(counts_LME[:, panels, :] == 0)[0]):
+        axes[-1].legend(loc="upper right", bbox_to_anchor=(1.0, -0.15), fontsize="small", frameon=False)
+    cbar = fig.colorbar(image, ax=list(axes), shrink=0.9)
+    cbar.set_label(f"fraction of tokens (uniform = 1/{E} = {1 / E:.2f})")
+    if title:
+        fig.suptitle(title)
+    return save_png(fig, out_path)
