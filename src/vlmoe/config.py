@@ -79,7 +79,9 @@ def _coerce(value: Any, tp: Any, path: str) -> Any:
         if not isinstance(value, dict):
             raise ConfigError(f"{path}: expected a mapping, got {value!r}")
         key_tp, val_tp = args if args else (Any, Any)
-        return {_coerce(k, key_tp, path): _coerce(v, val_tp, f"{path}.{k}") for k, v in value.items()}
+        return {
+            _coerce(k, key_tp, path): _coerce(v, val_tp, f"{path}.{k}") for k, v in value.items()
+        }
     if tp is bool:
         if isinstance(value, bool):
             return value
@@ -125,9 +127,7 @@ class Config:
         unknown = sorted(set(data) - set(fields))
         if unknown:
             where = _path or cls.__name__
-            raise ConfigError(
-                f"{where}: unknown key(s) {unknown}; valid keys are {sorted(fields)}"
-            )
+            raise ConfigError(f"{where}: unknown key(s) {unknown}; valid keys are {sorted(fields)}")
         kwargs = {
             name: _coerce(value, hints[name], f"{_path}.{name}" if _path else name)
             for name, value in data.items()
@@ -255,8 +255,14 @@ class MoEConfig(Config):
             self.top_k <= self.num_experts,
             f"moe.top_k={self.top_k} must be <= moe.num_experts={self.num_experts}",
         )
-        check(self.router_noise_eps >= 0, f"moe.router_noise_eps must be >= 0, got {self.router_noise_eps}")
-        check(self.balance_bias_rate >= 0, f"moe.balance_bias_rate must be >= 0, got {self.balance_bias_rate}")
+        check(
+            self.router_noise_eps >= 0,
+            f"moe.router_noise_eps must be >= 0, got {self.router_noise_eps}",
+        )
+        check(
+            self.balance_bias_rate >= 0,
+            f"moe.balance_bias_rate must be >= 0, got {self.balance_bias_rate}",
+        )
         if self.capacity_factor is not None:
             check(
                 self.capacity_factor > 0,
@@ -266,19 +272,32 @@ class MoEConfig(Config):
             self.expert_choice_capacity > 0,
             f"moe.expert_choice_capacity must be > 0, got {self.expert_choice_capacity}",
         )
-        check(self.num_shared_experts >= 0, f"moe.num_shared_experts must be >= 0, got {self.num_shared_experts}")
+        check(
+            self.num_shared_experts >= 0,
+            f"moe.num_shared_experts must be >= 0, got {self.num_shared_experts}",
+        )
         if self.shared_hidden_dim is not None:
-            check(self.shared_hidden_dim >= 1, f"moe.shared_hidden_dim must be >= 1, got {self.shared_hidden_dim}")
+            check(
+                self.shared_hidden_dim >= 1,
+                f"moe.shared_hidden_dim must be >= 1, got {self.shared_hidden_dim}",
+            )
         check(
             not self.shared_expert_gate or self.num_shared_experts > 0,
             "moe.shared_expert_gate needs moe.num_shared_experts > 0",
         )
         if self.expert_groups == "modality":
-            check(self.router == "topk", f"moe.expert_groups='modality' needs router='topk', got {self.router!r}")
-            check(self.num_modalities >= 1, f"moe.num_modalities must be >= 1, got {self.num_modalities}")
+            check(
+                self.router == "topk",
+                f"moe.expert_groups='modality' needs router='topk', got {self.router!r}",
+            )
+            check(
+                self.num_modalities >= 1,
+                f"moe.num_modalities must be >= 1, got {self.num_modalities}",
+            )
             own = self.num_experts - self.num_cross_modal_experts
             check(
-                0 <= self.num_cross_modal_experts <= self.num_experts and own % self.num_modalities == 0,
+                0 <= self.num_cross_modal_experts <= self.num_experts
+                and own % self.num_modalities == 0,
                 f"moe.num_experts - moe.num_cross_modal_experts = {own} must split evenly into "
                 f"{self.num_modalities} modality groups",
             )
@@ -288,8 +307,12 @@ class MoEConfig(Config):
                 f"moe.top_k={self.top_k} exceeds the {reachable} experts each modality can reach",
             )
         if self.router != "topk":
-            check(not self.balance_bias, f"moe.balance_bias needs router='topk', got {self.router!r}")
-            check(self.capacity_factor is None, f"moe.capacity_factor applies to router='topk' only")
+            check(
+                not self.balance_bias, f"moe.balance_bias needs router='topk', got {self.router!r}"
+            )
+            check(
+                self.capacity_factor is None, "moe.capacity_factor applies to router='topk' only"
+            )
 
     @property
     def experts_per_token(self) -> int:

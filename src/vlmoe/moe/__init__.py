@@ -1,7 +1,7 @@
 """The sparse MoE core: routers, dispatch/combine, stacked experts, losses, stats, upcycling."""
 
 from vlmoe.config import MoEConfig
-from vlmoe.moe.dispatch import DispatchPlan, Dispatcher
+from vlmoe.moe.dispatch import Dispatcher, DispatchPlan
 from vlmoe.moe.experts import Experts
 from vlmoe.moe.layer import MoEAux, MoELayer, moe_layers, update_balance_bias
 from vlmoe.moe.losses import entropy_losses, load_balance_loss, z_loss

@@ -98,8 +98,12 @@ def capacity(num_tokens: int, top_k: int, num_experts: int, capacity_factor: flo
 class Dispatcher:
     """Single-device dispatch/combine. Stateless apart from its settings."""
 
-    def __init__(self, num_experts: int, capacity_factor: float | None = None,
-                 drop_policy: DropPolicy = "score") -> None:
+    def __init__(
+        self,
+        num_experts: int,
+        capacity_factor: float | None = None,
+        drop_policy: DropPolicy = "score",
+    ) -> None:
         self.num_experts = num_experts
         self.capacity_factor = capacity_factor
         self.drop_policy = drop_policy
@@ -136,8 +140,9 @@ class Dispatcher:
         kept_TK = kept_N.view(T, K)
         return DispatchPlan(counts_E, order_N, inverse_N, kept_TK, weights_TK)
 
-    def dispatch(self, x_TD: Tensor, expert_ids_TK: Tensor, weights_TK: Tensor
-                 ) -> tuple[Tensor, DispatchPlan]:
+    def dispatch(
+        self, x_TD: Tensor, expert_ids_TK: Tensor, weights_TK: Tensor
+    ) -> tuple[Tensor, DispatchPlan]:
         """(T, D) tokens -> (N, D) buffer sorted by expert, and the plan to undo it."""
         plan = self.plan(expert_ids_TK, weights_TK)
         K = expert_ids_TK.shape[1]

@@ -50,14 +50,18 @@ def qwen2_moe_config(hf_config, **overrides) -> MoEConfig:
     )
 
 
-def _check_shapes(state: dict[str, Tensor], expected: dict[str, tuple[int, ...]], what: str) -> None:
+def _check_shapes(
+    state: dict[str, Tensor], expected: dict[str, tuple[int, ...]], what: str
+) -> None:
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     if missing or unexpected:
         raise ValueError(f"{what} state dict: missing keys {missing}, unexpected keys {unexpected}")
     for key, shape in expected.items():
         if tuple(state[key].shape) != shape:
-            raise ValueError(f"{what} state dict: {key} has shape {tuple(state[key].shape)}, expected {shape}")
+            raise ValueError(
+                f"{what} state dict: {key} has shape {tuple(state[key].shape)}, expected {shape}"
+            )
 
 
 def _routed_from_hf(state: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -78,7 +82,11 @@ def _routed_to_hf(layer: MoELayer) -> dict[str, Tensor]:
 
 def _routed_shapes(cfg: MoEConfig) -> dict[str, tuple[int, ...]]:
     E, D, H = cfg.num_experts, cfg.dim, cfg.hidden_dim
-    return {"gate.weight": (E, D), "experts.gate_up_proj": (E, 2 * H, D), "experts.down_proj": (E, D, H)}
+    return {
+        "gate.weight": (E, D),
+        "experts.gate_up_proj": (E, 2 * H, D),
+        "experts.down_proj": (E, D, H),
+    }
 
 
 def load_mixtral_state_dict(layer: MoELayer, state: dict[str, Tensor]) -> None:
@@ -89,8 +97,14 @@ def load_mixtral_state_dict(layer: MoELayer, state: dict[str, Tensor]) -> None:
 
 def mixtral_state_dict(layer: MoELayer) -> dict[str, Tensor]:
     """`layer` as a MixtralSparseMoeBlock state dict."""
-    if layer.cfg.num_shared_experts or layer.cfg.activation != "swiglu" or layer.cfg.router != "topk":
-        raise ValueError("only a top-k SwiGLU layer without shared experts maps onto a Mixtral block")
+    if (
+        layer.cfg.num_shared_experts
+        or layer.cfg.activation != "swiglu"
+        or layer.cfg.router != "topk"
+    ):
+        raise ValueError(
+            "only a top-k SwiGLU layer without shared experts maps onto a Mixtral block"
+        )
     return _routed_to_hf(layer)
 
 
@@ -106,7 +120,9 @@ def _shared_shapes(cfg: MoEConfig) -> dict[str, tuple[int, ...]]:
 
 def load_qwen2_moe_state_dict(layer: MoELayer, state: dict[str, Tensor]) -> None:
     """Load a Qwen2MoeSparseMoeBlock's state dict into `layer` (built from `qwen2_moe_config`)."""
-    _check_shapes(state, {**_routed_shapes(layer.cfg), **_shared_shapes(layer.cfg)}, "Qwen2-MoE block")
+    _check_shapes(
+        state, {**_routed_shapes(layer.cfg), **_shared_shapes(layer.cfg)}, "Qwen2-MoE block"
+    )
     ours = _routed_from_hf(state)
     ours["shared_experts.fc_in.weight"] = torch.cat(
         [state["shared_expert.gate_proj.weight"], state["shared_expert.up_proj.weight"]], dim=0
@@ -118,7 +134,11 @@ def load_qwen2_moe_state_dict(layer: MoELayer, state: dict[str, Tensor]) -> None
 
 def qwen2_moe_state_dict(layer: MoELayer) -> dict[str, Tensor]:
     """`layer` as a Qwen2MoeSparseMoeBlock state dict (needs one gated SwiGLU shared expert)."""
-    if layer.shared_experts is None or layer.shared_gate is None or layer.cfg.activation != "swiglu":
+    if (
+        layer.shared_experts is None
+        or layer.shared_gate is None
+        or layer.cfg.activation != "swiglu"
+    ):
         raise ValueError("a Qwen2-MoE block needs SwiGLU experts and a gated shared expert")
     gate, up = layer.shared_experts.fc_in.weight.detach().chunk(2, dim=0)
     return {

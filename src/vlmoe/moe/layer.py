@@ -55,7 +55,9 @@ class MoEAux:
     def valid_T(self) -> Tensor:
         """Tokens that count in losses and stats (everything but padding)."""
         if self.modality_T is None:
-            return torch.ones(self.logits_TE.shape[0], dtype=torch.bool, device=self.logits_TE.device)
+            return torch.ones(
+                self.logits_TE.shape[0], dtype=torch.bool, device=self.logits_TE.device
+            )
         return self.modality_T >= 0
 
     @property
@@ -73,7 +75,9 @@ class MoELayer(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.router = build_router(cfg)
-        self.experts = Experts(cfg.num_experts, cfg.dim, cfg.hidden_dim, cfg.activation, cfg.backend)
+        self.experts = Experts(
+            cfg.num_experts, cfg.dim, cfg.hidden_dim, cfg.activation, cfg.backend
+        )
         self.dispatcher = Dispatcher(cfg.num_experts, cfg.capacity_factor, cfg.drop_policy)
         self.shared_experts = None
         self.shared_gate = None
@@ -86,8 +90,10 @@ class MoELayer(nn.Module):
     def forward(self, x: Tensor, modality: Tensor | None = None) -> tuple[Tensor, MoEAux]:
         """x (..., D), modality (...) int or None -> y (..., D), MoEAux."""
         D = x.shape[-1]
-        if D != self.cfg.dim:
-            raise ValueError(f"MoELayer expects inputs of dim {self.cfg.dim}, got shape {tuple(x.shape)}")
+        if self.cfg.dim != D:
+            raise ValueError(
+                f"MoELayer expects inputs of dim {self.cfg.dim}, got shape {tuple(x.shape)}"
+            )
         if modality is not None and modality.shape != x.shape[:-1]:
             raise ValueError(
                 f"modality shape {tuple(modality.shape)} must match the tokens' shape {tuple(x.shape[:-1])}"
@@ -123,7 +129,9 @@ class MoELayer(nn.Module):
         )
         return y_TD.view(x.shape), aux
 
-    def _soft(self, x_BLD: Tensor, modality_BL: Tensor | None) -> tuple[Tensor, RouterOutput, Tensor]:
+    def _soft(
+        self, x_BLD: Tensor, modality_BL: Tensor | None
+    ) -> tuple[Tensor, RouterOutput, Tensor]:
         """Soft MoE: slots = dispatch-weighted token mixes; outputs = combine-weighted slot mixes."""
         routing = self.router(x_BLD, modality_BL)
         B, L, D = x_BLD.shape

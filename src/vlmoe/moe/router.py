@@ -82,7 +82,9 @@ class TopKRouter(nn.Module):
             self.noise = nn.Linear(cfg.dim, cfg.num_experts, bias=False)
             nn.init.zeros_(self.noise.weight)
         # Selection-only bias for aux-loss-free balancing; a buffer, updated outside autograd.
-        self.register_buffer("expert_bias", torch.zeros(cfg.num_experts), persistent=cfg.balance_bias)
+        self.register_buffer(
+            "expert_bias", torch.zeros(cfg.num_experts), persistent=cfg.balance_bias
+        )
         allowed = modality_expert_mask(cfg)
         self.register_buffer("allowed_ME", allowed, persistent=False)
 
@@ -143,7 +145,9 @@ class TopKRouter(nn.Module):
             target = load.mean().expand_as(load)
         else:
             group_E = _expert_group_ids(self.allowed_ME)
-            sums = torch.zeros(int(group_E.max()) + 1, device=load.device).index_add_(0, group_E, load)
+            sums = torch.zeros(int(group_E.max()) + 1, device=load.device).index_add_(
+                0, group_E, load
+            )
             sizes = torch.bincount(group_E).float()
             target = (sums / sizes)[group_E]
         self.expert_bias += self.cfg.balance_bias_rate * torch.sign(target - load)
@@ -206,7 +210,9 @@ class SoftRouter(nn.Module):
 
     def forward(self, x_BLD: Tensor, modality_BL: Tensor | None = None) -> RouterOutput:
         if x_BLD.dim() != 3:
-            raise ValueError(f"soft MoE needs (batch, tokens, dim) input, got shape {tuple(x_BLD.shape)}")
+            raise ValueError(
+                f"soft MoE needs (batch, tokens, dim) input, got shape {tuple(x_BLD.shape)}"
+            )
         B, L, _ = x_BLD.shape
         E, S = self.cfg.num_experts, self.num_slots
         with _no_autocast(x_BLD.device.type):
@@ -215,7 +221,9 @@ class SoftRouter(nn.Module):
             logits_BLS = x @ phi  # (B, L, S)
             dispatch_logits = logits_BLS
             if modality_BL is not None:  # padding tokens feed no slot
-                dispatch_logits = logits_BLS.masked_fill((modality_BL < 0)[..., None], float("-inf"))
+                dispatch_logits = logits_BLS.masked_fill(
+                    (modality_BL < 0)[..., None], float("-inf")
+                )
             dispatch_BLS = dispatch_logits.softmax(dim=1)  # over tokens
             combine_BLS = logits_BLS.softmax(dim=2)  # over slots
             # Per-expert view for losses and plots: each token's combine mass per expert.
@@ -223,8 +231,12 @@ class SoftRouter(nn.Module):
             weights_T1, expert_ids_T1 = probs_TE.max(dim=-1, keepdim=True)
             logits_TE = logits_BLS.reshape(B * L, E, S // E).logsumexp(-1)
         return RouterOutput(
-            logits_TE, probs_TE, expert_ids_T1, weights_T1,
-            soft_dispatch_BLS=dispatch_BLS, soft_combine_BLS=combine_BLS,
+            logits_TE,
+            probs_TE,
+            expert_ids_T1,
+            weights_T1,
+            soft_dispatch_BLS=dispatch_BLS,
+            soft_combine_BLS=combine_BLS,
         )
 
 

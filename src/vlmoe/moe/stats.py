@@ -34,7 +34,9 @@ def modality_expert_load(aux: MoEAux, num_modalities: int = 2) -> Tensor:
     """(M, E) int64: kept pairs per modality and expert. Without modality ids, all tokens count
     as modality 0."""
     if aux.modality_T is None:
-        load = torch.zeros(num_modalities, aux.num_experts, dtype=torch.long, device=aux.counts_E.device)
+        load = torch.zeros(
+            num_modalities, aux.num_experts, dtype=torch.long, device=aux.counts_E.device
+        )
         load[0] = _kept_counts(aux, aux.valid_T)
         return load
     M = max(num_modalities, aux.allowed_ME.shape[0] if aux.allowed_ME is not None else 0)

@@ -16,8 +16,9 @@ from vlmoe.moe.layer import MoELayer
 from vlmoe.nn.mlp import MLP
 
 
-def upcycle_mlp(mlp: MLP, cfg: MoEConfig, noise_std: float = 0.0,
-                generator: torch.Generator | None = None) -> MoELayer:
+def upcycle_mlp(
+    mlp: MLP, cfg: MoEConfig, noise_std: float = 0.0, generator: torch.Generator | None = None
+) -> MoELayer:
     """A new `MoELayer(cfg)` whose experts are copies of `mlp` (weights cloned, not shared)."""
     if cfg.dim != mlp.dim or cfg.hidden_dim != mlp.hidden_dim or cfg.activation != mlp.activation:
         raise ConfigError(
@@ -26,7 +27,9 @@ def upcycle_mlp(mlp: MLP, cfg: MoEConfig, noise_std: float = 0.0,
             f"hidden_dim={cfg.hidden_dim}, activation={cfg.activation!r}: they must match"
         )
     if cfg.num_shared_experts:
-        raise ConfigError("upcycling into shared experts is not supported: set moe.num_shared_experts=0")
+        raise ConfigError(
+            "upcycling into shared experts is not supported: set moe.num_shared_experts=0"
+        )
     layer = MoELayer(cfg).to(device=mlp.fc_in.weight.device, dtype=mlp.fc_in.weight.dtype)
     with torch.no_grad():
         w_in_DI = mlp.fc_in.weight.t()  # (D, I)

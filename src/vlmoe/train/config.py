@@ -34,7 +34,7 @@ class OptimizerConfig(Config):
 
     lr: float = 1e-3
     weight_decay: float = 0.05
-    betas: tuple[float, float] = (0.9, 0.95)
+    betas: list[float] = dataclasses.field(default_factory=lambda: [0.9, 0.95])
     eps: float = 1e-8
     grad_clip: float | None = 1.0  # max global grad norm; None = no clipping
     no_decay: list[str] = dataclasses.field(default_factory=lambda: ["*pos_embed*", "*cls_token*"])
@@ -43,7 +43,8 @@ class OptimizerConfig(Config):
         check(self.lr > 0, f"optim.lr must be > 0, got {self.lr}")
         check(self.weight_decay >= 0, f"optim.weight_decay must be >= 0, got {self.weight_decay}")
         check(
-            all(0 <= b < 1 for b in self.betas), f"optim.betas must lie in [0, 1), got {self.betas}"
+            len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas),
+            f"optim.betas must be two numbers in [0, 1), got {self.betas}",
         )
         check(self.eps > 0, f"optim.eps must be > 0, got {self.eps}")
         if self.grad_clip is not None:

@@ -14,6 +14,7 @@ matplotlib.use("Agg", force=False)
 
 import numpy as np  # noqa: E402
 from matplotlib import colormaps  # noqa: E402
+from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: E402
 from matplotlib.colors import ListedColormap  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
@@ -23,6 +24,7 @@ DPI = 100
 def new_figure(width_in: float, height_in: float) -> Figure:
     """A figure with the Agg canvas, `width_in` x `height_in` inches at `DPI`."""
     fig = Figure(figsize=(width_in, height_in), dpi=DPI, layout="constrained")
+    FigureCanvasAgg(fig)  # attaches itself as fig.canvas (text measuring needs a renderer)
     return fig
 
 

@@ -1,0 +1,228 @@
+"""Model configs: one typed slice per module, mirroring the module tree.
+
+`TransformerConfig` is the slice every model shares; its MoE part is `moe` (None = dense) plus
+where to put it, `moe_every` (V-MoE: every other block, i.e. blocks 1, 3, 5, ...) or an explicit
+`moe_layers` list. `moe.dim` is always the transformer's `dim` (filled in here), so a dense model
+and its MoE twin differ only in `moe`, `moe_every` and `moe_layers`.
+
+Equal active parameters: the MoE twin of a dense model whose FFN hidden width is h uses experts
+of hidden width h / (top_k + num_shared_experts), so each token runs the same number of FFN
+weights in both (see `vlmoe.models.presets`).
+
+Expert choice and soft MoE mix tokens across a sequence, so a later token would change how an
+earlier one is processed; a causal text transformer refuses them (`ConfigError`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Literal
+
+from vlmoe.config import Config, ConfigError, MoEConfig, check
+
+
+@dataclass
+class TransformerConfig(Config):
+    """A stack of pre-norm blocks; each block's FFN is dense or MoE."""
+
+    dim: int = 64
+    num_layers: int = 2
+    num_heads: int = 4
+    head_dim: int | None = None  # default dim // num_heads
+    hidden_dim: int = 192  # dense FFN hidden width
+    activation: Literal["swiglu", "gelu"] = "swiglu"
+    norm: Literal["layernorm", "rmsnorm"] = "layernorm"
+    dropout: float = 0.0
+    moe: MoEConfig | None = None  # None = dense; moe.dim is set to `dim`
+    moe_every: int = 2  # MoE in blocks i with (i + 1) % moe_every == 0
+    moe_layers: list[int] | None = None  # explicit block indices (overrides moe_every)
+    checkpointing: Literal["none", "block"] = "none"  # activation checkpointing per block
+
+    def __post_init__(self) -> None:
+        for name in ("dim", "num_layers", "num_heads", "hidden_dim", "moe_every"):
+            value = getattr(self, name)
+            check(isinstance(value, int) and value >= 1, f"transformer.{name} must be >= 1, got {value!r}")
+        if self.head_dim is None:
+            check(
+                self.dim % self.num_heads == 0,
+                f"transformer.dim={self.dim} must be divisible by transformer.num_heads={self.num_heads} "
+                "(or set transformer.head_dim)",
+            )
+        else:
+            check(self.head_dim >= 1, f"transformer.head_dim must be >= 1, got {self.head_dim}")
+        check(0.0 <= self.dropout < 1.0, f"transformer.dropout must be in [0, 1), got {self.dropout}")
+        if self.moe_layers is not None:
+            bad = [i for i in self.moe_layers if not 0 <= i < self.num_layers]
+            check(
+                not bad,
+                f"transformer.moe_layers={self.moe_layers} has indices outside "
+                f"[0, {self.num_layers}): {bad}",
+            )
+            check(
+                len(set(self.moe_layers)) == len(self.moe_layers),
+                f"transformer.moe_layers={self.moe_layers} has duplicates",
+            )
+        if self.moe is not None and self.moe.dim != self.dim:
+            # The transformer owns the width; the MoE slice follows it.
+            self.moe = dataclasses.replace(self.moe, dim=self.dim)
+
+    def moe_layer_ids(self) -> list[int]:
+        """Indices of the blocks whose FFN is an MoE layer (empty for a dense model)."""
+        if self.moe is None:
+            return []
+        if self.moe_layers is not None:
+            return sorted(self.moe_layers)
+        return [i for i in range(self.num_layers) if (i + 1) % self.moe_every == 0]
+
+    @property
+    def attn_head_dim(self) -> int:
+        return self.head_dim or self.dim // self.num_heads
+
+
+def _refuse_non_causal_routers(t: TransformerConfig, where: str) -> None:
+    if t.moe is not None and t.moe.router in ("soft", "expert_choice"):
+        raise ConfigError(
+            f"{where}.moe.router={t.moe.router!r} cannot be used in a causal decoder: "
+            f"{'soft MoE' if t.moe.router == 'soft' else 'expert choice'} mixes tokens across the "
+            "sequence, so later tokens would change earlier outputs and cached generation would "
+            "break; use router='topk'"
+        )
+
+
+def _check_image(image_size: int, patch_size: int, in_channels: int, where: str) -> None:
+    for name, value in (("image_size", image_size), ("patch_size", patch_size),
+                        ("in_channels", in_channels)):
+        check(isinstance(value, int) and value >= 1, f"{where}{name} must be >= 1, got {value!r}")
+    check(
+        image_size % patch_size == 0,
+        f"{where}image_size={image_size} must be divisible by {where}patch_size={patch_size}",
+    )
+
+
+@dataclass
+class ViTConfig(Config):
+    """Vision transformer (V-MoE style when `transformer.moe` is set)."""
+
+    image_size: int = 32
+    patch_size: int = 8
+    in_channels: int = 3
+    pos_embed: Literal["learned", "sincos"] = "learned"
+    pool: Literal["cls", "mean"] = "cls"
+    num_classes: int = 10  # 0 = no classification head (e.g. a decoder's vision encoder)
+    transformer: TransformerConfig = field(default_factory=TransformerConfig)
+
+    def __post_init__(self) -> None:
+        _check_image(self.image_size, self.patch_size, self.in_channels, "")
+        check(self.num_classes >= 0, f"num_classes must be >= 0, got {self.num_classes}")
+        if self.pos_embed == "sincos":
+            check(self.transformer.dim % 4 == 0,
+                  f"pos_embed='sincos' needs transformer.dim % 4 == 0, got {self.transformer.dim}")
+
+
+@dataclass
+class TextConfig(Config):
+    """Text transformer: a causal LM (generation) or a bidirectional encoder."""
+
+    vocab_size: int = 256
+    max_seq_len: int = 64
+    attention: Literal["causal", "bidirectional"] = "causal"
+    positions: Literal["rope", "learned"] = "rope"
+    rope_theta: float = 10000.0
+    pool: Literal["mean", "last", "first"] = "mean"  # the `pooled` output (encoders)
+    transformer: TransformerConfig = field(default_factory=TransformerConfig)
+
+    def __post_init__(self) -> None:
+        check(self.vocab_size >= 1, f"vocab_size must be >= 1, got {self.vocab_size}")
+        check(self.max_seq_len >= 1, f"max_seq_len must be >= 1, got {self.max_seq_len}")
+        check(self.rope_theta > 0, f"rope_theta must be > 0, got {self.rope_theta}")
+        if self.positions == "rope":
+            check(self.transformer.attn_head_dim % 2 == 0,
+                  f"positions='rope' needs an even head dim, got {self.transformer.attn_head_dim}")
+        if self.attention == "causal":
+            _refuse_non_causal_routers(self.transformer, "transformer")
+
+
+@dataclass
+class FusionConfig(Config):
+    """VL-MoE-style fusion encoder over [image patches ; text tokens], with task heads."""
+
+    image_size: int = 32
+    patch_size: int = 8
+    in_channels: int = 3
+    pos_embed: Literal["learned", "sincos"] = "learned"
+    vocab_size: int = 256
+    max_seq_len: int = 32  # text tokens
+    pool: Literal["mean", "cls"] = "mean"
+    num_classes: int = 0  # image classification head (0 = none)
+    num_answers: int = 0  # VQA as answer classification (0 = none)
+    transformer: TransformerConfig = field(default_factory=TransformerConfig)
+
+    def __post_init__(self) -> None:
+        _check_image(self.image_size, self.patch_size, self.in_channels, "")
+        check(self.vocab_size >= 1, f"vocab_size must be >= 1, got {self.vocab_size}")
+        check(self.max_seq_len >= 1, f"max_seq_len must be >= 1, got {self.max_seq_len}")
+        check(self.num_classes >= 0, f"num_classes must be >= 0, got {self.num_classes}")
+        check(self.num_answers >= 0, f"num_answers must be >= 0, got {self.num_answers}")
+        if self.pos_embed == "sincos":
+            check(self.transformer.dim % 4 == 0,
+                  f"pos_embed='sincos' needs transformer.dim % 4 == 0, got {self.transformer.dim}")
+
+
+@dataclass
+class ContrastiveConfig(Config):
+    """LIMoE-style contrastive model: one shared tower embeds images and texts."""
+
+    image_size: int = 32
+    patch_size: int = 8
+    in_channels: int = 3
+    pos_embed: Literal["learned", "sincos"] = "learned"
+    vocab_size: int = 256
+    max_seq_len: int = 32
+    embed_dim: int = 64  # joint embedding width
+    logit_scale_init: float = 14.285714  # 1 / 0.07, as in CLIP
+    logit_scale_max: float = 100.0
+    transformer: TransformerConfig = field(default_factory=TransformerConfig)
+
+    def __post_init__(self) -> None:
+        _check_image(self.image_size, self.patch_size, self.in_channels, "")
+        check(self.vocab_size >= 1, f"vocab_size must be >= 1, got {self.vocab_size}")
+        check(self.max_seq_len >= 1, f"max_seq_len must be >= 1, got {self.max_seq_len}")
+        check(self.embed_dim >= 1, f"embed_dim must be >= 1, got {self.embed_dim}")
+        check(self.logit_scale_init > 0, f"logit_scale_init must be > 0, got {self.logit_scale_init}")
+        check(self.logit_scale_max >= self.logit_scale_init,
+              f"logit_scale_max={self.logit_scale_max} must be >= logit_scale_init={self.logit_scale_init}")
+        if self.pos_embed == "sincos":
+            check(self.transformer.dim % 4 == 0,
+                  f"pos_embed='sincos' needs transformer.dim % 4 == 0, got {self.transformer.dim}")
+
+
+@dataclass
+class DecoderConfig(Config):
+    """MoE-LLaVA-style decoder: vision encoder -> projector -> causal LM over [image ; text].
+
+    `vision=None` means an external encoder is passed to the model (any module mapping images
+    to (B, N, vision_dim) features); `vision_dim` then says its width.
+    """
+
+    vision: ViTConfig | None = field(default_factory=lambda: ViTConfig(num_classes=0))
+    vision_dim: int | None = None  # only for an external encoder (vision=None)
+    vision_feature: Literal["patch", "all"] = "patch"  # "patch" drops the ViT's class token
+    projector: Literal["linear", "mlp"] = "mlp"  # "mlp": Linear-GELU-Linear (LLaVA-1.5)
+    text: TextConfig = field(default_factory=TextConfig)
+
+    def __post_init__(self) -> None:
+        check(self.text.attention == "causal",
+              f"text.attention must be 'causal' in a decoder, got {self.text.attention!r}")
+        _refuse_non_causal_routers(self.text.transformer, "text.transformer")
+        if self.vision is None:
+            check(self.vision_dim is not None and self.vision_dim >= 1,
+                  f"vision_dim must be set (>= 1) when vision is null (external encoder), got {self.vision_dim!r}")
+        else:
+            check(self.vision_dim is None or self.vision_dim == self.vision.transformer.dim,
+                  f"vision_dim={self.vision_dim} must be null or equal vision.transformer.dim="
+                  f"{self.vision.transformer.dim}")
+
+    @property
+    def vision_width(self) -> int:
+        return self.vision.transformer.dim if self.vision is not None else self.vision_dim

@@ -1,0 +1,39 @@
+import pytest
+
+from vlmoe.config import ConfigError, MoEConfig
+
+
+def test_round_trip_and_overrides(tmp_path):
+    cfg = MoEConfig(num_experts=8, top_k=2)
+    path = tmp_path / "moe.yaml"
+    cfg.to_yaml(path)
+    assert MoEConfig.from_yaml(path) == cfg
+    new = cfg.with_overrides(["top_k=1", "capacity_factor=1.25", "drop_policy=position"])
+    assert (new.top_k, new.capacity_factor, new.drop_policy) == (1, 1.25, "position")
+    assert cfg.with_overrides({"capacity_factor": None}).capacity_factor is None
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["top_k=9"], "top_k=9 must be <= moe.num_experts=8"),
+        (["topk=2"], "unknown key 'topk'"),
+        (["top_k=two"], "top_k: expected an integer, got 'two'"),
+        (["router=dense"], "router: 'dense' is not one of"),
+        (["capacity_factor=-1"], "capacity_factor must be > 0"),
+        (["top_k"], "not of the form key=value"),
+        (["expert_groups=modality", "num_experts=7"], "split evenly"),
+    ],
+)
+def test_bad_values_name_the_field(overrides, message):
+    with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("(", r"\(")):
+        MoEConfig(num_experts=8).with_overrides(overrides)
+
+
+def test_unknown_yaml_key_names_the_file(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("num_experts: 4\nnum_expert: 2\n")
+    with pytest.raises(ConfigError, match=r"bad.yaml: .*unknown key\(s\) \['num_expert'\]"):
+        MoEConfig.from_yaml(path)
+    with pytest.raises(ConfigError, match="not found"):
+        MoEConfig.from_yaml(tmp_path / "missing.yaml")
