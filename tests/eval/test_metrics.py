@@ -42,7 +42,12 @@ def test_zero_shot_weights_and_logits():
     # Averaging happens after per-prompt normalization: a long prompt vector does not dominate.
     w2 = zero_shot_weights(torch.tensor([[[10.0, 0.0], [0.0, 1.0]]]))
     torch.testing.assert_close(w2, torch.tensor([[1.0, 1.0]]) / math.sqrt(2))
-    assert class_prompts(["cat", "dog"], ["a {}", "the {}!"]) == ["a cat", "the cat!", "a dog", "the dog!"]
+    assert class_prompts(["cat", "dog"], ["a {}", "the {}!"]) == [
+        "a cat",
+        "the cat!",
+        "a dog",
+        "the dog!",
+    ]
 
 
 @pytest.mark.parametrize(
@@ -102,7 +107,9 @@ def test_bleu4_hand_worked():
     # p1..p4 = 4/5, 3/4, 2/3, 1/2; equal lengths so BP = 1
     expected = 100 * (4 / 5 * 3 / 4 * 2 / 3 * 1 / 2) ** 0.25
     assert bleu4(["a b c d e"], ["a b c d f"]) == pytest.approx(expected, abs=1e-6)
-    assert bleu4(["the cat sat on the mat"], [["a dog", "the cat sat on the mat"]]) == pytest.approx(100.0)
+    assert bleu4(
+        ["the cat sat on the mat"], [["a dog", "the cat sat on the mat"]]
+    ) == pytest.approx(100.0)
 
 
 def test_bleu4_variable_number_of_references():

@@ -36,7 +36,9 @@ def bleu4(hypotheses: Sequence[str], references: Sequence[str | Sequence[str]]) 
         references: per example, a reference string or a list of them.
     """
     if len(hypotheses) != len(references):
-        raise ValueError(f"bleu4: {len(hypotheses)} hypotheses but {len(references)} reference sets")
+        raise ValueError(
+            f"bleu4: {len(hypotheses)} hypotheses but {len(references)} reference sets"
+        )
     if not hypotheses:
         return 0.0
     result = sacrebleu.corpus_bleu(list(hypotheses), reference_streams(references), force=True)
@@ -82,6 +84,8 @@ class CaptioningEvaluator:
                 )
             hyps += preds
             refs += batch_refs
-        self.samples = [(h, [r] if isinstance(r, str) else list(r)) for h, r in zip(hyps[:5], refs[:5])]
+        self.samples = [
+            (h, [r] if isinstance(r, str) else list(r)) for h, r in zip(hyps[:5], refs[:5])
+        ]
         yield "bleu4", bleu4(hyps, refs)
         yield "num_examples", len(hyps)

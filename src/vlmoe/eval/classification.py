@@ -67,9 +67,22 @@ def zero_shot_logits(image_embeds_BD: torch.Tensor, class_weights_CD: torch.Tens
     return F.normalize(image_embeds_BD.float(), dim=-1) @ class_weights_CD.float().T
 
 
-def class_prompts(class_names: Sequence[str], templates: Sequence[str] = DEFAULT_PROMPTS) -> list[str]:
+def class_prompts(
+    class_names: Sequence[str], templates: Sequence[str] = DEFAULT_PROMPTS
+) -> list[str]:
     """Every (class, template) prompt, class-major: index c * P + p."""
     return [t.format(name) for name in class_names for t in templates]
+
+
+def class_logits(output, field: str | None = None) -> torch.Tensor:
+    """The (B, C) class logits of a model output: `field`, else `class_logits` or `logits`."""
+    if field is not None:
+        return get_field(output, field)
+    for name in ("class_logits", "logits"):
+        value = getattr(output, name, None)
+        if isinstance(value, torch.Tensor) and value.dim() == 2:
+            return value
+    raise KeyError(f"model output {type(output).__name__} has no 2-d class_logits or logits")
 
 
 class ClassificationEvaluator:
@@ -79,7 +92,8 @@ class ClassificationEvaluator:
         loader: yields dict batches with the label under `label_key`.
         forward: `(model, batch) -> output`; defaults to `model(**inputs)` on the batch's
             tensor inputs (see `vlmoe.eval.common.default_forward`).
-        logits_field: attribute (or key) of the output holding (B, C) logits.
+        logits_field: attribute (or key) of the output holding (B, C) logits; by default the
+            first of `class_logits` (fusion) and `logits` (ViT) the output has.
         topk: extra k values to report as `top{k}` (k=1 is always reported as `accuracy`).
     """
 
@@ -88,7 +102,7 @@ class ClassificationEvaluator:
         loader: Iterable[dict],
         *,
         forward: BatchFn | None = None,
-        logits_field: str = "logits",
+        logits_field: str | None = None,
         label_key: str = "label",
         topk: Sequence[int] = (),
     ) -> None:
@@ -105,7 +119,7 @@ class ClassificationEvaluator:
         count = TensorSum()
         for batch in self.loader:
             batch = to_device(batch, device)
-            logits_BC = get_field(self.forward(model, batch), self.logits_field)
+            logits_BC = class_logits(self.forward(model, batch), self.logits_field)
             labels_B = batch[self.label_key]
             for k, acc in correct.items():
                 acc.add(topk_correct(logits_BC, labels_B, k))

@@ -64,12 +64,24 @@ def retrieval_metrics(
     Returns keys `i2t_r@K`, `t2i_r@K` and `mean_recall` (the mean of all of them, the usual
     single-number summary "RSUM / 2K").
     """
-    sim_IN = F.normalize(image_embeds_ID.float(), dim=-1) @ F.normalize(text_embeds_ND.float(), dim=-1).T
+    sim_IN = (
+        F.normalize(image_embeds_ID.float(), dim=-1) @ F.normalize(text_embeds_ND.float(), dim=-1).T
+    )
     i2t = recall_at_k(image_to_text_ranks(sim_IN, text_image_N), ks)
     t2i = recall_at_k(text_to_image_ranks(sim_IN, text_image_N), ks)
     out = {f"i2t_r@{k}": v for k, v in i2t.items()} | {f"t2i_r@{k}": v for k, v in t2i.items()}
     out["mean_recall"] = sum(out.values()) / len(out)
     return out
+
+
+def encode_images_default(model: torch.nn.Module, batch: dict) -> torch.Tensor:
+    """`model.encode_image(batch["images"])` (the contrastive model's API)."""
+    return model.encode_image(batch["images"])
+
+
+def encode_texts_default(model: torch.nn.Module, batch: dict) -> torch.Tensor:
+    """`model.encode_text(batch["input_ids"], batch.get("attention_mask"))`."""
+    return model.encode_text(batch["input_ids"], batch.get("attention_mask"))
 
 
 class RetrievalEvaluator:
@@ -81,8 +93,10 @@ class RetrievalEvaluator:
 
     Args:
         loader: yields dict batches.
-        encode_image: `(model, batch) -> (B, D)` image embeddings.
-        encode_text: `(model, batch) -> (B, D)` text embeddings (one caption per row).
+        encode_image: `(model, batch) -> (B, D)` image embeddings; default
+            `model.encode_image(batch["images"])`.
+        encode_text: `(model, batch) -> (B, D)` text embeddings (one caption per row); default
+            `model.encode_text(batch["input_ids"], batch.get("attention_mask"))`.
         image_id_key: batch key of a per-row image identifier (tensor or list), or None.
     """
 
@@ -90,14 +104,14 @@ class RetrievalEvaluator:
         self,
         loader: Iterable[dict],
         *,
-        encode_image: BatchFn,
-        encode_text: BatchFn,
+        encode_image: BatchFn | None = None,
+        encode_text: BatchFn | None = None,
         image_id_key: str | None = "image_id",
         ks: Sequence[int] = DEFAULT_KS,
     ) -> None:
         self.loader = loader
-        self.encode_image = encode_image
-        self.encode_text = encode_text
+        self.encode_image = encode_image or encode_images_default
+        self.encode_text = encode_text or encode_texts_default
         self.image_id_key = image_id_key
         self.ks = tuple(ks)
 

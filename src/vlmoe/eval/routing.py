@@ -101,10 +101,18 @@ class RoutingStats:
         self.num_batches = 0
 
     def update(self, aux_list: Sequence[MoEAux]) -> None:
-        """Add one forward's aux list (one `MoEAux` per MoE layer, always in the same order)."""
-        if self.sums and len(aux_list) != len(self.sums):
+        """Add one forward's aux list (one `MoEAux` per MoE layer run, always in the same order).
+
+        When the list is a whole multiple of the named layers (the contrastive tower runs every
+        layer once for images, then once for texts), pass p's aux of layer i adds to layer i.
+        """
+        n = len(self.layer_names) if self.layer_names else len(aux_list)
+        if n == 0 or len(aux_list) % n:
+            n = len(aux_list)
+        if self.sums and n != len(self.sums):
             raise ValueError(f"got {len(aux_list)} MoEAux, earlier batches had {len(self.sums)}")
-        for i, aux in enumerate(aux_list):
+        for j, aux in enumerate(aux_list):
+            i = j % n
             new = layer_sums(aux, len(self.modality_names))
             if i == len(self.sums):
                 self.sums.append({k: v.detach().clone() for k, v in new.items()})

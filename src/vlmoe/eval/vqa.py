@@ -19,15 +19,13 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import torch
 
-from vlmoe.eval.common import model_device, to_device
+from vlmoe.eval.common import default_forward, get_field, model_device, to_device
 
-NUMBER_WORDS: dict[str, str] = {
-    word: str(i)
-    for i, word in enumerate(
-        "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen "
-        "fifteen sixteen seventeen eighteen nineteen twenty".split()
-    )
-}
+_ZERO_TO_TWENTY = (
+    "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen "
+    "fifteen sixteen seventeen eighteen nineteen twenty"
+)
+NUMBER_WORDS: dict[str, str] = {word: str(i) for i, word in enumerate(_ZERO_TO_TWENTY.split(" "))}
 NUMBER_WORDS.update({"none": "0", "thirty": "30", "forty": "40", "fifty": "50", "hundred": "100"})
 ARTICLES = frozenset({"a", "an", "the"})
 _PUNCT = re.compile(f"[{re.escape(string.punctuation)}]")
@@ -61,6 +59,19 @@ def vqa_accuracy(predictions: Sequence[str], references: Sequence[str | Sequence
     if not predictions:
         return 0.0
     return sum(answer_correct(p, r) for p, r in zip(predictions, references)) / len(predictions)
+
+
+def answers_from_logits(
+    answer_vocab: Sequence[str], logits_field: str = "vqa_logits"
+) -> AnswerFn:
+    """An `answer_fn` for VQA as answer classification: argmax over `answer_vocab`."""
+    vocab = list(answer_vocab)
+
+    def answer_fn(model: torch.nn.Module, batch: dict) -> list[str]:
+        logits_BA = get_field(default_forward(model, batch), logits_field)
+        return [vocab[i] for i in logits_BA.argmax(dim=-1).tolist()]
+
+    return answer_fn
 
 
 class VQAEvaluator:

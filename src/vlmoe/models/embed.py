@@ -72,3 +72,12 @@ def masked_mean(x_BLD: Tensor, valid_BL: Tensor) -> Tensor:
     """Mean over real tokens: (B, L, D) -> (B, D)."""
     w_BL1 = valid_BL.to(x_BLD.dtype)[..., None]
     return (x_BLD * w_BL1).sum(1) / w_BL1.sum(1).clamp_min(1.0)
+
+
+def valid_mask(attention_mask: Tensor | None, B: int, L: int, device: torch.device) -> Tensor:
+    """(B, L) bool, True at real tokens; all True when no mask is given."""
+    if attention_mask is None:
+        return torch.ones(B, L, dtype=torch.bool, device=device)
+    if attention_mask.shape != (B, L):
+        raise ValueError(f"attention_mask shape {tuple(attention_mask.shape)} must be {(B, L)}")
+    return attention_mask.bool()

@@ -68,14 +68,15 @@ def positions_from_mask(valid_BL: Tensor) -> Tensor:
 
 def build_attention_mask(key_valid_BS: Tensor | None, num_queries: int, num_keys: int,
                          causal: bool, device: torch.device) -> Tensor | None:
-    """Boolean mask (B or 1, 1, L, S) for SDPA, or None when every key is visible.
+    """Boolean mask (B or 1, 1, L, S) for SDPA, or None when no mask is needed: no padding, and
+    either bidirectional or causal without cache (pass `causal=True` to `Attention` then).
 
     The queries are the last `num_queries` of the `num_keys` positions (earlier ones are cached).
     """
     if key_valid_BS is not None and bool(key_valid_BS.all()):
         key_valid_BS = None
-    if key_valid_BS is None and not causal:
-        return None
+    if key_valid_BS is None and (not causal or num_queries == num_keys):
+        return None  # SDPA needs no mask, or takes its own causal path (is_causal)
     q_pos = torch.arange(num_keys - num_queries, num_keys, device=device)[:, None]  # (L, 1)
     k_pos = torch.arange(num_keys, device=device)[None, :]  # (1, S)
     mask_LS = k_pos <= q_pos if causal else torch.ones(num_queries, num_keys, dtype=torch.bool, device=device)

@@ -1,8 +1,10 @@
 """Training curves from `metrics.jsonl` files: several runs (dense vs MoE) on shared axes.
 
-A metrics file holds one JSON object a line, each with a `step` and any number of named
-numbers (`loss`, `train/loss`, `eval/accuracy`, ...). Lines that are not JSON objects are
-skipped with a warning, so a run killed mid-write still plots.
+A metrics file holds one JSON object a line, each with a `step`, optionally a `split`
+("train" | "eval", as `vlmoe.train` writes them) and any number of named numbers. A metric is
+named `<split>/<key>` when the line has a split (`train/loss`, `eval/accuracy`), else `<key>`.
+Lines that are not JSON objects are skipped with a warning, so a run killed mid-write still
+plots.
 """
 
 from __future__ import annotations
@@ -20,14 +22,21 @@ logger = logging.getLogger(__name__)
 
 Series = dict[str, tuple[list[float], list[float]]]  # metric -> (steps, values)
 # Metrics worth a panel by default: losses first, then task quality.
-_DEFAULT_PATTERNS = (r"(^|/)loss$", r"loss", r"acc", r"bleu", r"recall|r@")
-_SKIP = re.compile(r"lr|learning_rate|throughput|tokens_per_s|samples_per_s|seconds|time|epoch|step")
+_DEFAULT_PATTERNS = (r"(^|/)loss$", r"acc", r"bleu", r"recall|r@", r"loss")
+_SKIP = re.compile(
+    r"lr|learning_rate|throughput|tokens_per_s|samples_per_s|seconds|time|epoch|step"
+)
 
 
 def read_metrics(path: str | Path, step_key: str = "step") -> Series:
-    """{metric: (steps, values)} from a metrics.jsonl; rows without `step_key` use their index."""
+    """{metric: (steps, values)} from a metrics.jsonl (or a run directory holding one).
+
+    Rows without `step_key` use their line index as the step.
+    """
     series: Series = {}
     path = Path(path)
+    if path.is_dir():
+        path = path / "metrics.jsonl"
     for i, line in enumerate(path.read_text().splitlines()):
         if not line.strip():
             continue
@@ -39,12 +48,14 @@ def read_metrics(path: str | Path, step_key: str = "step") -> Series:
         if not isinstance(row, dict):
             continue
         step = row.get(step_key, i)
+        split = row.get("split")
+        prefix = f"{split}/" if isinstance(split, str) and split else ""
         for key, value in row.items():
             if key == step_key or isinstance(value, bool) or not isinstance(value, int | float):
                 continue
             if not math.isfinite(value):
                 continue
-            steps, values = series.setdefault(key, ([], []))
+            steps, values = series.setdefault(prefix + key, ([], []))
             steps.append(float(step))
             values.append(float(value))
     return series
@@ -70,7 +81,7 @@ def plot_curves(
 
     Args:
         runs: {label: metrics.jsonl path or already-read series}, e.g. {"dense": ..., "moe": ...}.
-        metrics: which metrics to draw (default: losses, accuracies, BLEU, recall found in the runs).
+        metrics: which metrics to draw (default: the losses, accuracies, BLEU and recalls found).
         smooth: moving-average window in logged points (1 = raw).
     """
     series = {label: r if isinstance(r, dict) else read_metrics(r) for label, r in runs.items()}

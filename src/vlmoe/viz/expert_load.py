@@ -43,7 +43,9 @@ def plot_expert_load(
     """
     frac_LME = load_fractions(np.asarray(counts_LME))
     if frac_LME.ndim != 3:
-        raise ValueError(f"plot_expert_load: expected (layers, modalities, experts), got {frac_LME.shape}")
+        raise ValueError(
+            f"plot_expert_load: expected (layers, modalities, experts), got {frac_LME.shape}"
+        )
     L, M, E = frac_LME.shape
     counts_LME = np.asarray(counts_LME, dtype=float)
     has_tokens_M = counts_LME.sum(axis=(0, 2)) > 0
@@ -56,7 +58,7 @@ def plot_expert_load(
 
     cell = 0.45 if E <= 16 else 0.22
     width = max(3.0, cell * E + 1.2) * len(panels) + 1.2
-    height = max(2.4, cell * L + 1.4) + (0.3 if title else 0)
+    height = max(2.4, cell * L + 1.4) + 0.5
     fig = new_figure(width, height)
     axes = fig.subplots(1, len(panels), squeeze=False, sharey=True)[0]
     image = None
@@ -66,17 +68,16 @@ def plot_expert_load(
         ax.set_xlabel("expert")
         ax.set_xticks(range(E), [str(e) for e in range(E)], fontsize="small" if E <= 16 else 6)
         ax.set_yticks(range(L), layer_names)
-        dead_L, dead_E = np.nonzero(counts_LME[:, m, :] == 0)
-        ax.scatter(dead_E, dead_L, marker="x", c="red", s=30, label="no tokens")
-        if L * E <= 160:
-            for (l, e), v in np.ndenumerate(frac_LME[:, m, :]):
+        annotate = L * E <= 160
+        for (l, e), v in np.ndenumerate(frac_LME[:, m, :]):
+            if counts_LME[l, m, e] == 0:  # an expert this modality never reached
+                ax.text(e, l, "×", ha="center", va="center", fontsize=9, color="red")
+            elif annotate:
                 color = "black" if v > 0.6 * vmax else "white"
-                ax.text(e, l, f"{v:.2f}", ha="center", va="center", fontsize=6, color=color)
+                ax.text(e, l, f"{v:.2f}", ha="center", va="center", fontsize=7, color=color)
     axes[0].set_ylabel("MoE layer")
-    if len(dead_L := np.nonzero(counts_LME[:, panels, :] == 0)[0]):
-        axes[-1].legend(loc="upper right", bbox_to_anchor=(1.0, -0.15), fontsize="small", frameon=False)
     cbar = fig.colorbar(image, ax=list(axes), shrink=0.9)
-    cbar.set_label(f"fraction of tokens (uniform = 1/{E} = {1 / E:.2f})")
-    if title:
-        fig.suptitle(title)
+    cbar.set_label("fraction of tokens")
+    note = f"uniform = 1/{E} = {1 / E:.3f}; × = no tokens"
+    fig.suptitle(f"{title}\n({note})" if title else note, fontsize=11)
     return save_png(fig, out_path)

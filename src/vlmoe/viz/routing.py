@@ -24,7 +24,7 @@ from torch import Tensor
 from vlmoe.moe.layer import MoEAux
 from vlmoe.viz.common import expert_colors, new_figure, save_png
 
-DROPPED_COLOR = (0.55, 0.55, 0.55, 1.0)
+DROPPED_COLOR = (0.0, 0.0, 0.0, 1.0)  # black: in no qualitative palette used for experts
 
 
 def token_top1(aux: MoEAux) -> tuple[Tensor, Tensor]:
@@ -137,40 +137,72 @@ def _as_rgb(image) -> np.ndarray:
     return np.clip(arr, 0, 1)
 
 
-def _overlay_rgba(expert_hw: np.ndarray, conf_hw: np.ndarray, colors_E4: np.ndarray,
-                  num_experts: int, confidence: str) -> np.ndarray:
-    rgba = np.where(expert_hw[..., None] >= 0, colors_E4[np.clip(expert_hw, 0, None)], DROPPED_COLOR)
+def _overlay_rgba(
+    expert_hw: np.ndarray,
+    conf_hw: np.ndarray,
+    colors_E4: np.ndarray,
+    num_experts: int,
+    confidence: str,
+) -> np.ndarray:
+    rgba = np.where(
+        expert_hw[..., None] >= 0, colors_E4[np.clip(expert_hw, 0, None)], DROPPED_COLOR
+    )
     if confidence == "alpha":
         lo = 1.0 / num_experts
         c = np.clip((conf_hw - lo) / max(1.0 - lo, 1e-9), 0, 1)
-        rgba[..., 3] = 0.25 + 0.5 * c
+        rgba[..., 3] = 0.35 + 0.5 * c
     else:
-        rgba[..., 3] = 0.6
-    rgba[expert_hw < 0, 3] = 0.6
+        rgba[..., 3] = 0.7
+    rgba[expert_hw < 0, 3] = 0.7
     return rgba
 
 
-def _draw_tokens(ax, fig, tokens: Sequence[str], experts: np.ndarray, conf: np.ndarray,
-                 colors_E4: np.ndarray) -> None:
-    """Tokens as rounded labels in reading order, wrapped to the axes width."""
+def _draw_tokens(ax, fig, tokens: Sequence[str], colors: Sequence) -> None:
+    """Tokens as rounded labels in reading order, wrapped to the axes width; … on overflow."""
     ax.set_axis_off()
     renderer = fig.canvas.get_renderer()
     to_axes = ax.transAxes.inverted()
-    x, y, line_h = 0.0, 0.95, 0.0
-    for tok, e, c in zip(tokens, experts, conf):
-        color = colors_E4[e] if e >= 0 else DROPPED_COLOR
+    x, y, line_h = 0.0, 0.97, 0.0
+    for tok, color in zip(tokens, colors):
         lum = 0.299 * color[0] + 0.587 * color[1] + 0.114 * color[2]
-        label = tok if e >= 0 else f"{tok} (dropped)"
-        t = ax.text(x, y, label, transform=ax.transAxes, va="top", ha="left", fontsize=9,
-                    color="black" if lum > 0.55 else "white",
-                    bbox=dict(boxstyle="round,pad=0.25", fc=color, ec="none"))
+        t = ax.text(
+            x,
+            y,
+            tok,
+            transform=ax.transAxes,
+            va="top",
+            ha="left",
+            fontsize=9,
+            color="black" if lum > 0.55 else "white",
+            bbox=dict(boxstyle="round,pad=0.25", fc=color, ec="0.6", lw=0.5),
+        )
         bb = to_axes.transform(t.get_window_extent(renderer))
         w, h = bb[1, 0] - bb[0, 0], bb[1, 1] - bb[0, 1]
         if x > 0 and x + w > 1.0:  # wrap
-            x, y = 0.0, y - line_h - 0.04
+            x, y = 0.0, y - line_h - 0.1
+            if y - h < 0:
+                t.set_text("…")
+                t.set_position((0.0, y + line_h + 0.1))
+                t.set_x(1.0)
+                t.set_bbox(None)
+                t.set_color("black")
+                return
             t.set_position((x, y))
-        x += w + 0.025
+        x += w + 0.05
         line_h = max(line_h, h)
+
+
+def _token_colors(experts: np.ndarray, colors_E4: np.ndarray) -> list:
+    return [colors_E4[e] if e >= 0 else DROPPED_COLOR for e in experts]
+
+
+def _token_rows_inches(token_strings: Sequence[str] | None, width_in: float) -> float:
+    """Height to reserve under each image for its wrapped token labels."""
+    if not token_strings:
+        return 0.0
+    chars = sum(len(t) + 3 for t in token_strings)  # label padding and gaps
+    lines = max(1, int(np.ceil(chars * 0.075 / width_in)))
+    return 0.15 + 0.3 * lines
 
 
 def draw_patch_routing(
@@ -181,8 +213,13 @@ def draw_patch_routing(
     *,
     confidence: Literal["alpha", "none"] = "alpha",
     title: str | None = None,
+    max_cols: int = 4,
 ) -> Path:
-    """Draw precomputed `LayerRouting` rows (see `plot_patch_routing`); a PNG at `out_path`."""
+    """Draw precomputed `LayerRouting` cells (see `plot_patch_routing`); a PNG at `out_path`.
+
+    One cell per layer, after a first cell with the input: the image with its patches coloured
+    by top-1 expert, and under it the text tokens as labels coloured the same way.
+    """
     if not layers:
         raise ValueError("draw_patch_routing: no MoE layers to draw (is the model dense?)")
     rgb = _as_rgb(image)
@@ -190,68 +227,133 @@ def draw_patch_routing(
     E = max(layer.num_experts for layer in layers)
     colors_E4 = expert_colors(E)
     has_text = token_strings is not None and any(layer.token_expert is not None for layer in layers)
-    rows = 1 + len(layers)
-    fig = new_figure(3.0 + (4.6 if has_text else 0), 2.7 * rows + 0.9)
+    cells = 1 + len(layers)
+    ncols = min(max_cols, cells)
+    nrows = int(np.ceil(cells / ncols))
+    cell_w, img_h = 2.7, 2.7 * H / W
+    tok_h = _token_rows_inches(token_strings, cell_w) if has_text else 0.0
+    top_in, bottom_in = 0.55, 0.55 + 0.22 * int(np.ceil((E + 1) / 8))
+    fig = new_figure(cell_w * ncols + 0.3, nrows * (img_h + tok_h + 0.45) + top_in + bottom_in)
     fig.set_layout_engine("none")
-    grid = fig.add_gridspec(rows, 2 if has_text else 1, width_ratios=[3.0, 4.6] if has_text else None,
-                            left=0.04, right=0.98, top=1 - 0.45 / fig.get_figheight(),
-                            bottom=0.65 / fig.get_figheight(), hspace=0.3, wspace=0.05)
-    ax = fig.add_subplot(grid[0, 0])
+    fig_h = fig.get_figheight()
+    ratios = [img_h, tok_h] * nrows if has_text else [img_h] * nrows
+    grid = fig.add_gridspec(
+        len(ratios),
+        ncols,
+        height_ratios=ratios,
+        left=0.15 / fig.get_figwidth(),
+        right=1 - 0.15 / fig.get_figwidth(),
+        top=1 - top_in / fig_h,
+        bottom=bottom_in / fig_h,
+        hspace=0.28 if has_text else 0.2,
+        wspace=0.08,
+    )
+    step = 2 if has_text else 1
+
+    def cell_axes(c: int):
+        r, col = divmod(c, ncols)
+        img_ax = fig.add_subplot(grid[r * step, col])
+        tok_ax = fig.add_subplot(grid[r * step + 1, col]) if has_text else None
+        img_ax.set_axis_off()
+        if tok_ax is not None:
+            tok_ax.set_axis_off()
+        return img_ax, tok_ax
+
+    ax, tax = cell_axes(0)
     ax.imshow(rgb, interpolation="nearest")
-    ax.set_title("input image", fontsize=10)
-    ax.set_axis_off()
-    if has_text:
-        tax = fig.add_subplot(grid[0, 1])
-        tax.set_axis_off()
-        tax.set_title("input text", fontsize=10)
-        tax.text(0, 0.9, " ".join(token_strings), transform=tax.transAxes, va="top", wrap=True, fontsize=9)
+    ax.set_title("input", fontsize=10)
+    if tax is not None:
+        _draw_tokens(tax, fig, token_strings, [(1.0, 1.0, 1.0, 1.0)] * len(token_strings))
     used: set[int] = set()
     any_dropped = False
-    for r, layer in enumerate(layers, start=1):
-        ax = fig.add_subplot(grid[r, 0])
-        ax.set_axis_off()
+    for c, layer in enumerate(layers, start=1):
+        ax, tax = cell_axes(c)
+        ax.set_title(layer.name, fontsize=10)
         if layer.patch_expert is not None:
-            gh, gw = layer.patch_expert.shape
-            ax.imshow(rgb, interpolation="nearest")
-            ax.imshow(_overlay_rgba(layer.patch_expert, layer.patch_conf, colors_E4, layer.num_experts,
-                                    confidence),
-                      extent=(-0.5, W - 0.5, H - 0.5, -0.5), interpolation="nearest")
-            for i in range(1, gh):
-                ax.axhline(i * H / gh - 0.5, color="white", lw=0.4, alpha=0.6)
-            for j in range(1, gw):
-                ax.axvline(j * W / gw - 0.5, color="white", lw=0.4, alpha=0.6)
-            if gh * gw <= 64:
-                for (i, j), e in np.ndenumerate(layer.patch_expert):
-                    ax.text((j + 0.5) * W / gw - 0.5, (i + 0.5) * H / gh - 0.5, str(e) if e >= 0 else "×",
-                            ha="center", va="center", fontsize=7, color="white", fontweight="bold")
+            _draw_patches(ax, rgb, layer, colors_E4, confidence)
             used.update(int(e) for e in np.unique(layer.patch_expert) if e >= 0)
             any_dropped |= bool((layer.patch_expert < 0).any())
         else:
-            ax.text(0.5, 0.5, "no image tokens\nin this layer", ha="center", va="center",
-                    transform=ax.transAxes, fontsize=9, color="gray")
-        ax.set_title(f"{layer.name}: patches", fontsize=10)
-        if has_text:
-            tax = fig.add_subplot(grid[r, 1])
-            tax.set_title(f"{layer.name}: text tokens", fontsize=10)
-            if layer.token_expert is not None:
-                n = min(len(token_strings), len(layer.token_expert))
-                _draw_tokens(tax, fig, token_strings[:n], layer.token_expert[:n], layer.token_conf[:n],
-                             colors_E4)
-                used.update(int(e) for e in layer.token_expert[:n] if e >= 0)
-                any_dropped |= bool((layer.token_expert[:n] < 0).any())
-            else:
-                tax.set_axis_off()
-                tax.text(0.5, 0.5, "no text tokens in this layer", ha="center", va="center",
-                         transform=tax.transAxes, fontsize=9, color="gray")
-    handles = [Patch(color=colors_E4[e], label=f"expert {e}") for e in range(E)
-               if e in used or E <= 16]
+            ax.text(
+                0.5,
+                0.5,
+                "no image tokens\nin this layer",
+                ha="center",
+                va="center",
+                transform=ax.transAxes,
+                fontsize=9,
+                color="gray",
+            )
+        if tax is not None and layer.token_expert is not None:
+            n = min(len(token_strings), len(layer.token_expert))
+            _draw_tokens(
+                tax, fig, token_strings[:n], _token_colors(layer.token_expert[:n], colors_E4)
+            )
+            used.update(int(e) for e in layer.token_expert[:n] if e >= 0)
+            any_dropped |= bool((layer.token_expert[:n] < 0).any())
+        elif tax is not None:
+            tax.text(
+                0.5,
+                0.6,
+                "no text tokens in this layer",
+                ha="center",
+                va="center",
+                transform=tax.transAxes,
+                fontsize=9,
+                color="gray",
+            )
+    handles = [
+        Patch(color=colors_E4[e], label=f"expert {e}") for e in range(E) if e in used or E <= 16
+    ]
     if any_dropped:
-        handles.append(Patch(color=DROPPED_COLOR, label="dropped"))
-    note = "colour = top-1 expert" + (", opacity = router confidence" if confidence == "alpha" else "")
-    fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 8), fontsize=8,
-               frameon=False, title=note, title_fontsize=8)
-    fig.suptitle(title or "Routing of image patches and text tokens", fontsize=11)
+        handles.append(Patch(color=DROPPED_COLOR, label="dropped (no expert)"))
+    note = "colour = top-1 expert" + (
+        ", opacity = router confidence" if confidence == "alpha" else ""
+    )
+    fig.legend(
+        handles=handles,
+        loc="lower center",
+        ncol=min(len(handles), 8),
+        fontsize=8,
+        frameon=False,
+        title=note,
+        title_fontsize=8,
+    )
+    fig.suptitle(
+        title or "Which expert each image patch and text token went to",
+        fontsize=11,
+        y=1 - 0.12 / fig_h,
+        va="top",
+    )
     return save_png(fig, out_path)
+
+
+def _draw_patches(
+    ax, rgb: np.ndarray, layer: LayerRouting, colors_E4: np.ndarray, confidence: str
+) -> None:
+    H, W = rgb.shape[:2]
+    gh, gw = layer.patch_expert.shape
+    ax.imshow(rgb, interpolation="nearest")
+    overlay = _overlay_rgba(
+        layer.patch_expert, layer.patch_conf, colors_E4, layer.num_experts, confidence
+    )
+    ax.imshow(overlay, extent=(-0.5, W - 0.5, H - 0.5, -0.5), interpolation="nearest")
+    for i in range(1, gh):
+        ax.axhline(i * H / gh - 0.5, color="white", lw=0.4, alpha=0.5)
+    for j in range(1, gw):
+        ax.axvline(j * W / gw - 0.5, color="white", lw=0.4, alpha=0.5)
+    if gh * gw <= 64:
+        for (i, j), e in np.ndenumerate(layer.patch_expert):
+            ax.text(
+                (j + 0.5) * W / gw - 0.5,
+                (i + 0.5) * H / gh - 0.5,
+                str(e) if e >= 0 else "×",
+                ha="center",
+                va="center",
+                fontsize=7,
+                color="white",
+                fontweight="bold",
+            )
 
 
 def plot_patch_routing(
@@ -281,14 +383,24 @@ def plot_patch_routing(
             the text tokens in every layer's T (default: guessed from modality ids).
         confidence: "alpha" makes a patch more opaque the surer the router was.
     """
-    names = list(layer_names) if layer_names is not None else [f"moe{i}" for i in range(len(aux_list))]
+    names = (
+        list(layer_names) if layer_names is not None else [f"moe{i}" for i in range(len(aux_list))]
+    )
     num_text = len(token_strings) if token_strings is not None else None
     layers = [
         layer_routing(
-            aux, patch_grid, names[i], image_index=image_index, text_index=text_index,
-            text_aux=text_aux_list[i] if text_aux_list is not None and i < len(text_aux_list) else None,
+            aux,
+            patch_grid,
+            names[i],
+            image_index=image_index,
+            text_index=text_index,
+            text_aux=text_aux_list[i]
+            if text_aux_list is not None and i < len(text_aux_list)
+            else None,
             num_text=num_text,
         )
         for i, aux in enumerate(aux_list)
     ]
-    return draw_patch_routing(image, layers, token_strings, out_path, confidence=confidence, title=title)
+    return draw_patch_routing(
+        image, layers, token_strings, out_path, confidence=confidence, title=title
+    )

@@ -1,0 +1,59 @@
+"""vlmoe models: ViT, text transformer, and the three vision-language architectures (fusion,
+contrastive, decoder), built on one transformer stack whose blocks are dense or MoE by config."""
+
+from vlmoe.models.base import PretrainedModel, architectures, count_parameters
+from vlmoe.models.checkpoint import CheckpointError, load_model
+from vlmoe.models.config import (
+    ContrastiveConfig,
+    DecoderConfig,
+    FusionConfig,
+    TextConfig,
+    TransformerConfig,
+    ViTConfig,
+)
+from vlmoe.models.contrastive import ContrastiveModel
+from vlmoe.models.decoder import Decoder
+from vlmoe.models.freeze import freeze, set_trainable, unfreeze
+from vlmoe.models.fusion import FusionModel
+from vlmoe.models.generation import generate
+from vlmoe.models.outputs import (
+    ContrastiveOutput,
+    DecoderOutput,
+    FusionOutput,
+    TextOutput,
+    ViTOutput,
+)
+from vlmoe.models.text import TextTransformer
+from vlmoe.models.transformer import Transformer
+from vlmoe.models.upcycle import upcycle_model
+from vlmoe.models.vit import ViT
+
+__all__ = [
+    "CheckpointError",
+    "ContrastiveConfig",
+    "ContrastiveModel",
+    "ContrastiveOutput",
+    "Decoder",
+    "DecoderConfig",
+    "DecoderOutput",
+    "FusionConfig",
+    "FusionModel",
+    "FusionOutput",
+    "PretrainedModel",
+    "TextConfig",
+    "TextOutput",
+    "TextTransformer",
+    "Transformer",
+    "TransformerConfig",
+    "ViT",
+    "ViTConfig",
+    "ViTOutput",
+    "architectures",
+    "count_parameters",
+    "freeze",
+    "generate",
+    "load_model",
+    "set_trainable",
+    "unfreeze",
+    "upcycle_model",
+]

@@ -1,0 +1,132 @@
+"""MoE-LLaVA-style decoder (Lin et al. 2024; LLaVA, Liu et al. 2023): a vision encoder, a
+projector into the language model's width, and a causal (MoE) language model over
+[image tokens ; text tokens]. Modality ids (image 0, text 1, padding -1) reach every MoE layer.
+
+The vision encoder is vlmoe's `ViT` by default; any module mapping images (B, C, H, W) to
+features (B, N, D_v) can be plugged in instead (`Decoder(config with vision=None, vision_dim=D_v,
+vision_encoder=module)`), which is how pretrained encoders are used.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from vlmoe.models.base import PretrainedModel
+from vlmoe.models.config import DecoderConfig
+from vlmoe.models.embed import text_modality, valid_mask
+from vlmoe.models.outputs import DecoderOutput
+from vlmoe.models.text import TextTransformer
+from vlmoe.models.vit import ViT
+from vlmoe.moe.layer import MoEAux
+from vlmoe.nn.attention import KVCache
+
+
+def build_projector(kind: str, in_dim: int, out_dim: int) -> nn.Module:
+    if kind == "linear":
+        return nn.Linear(in_dim, out_dim)
+    return nn.Sequential(nn.Linear(in_dim, out_dim), nn.GELU(), nn.Linear(out_dim, out_dim))
+
+
+class Decoder(PretrainedModel):
+    architecture = "decoder"
+    config_class = DecoderConfig
+
+    def __init__(self, config: DecoderConfig, vision_encoder: nn.Module | None = None) -> None:
+        super().__init__(config)
+        if config.vision is not None and vision_encoder is not None:
+            raise ValueError("pass vision_encoder only with a config whose vision is None (external encoder)")
+        if config.vision is None and vision_encoder is None:
+            raise ValueError("config.vision is None: pass the external vision_encoder module")
+        self.vision = ViT(config.vision) if config.vision is not None else vision_encoder
+        self.projector = build_projector(config.projector, config.vision_width, config.text.transformer.dim)
+        self.lm = TextTransformer(config.text)
+
+    def encode_images(self, images_BCHW: Tensor) -> tuple[Tensor, list[MoEAux], tuple[int, int] | None]:
+        """images -> (image tokens (B, N, D) in the LM's width, vision MoE auxes, patch grid)."""
+        if isinstance(self.vision, ViT):
+            feats_BSD, auxes = self.vision.forward_features(images_BCHW)
+            if self.config.vision_feature == "patch":
+                feats_BSD = feats_BSD[:, self.vision.num_prefix_tokens:]
+                grid = self.vision.grid_size
+            else:
+                grid = None if self.vision.num_prefix_tokens else self.vision.grid_size
+        else:
+            feats_BSD, auxes = _external_features(self.vision(images_BCHW)), []
+            side = math.isqrt(feats_BSD.shape[1])
+            grid = (side, side) if side * side == feats_BSD.shape[1] else None
+        return self.projector(feats_BSD), auxes, grid
+
+    def forward(self, images: Tensor | None = None, input_ids: Tensor | None = None,
+                attention_mask: Tensor | None = None, *,
+                kv_cache: KVCache | None = None) -> DecoderOutput:
+        """images (B, C, H, W) or None; input_ids (B, L) (or None); attention_mask (B, L).
+
+        The sequence is [image tokens ; text tokens]; padding may sit anywhere in the text
+        (left for generation, right for training). With `kv_cache`, later calls pass only new
+        tokens and no images.
+        """
+        parts, valid, modality = [], [], []
+        vision_aux: list[MoEAux] = []
+        grid = None
+        if images is not None:
+            img_BND, vision_aux, grid = self.encode_images(images)
+            B, N = img_BND.shape[:2]
+            parts.append(img_BND)
+            valid.append(torch.ones(B, N, dtype=torch.bool, device=img_BND.device))
+            modality.append(torch.zeros(B, N, dtype=torch.long, device=img_BND.device))
+        if input_ids is not None:
+            txt_BLD = self.lm.embed_tokens(input_ids)
+            B, L = input_ids.shape
+            text_valid = valid_mask(attention_mask, B, L, txt_BLD.device)
+            parts.append(txt_BLD)
+            valid.append(text_valid)
+            modality.append(text_modality(text_valid))
+        if not parts:
+            raise ValueError("pass images, input_ids, or both")
+        x_BSD = torch.cat(parts, dim=1)
+        valid_BS, modality_BS = torch.cat(valid, dim=1), torch.cat(modality, dim=1)
+        h_BSD, lm_aux = self.lm.hidden(x_BSD, valid_BS, modality_BS, kv_cache)
+        N = parts[0].shape[1] if images is not None else 0
+        return DecoderOutput(
+            logits=self.lm.lm_head(h_BSD[:, N:]),
+            hidden_states=h_BSD,
+            modality=modality_BS,
+            image_token_mask=modality_BS == 0,
+            num_image_tokens=N,
+            patch_grid=grid,
+            moe_aux=vision_aux + lm_aux,
+            vision_moe_aux=vision_aux,
+            lm_moe_aux=lm_aux,
+        )
+
+    def next_token_logits(self, input_ids: Tensor, attention_mask: Tensor, images: Tensor | None,
+                          kv_cache: KVCache | None) -> Tensor:
+        if input_ids.shape[1] == 0:
+            raise ValueError("generation needs at least one prompt token (e.g. BOS) after the image")
+        return self(images, input_ids, attention_mask, kv_cache=kv_cache).logits[:, -1]
+
+    def generate(self, input_ids: Tensor, attention_mask: Tensor | None = None,
+                 images: Tensor | None = None, **kwargs) -> Tensor:
+        """Continue left-padded prompts after the image; see `vlmoe.models.generation.generate`."""
+        from vlmoe.models.generation import generate
+
+        return generate(self, input_ids, attention_mask, images=images, **kwargs)
+
+
+def _external_features(out: object) -> Tensor:
+    """Features (B, N, D_v) from what an external encoder returns: a tensor, a tuple whose
+    first item is one, or an object with `last_hidden_state` (Hugging Face)."""
+    if isinstance(out, Tensor):
+        feats = out
+    elif isinstance(out, tuple | list) and out and isinstance(out[0], Tensor):
+        feats = out[0]
+    elif isinstance(getattr(out, "last_hidden_state", None), Tensor):
+        feats = out.last_hidden_state
+    else:
+        raise TypeError(f"the vision encoder returned {type(out).__name__}; expected a (B, N, D) tensor")
+    if feats.dim() != 3:
+        raise ValueError(f"the vision encoder must return (B, N, D) features, got shape {tuple(feats.shape)}")
+    return feats

@@ -1,0 +1,77 @@
+"""VL-MoE-style fusion encoder (Shen et al. 2023; VLMo, Bao et al. 2022): one bidirectional
+transformer over [image patches ; text tokens], with modality-type embeddings, and modality ids
+(image 0, text 1, padding -1) passed to every MoE layer, so that modality expert groups and
+shared experts (the default in the presets) see which tokens are which.
+
+Heads on the mean-pooled sequence: image classification, VQA as answer classification, and
+image-text matching (2-way).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from vlmoe.models.base import PretrainedModel
+from vlmoe.models.config import FusionConfig
+from vlmoe.models.embed import ImageEmbed, TokenEmbed, masked_mean, text_modality, valid_mask
+from vlmoe.models.outputs import FusionOutput
+from vlmoe.models.transformer import Transformer
+from vlmoe.nn.attention import build_attention_mask, positions_from_mask
+
+IMAGE, TEXT = 0, 1
+
+
+class FusionModel(PretrainedModel):
+    architecture = "fusion"
+    config_class = FusionConfig
+
+    def __init__(self, config: FusionConfig) -> None:
+        super().__init__(config)
+        dim = config.transformer.dim
+        self.image_embed = ImageEmbed(config.image_size, config.patch_size, config.in_channels,
+                                      dim, config.pos_embed)
+        self.text_embed = TokenEmbed(config.vocab_size, dim, config.max_seq_len)
+        self.type_embed = nn.Embedding(2, dim)
+        nn.init.normal_(self.type_embed.weight, std=0.02)
+        self.transformer = Transformer(config.transformer)
+        self.class_head = nn.Linear(dim, config.num_classes) if config.num_classes else None
+        self.vqa_head = nn.Linear(dim, config.num_answers) if config.num_answers else None
+        self.itm_head = nn.Linear(dim, 2)
+
+    def forward(self, images: Tensor | None = None, input_ids: Tensor | None = None,
+                attention_mask: Tensor | None = None) -> FusionOutput:
+        """images (B, C, H, W) and/or input_ids (B, L) with attention_mask (B, L)."""
+        parts, valid, modality = [], [], []
+        if images is not None:
+            x_BND = self.image_embed(images) + self.type_embed.weight[IMAGE]
+            B, N = x_BND.shape[:2]
+            parts.append(x_BND)
+            valid.append(torch.ones(B, N, dtype=torch.bool, device=x_BND.device))
+            modality.append(torch.full((B, N), IMAGE, dtype=torch.long, device=x_BND.device))
+        if input_ids is not None:
+            B, L = input_ids.shape
+            text_valid = valid_mask(attention_mask, B, L, input_ids.device)
+            x_BLD = self.text_embed(input_ids, positions_from_mask(text_valid)) + self.type_embed.weight[TEXT]
+            parts.append(x_BLD)
+            valid.append(text_valid)
+            modality.append(text_modality(text_valid))
+        if not parts:
+            raise ValueError("pass images, input_ids, or both")
+        x_BSD = torch.cat(parts, dim=1)
+        valid_BS, modality_BS = torch.cat(valid, dim=1), torch.cat(modality, dim=1)
+        S = x_BSD.shape[1]
+        mask = build_attention_mask(valid_BS, S, S, causal=False, device=x_BSD.device)
+        h_BSD, auxes = self.transformer(x_BSD, modality_BS, mask=mask)
+        pooled_BD = masked_mean(h_BSD, valid_BS)
+        return FusionOutput(
+            hidden_states=h_BSD,
+            pooled=pooled_BD,
+            class_logits=self.class_head(pooled_BD) if self.class_head is not None else None,
+            vqa_logits=self.vqa_head(pooled_BD) if self.vqa_head is not None else None,
+            itm_logits=self.itm_head(pooled_BD),
+            modality=modality_BS,
+            image_token_mask=modality_BS == IMAGE,
+            patch_grid=self.image_embed.grid_size,
+            moe_aux=auxes,
+        )

@@ -1,0 +1,1 @@
+"""Runnable demonstrations behind `vlmoe demo`: the scene-world comparison and MNIST."""

@@ -1,0 +1,93 @@
+"""Routing statistics per layer and modality: a hand-built MoEAux, then a real MoE layer."""
+
+import math
+
+import pytest
+import torch
+
+from vlmoe.config import MoEConfig
+from vlmoe.eval.routing import RoutingStats, layer_sums
+from vlmoe.moe.layer import MoEAux, MoELayer
+
+
+def hand_aux() -> MoEAux:
+    """4 tokens (image, image, text, padding), E = 4, K = 2; expert 3 never used."""
+    probs = torch.tensor(
+        [[1 / 3, 1 / 3, 1 / 3, 0.0], [1.0, 0.0, 0.0, 0.0], [0.0, 0.5, 0.5, 0.0], [0.25] * 4]
+    )
+    ids = torch.tensor([[0, 1], [0, 2], [2, 1], [1, 0]])
+    kept = torch.tensor([[True, True], [True, False], [True, True], [True, True]])
+    return MoEAux(
+        logits_TE=probs.clamp_min(1e-9).log(),
+        probs_TE=probs,
+        expert_ids_TK=ids,
+        weights_TK=torch.full((4, 2), 0.5),
+        kept_TK=kept,
+        counts_E=torch.tensor([3, 3, 1, 0]),
+        modality_T=torch.tensor([0, 0, 1, -1]),
+        allowed_ME=None,
+        num_experts=4,
+        top_k=2,
+        router="topk",
+    )
+
+
+def test_layer_sums_hand_worked():
+    s = layer_sums(hand_aux())
+    # image: token 0 -> e0, e1; token 1 -> e0 (its e2 pair dropped). text: token 2 -> e2, e1.
+    assert s["load_ME"].tolist() == [[2, 1, 0, 0], [0, 1, 1, 0]]
+    assert s["routed_ME"].tolist() == [[2, 1, 1, 0], [0, 1, 1, 0]]
+    assert s["dropped_M"].tolist() == [1, 0]
+    assert s["pairs_M"].tolist() == [4, 2]
+    assert s["tokens_M"].tolist() == [2, 1]
+    torch.testing.assert_close(s["entropy_sum_M"], torch.tensor([math.log(3), math.log(2)]))
+
+
+def test_routing_stats_accumulates_and_derives_rates():
+    rs = RoutingStats(["blocks.1.ffn"])
+    rs.update([hand_aux()])
+    rs.update([hand_aux()])
+    results = dict(rs.results())
+    assert results["blocks.1.ffn/image/tokens_per_expert"] == [4, 2, 0, 0]
+    assert results["blocks.1.ffn/text/tokens_per_expert"] == [0, 2, 2, 0]
+    assert results["blocks.1.ffn/image/drop_rate"] == pytest.approx(0.25)
+    assert results["blocks.1.ffn/text/drop_rate"] == 0.0
+    assert results["blocks.1.ffn/drop_rate"] == pytest.approx(1 / 6)
+    assert results["blocks.1.ffn/image/router_entropy"] == pytest.approx(math.log(3) / 2)
+    assert results["blocks.1.ffn/text/router_entropy"] == pytest.approx(math.log(2))
+    assert results["blocks.1.ffn/router_entropy"] == pytest.approx((math.log(3) + math.log(2)) / 3)
+    assert results["blocks.1.ffn/dead_experts"] == 1
+    assert results["blocks.1.ffn/dead_expert_ids"] == [3]
+    # load [4, 4, 2, 0]: max / mean = 4 / 2.5
+    assert results["blocks.1.ffn/load_imbalance"] == pytest.approx(1.6)
+    assert results["num_moe_layers"] == 1
+    assert results["dead_experts"] == 1
+    assert rs.load_LME() == [[[4, 2, 0, 0], [0, 2, 2, 0]]]
+
+
+def test_routing_stats_without_modality_and_layer_count_check():
+    aux = hand_aux()
+    rs = RoutingStats()
+    rs.update([MoEAux(**{**aux.__dict__, "modality_T": None})] * 2)
+    results = dict(rs.results())
+    # all four tokens are one pool, reported as "image" (modality 0); no text entries
+    assert results["moe0/image/tokens_per_expert"] == [3, 3, 1, 0]
+    assert "moe0/text/tokens_per_expert" not in results
+    assert results["num_moe_layers"] == 2
+    with pytest.raises(ValueError, match="got 1 MoEAux"):
+        rs.update([aux])
+
+
+def test_routing_stats_on_a_real_layer_match_its_counts():
+    torch.manual_seed(0)
+    layer = MoELayer(MoEConfig(dim=8, hidden_dim=16, num_experts=4, top_k=2, capacity_factor=0.5))
+    x = torch.randn(3, 10, 8)
+    modality = torch.tensor([[0] * 6 + [1] * 4] * 3)
+    _, aux = layer(x, modality)
+    rs = RoutingStats()
+    rs.update([aux])
+    (summary,) = rs.summaries()
+    assert sum(map(sum, summary.load_ME)) == int(aux.counts_E.sum())
+    assert summary.tokens_M == [18, 12]
+    assert 0 < summary.drop_rate < 1
+    assert 0 < summary.entropy <= math.log(4)

@@ -1,0 +1,42 @@
+"""Inputs for any vlmoe model, built from its config."""
+
+from __future__ import annotations
+
+import torch
+
+from vlmoe.registry import get_preset, list_presets
+
+DEBUG_PRESETS = [n for n in list_presets() if "-debug" in n]
+
+
+def architecture(name: str) -> str:
+    return get_preset(name).architecture
+
+
+def image_size(model) -> int:
+    c = model.config
+    return c.vision.image_size if model.architecture == "decoder" else c.image_size
+
+
+def vocab_size(model) -> int:
+    c = model.config
+    return c.text.vocab_size if model.architecture == "decoder" else c.vocab_size
+
+
+def make_inputs(model, batch: int = 2, seq_len: int = 7, seed: int = 0) -> dict:
+    """Images and/or right-padded token ids (the last row is padded) for `model`'s forward."""
+    g = torch.Generator().manual_seed(seed)
+    arch = model.architecture
+    if arch == "vit":
+        return {"images": torch.randn(batch, 3, image_size(model), image_size(model), generator=g)}
+    ids = torch.randint(0, vocab_size(model), (batch, seq_len), generator=g)
+    mask = torch.ones(batch, seq_len, dtype=torch.long)
+    mask[-1, seq_len - 2:] = 0
+    if arch == "text":
+        return {"input_ids": ids, "attention_mask": mask}
+    images = torch.randn(batch, 3, image_size(model), image_size(model), generator=g)
+    return {"images": images, "input_ids": ids, "attention_mask": mask}
+
+
+def float_tensors(out) -> dict[str, torch.Tensor]:
+    return {k: v for k, v in vars(out).items() if isinstance(v, torch.Tensor) and v.is_floating_point()}

@@ -1,0 +1,133 @@
+"""Plots write non-empty PNGs of the expected size for synthetic inputs."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from vlmoe.config import MoEConfig
+from vlmoe.moe.layer import MoELayer
+from vlmoe.viz.common import DPI
+from vlmoe.viz.curves import default_metrics, plot_curves, read_metrics
+from vlmoe.viz.expert_load import load_fractions, plot_expert_load
+from vlmoe.viz.routing import layer_routing, plot_patch_routing, token_top1
+
+
+def png_size(path):
+    assert path.stat().st_size > 2000
+    with Image.open(path) as im:
+        assert im.format == "PNG"
+        return im.size
+
+
+def write_run(path, scale):
+    with open(path, "w") as f:
+        for step in range(0, 100, 10):
+            f.write(
+                json.dumps(
+                    {
+                        "step": step,
+                        "split": "train",
+                        "loss": scale * math.exp(-step / 30),
+                        "lr": 1e-3,
+                    }
+                )
+                + "\n"
+            )
+            if step % 50 == 0:
+                f.write(json.dumps({"step": step, "split": "eval", "accuracy": step / 100}) + "\n")
+        f.write('{"step": 100, "split": "tr')  # torn last line
+
+
+def test_curves_dense_vs_moe(tmp_path):
+    write_run(tmp_path / "dense.jsonl", 2.0)
+    (tmp_path / "moe").mkdir()
+    write_run(tmp_path / "moe" / "metrics.jsonl", 1.5)
+    series = read_metrics(tmp_path / "moe")  # a run directory works too
+    assert series["train/loss"][0][:2] == [0.0, 10.0]
+    assert series["eval/accuracy"] == ([0.0, 50.0], [0.0, 0.5])
+    assert default_metrics({"moe": series}) == ["train/loss", "eval/accuracy"]
+    out = plot_curves(
+        {"dense": tmp_path / "dense.jsonl", "moe": tmp_path / "moe"},
+        tmp_path / "curves.png",
+        title="dense vs MoE",
+    )
+    assert png_size(out) == (round(4.2 * 2 * DPI), round(3.6 * DPI))
+    with pytest.raises(ValueError, match="no metrics"):
+        plot_curves({"x": {}}, tmp_path / "none.png")
+
+
+def test_expert_load_heatmap(tmp_path):
+    counts = np.zeros((3, 2, 8))
+    counts[:, 0, :4] = 10
+    counts[:, 1, 4:] = 5
+    frac = load_fractions(counts)
+    np.testing.assert_allclose(frac.sum(-1), 1.0)
+    np.testing.assert_allclose(frac[0, 0, :4], 0.25)
+    out = plot_expert_load(counts, tmp_path / "load.png", layer_names=["b1", "b3", "b5"])
+    w, h = png_size(out)
+    assert w > h > 150
+    # A modality with no tokens at all gets no panel.
+    counts[:, 1] = 0
+    w1, _ = png_size(plot_expert_load(counts, tmp_path / "load1.png"))
+    assert w1 < w
+
+
+def routed_example(capacity_factor=None, num_layers=2, grid=(4, 4), num_text=5):
+    torch.manual_seed(0)
+    cfg = MoEConfig(dim=8, hidden_dim=16, num_experts=4, top_k=2, capacity_factor=capacity_factor)
+    num_patches = grid[0] * grid[1]
+    x = torch.randn(1, 1 + num_patches + num_text, 8)  # [cls ; patches ; text]
+    modality = torch.tensor([[0] * (1 + num_patches) + [1] * num_text])
+    auxes = []
+    for _ in range(num_layers):
+        y, aux = MoELayer(cfg)(x, modality)
+        x = x + y
+        auxes.append(aux)
+    return auxes
+
+
+def test_token_top1_and_layer_routing():
+    (aux,) = routed_example(num_layers=1)
+    expert_T, conf_T = token_top1(aux)
+    assert expert_T.tolist() == aux.expert_ids_TK[:, 0].tolist()  # dropless: the top choice
+    torch.testing.assert_close(conf_T, aux.probs_TE.gather(1, aux.expert_ids_TK[:, :1]).squeeze(1))
+    layer = layer_routing(aux, (4, 4), "moe0", num_text=5)
+    # patches are the 16 image tokens after the class token, in raster order
+    assert layer.patch_expert.shape == (4, 4)
+    assert layer.patch_expert.ravel().tolist() == expert_T[1:17].tolist()
+    assert layer.token_expert.tolist() == expert_T[17:].tolist()
+
+
+def test_token_top1_marks_tokens_no_expert_computed():
+    (aux,) = routed_example(capacity_factor=0.25, num_layers=1)
+    expert_T, conf_T = token_top1(aux)
+    none_T = ~aux.kept_TK.any(dim=1)
+    assert none_T.any()
+    assert (expert_T[none_T] == -1).all() and (conf_T[none_T] == 0).all()
+    assert (expert_T[~none_T] >= 0).all()
+
+
+@pytest.mark.parametrize("with_text", [True, False])
+def test_patch_routing_plot(tmp_path, with_text):
+    auxes = routed_example(capacity_factor=0.5, num_layers=3)
+    image = np.zeros((32, 32, 3), dtype=np.uint8)
+    image[4:14, 4:20] = (255, 0, 0)
+    tokens = ["what", "colour", "is", "the", "square"] if with_text else None
+    out = plot_patch_routing(
+        image,
+        auxes,
+        (4, 4),
+        tokens,
+        tmp_path / "routing.png",
+        layer_names=["blocks.1", "blocks.3", "blocks.5"],
+    )
+    w, h = png_size(out)
+    assert w == round((2.7 * 4 + 0.3) * DPI)
+    with Image.open(out) as im:
+        assert len(np.unique(np.asarray(im.convert("RGB")).reshape(-1, 3), axis=0)) > 10
+    with pytest.raises(ValueError, match="no MoE layers"):
+        plot_patch_routing(image, [], (4, 4), tokens, tmp_path / "none.png")
