@@ -35,10 +35,13 @@ def register_preset(name: str, architecture: str, config: Config, description: s
 
     known = architectures()
     if architecture not in known:
-        raise ConfigError(f"preset {name!r}: unknown architecture {architecture!r}; known: {sorted(known)}")
+        raise ConfigError(
+            f"preset {name!r}: unknown architecture {architecture!r}; known: {sorted(known)}"
+        )
     if not isinstance(config, known[architecture].config_class):
         raise ConfigError(
-            f"preset {name!r}: a {architecture} preset needs a {known[architecture].config_class.__name__}, "
+            f"preset {name!r}: a {architecture} preset needs a "
+            f"{known[architecture].config_class.__name__}, "
             f"got {type(config).__name__}"
         )
     _PRESETS[name] = Preset(name, architecture, config, description)
@@ -47,7 +50,9 @@ def register_preset(name: str, architecture: str, config: Config, description: s
 def list_presets(architecture: str | None = None) -> list[str]:
     """Preset names, sorted; only those of `architecture` when given."""
     _load_builtin()
-    return sorted(n for n, p in _PRESETS.items() if architecture is None or p.architecture == architecture)
+    return sorted(
+        n for n, p in _PRESETS.items() if architecture is None or p.architecture == architecture
+    )
 
 
 def get_preset(name: str) -> Preset:
@@ -76,8 +81,12 @@ def resolve_overrides(config: Config, overrides: dict[str, Any]) -> dict[str, An
             continue
         matches = [p for p in paths if p.rsplit(".", 1)[-1] == key]
         if len(matches) != 1:
-            hint = f"it matches {matches}; use the dotted key" if matches else f"valid keys: {paths}"
-            raise ConfigError(f"override {key!r} is {'ambiguous' if matches else 'unknown'}: {hint}")
+            hint = (
+                f"it matches {matches}; use the dotted key" if matches else f"valid keys: {paths}"
+            )
+            raise ConfigError(
+                f"override {key!r} is {'ambiguous' if matches else 'unknown'}: {hint}"
+            )
         resolved[matches[0]] = value
     return resolved
 

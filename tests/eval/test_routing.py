@@ -91,3 +91,22 @@ def test_routing_stats_on_a_real_layer_match_its_counts():
     assert summary.tokens_M == [18, 12]
     assert 0 < summary.drop_rate < 1
     assert 0 < summary.entropy <= math.log(4)
+
+
+@pytest.mark.parametrize(
+    "router",
+    [dict(router="expert_choice"), dict(router="soft"), dict(top_k=1, capacity_factor=1.0)],
+)
+def test_routing_stats_for_every_router(router):
+    torch.manual_seed(0)
+    layer = MoELayer(MoEConfig(dim=8, hidden_dim=16, num_experts=4, **router))
+    modality = torch.tensor([[0] * 6 + [1] * 4] * 2)
+    _, aux = layer(torch.randn(2, 10, 8), modality)
+    rs = RoutingStats(["l"])
+    rs.update([aux])
+    results = dict(rs.results())
+    kept = int((aux.kept_TK & (aux.expert_ids_TK >= 0)).sum())
+    image, text = results["l/image/tokens_per_expert"], results["l/text/tokens_per_expert"]
+    assert sum(image) + sum(text) == kept
+    assert 0 <= results["l/drop_rate"] < 1
+    assert 0 <= results["l/router_entropy"] <= math.log(4) + 1e-5

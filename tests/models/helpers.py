@@ -31,7 +31,7 @@ def make_inputs(model, batch: int = 2, seq_len: int = 7, seed: int = 0) -> dict:
         return {"images": torch.randn(batch, 3, image_size(model), image_size(model), generator=g)}
     ids = torch.randint(0, vocab_size(model), (batch, seq_len), generator=g)
     mask = torch.ones(batch, seq_len, dtype=torch.long)
-    mask[-1, seq_len - 2:] = 0
+    mask[-1, seq_len - 2 :] = 0
     if arch == "text":
         return {"input_ids": ids, "attention_mask": mask}
     images = torch.randn(batch, 3, image_size(model), image_size(model), generator=g)
@@ -39,4 +39,6 @@ def make_inputs(model, batch: int = 2, seq_len: int = 7, seed: int = 0) -> dict:
 
 
 def float_tensors(out) -> dict[str, torch.Tensor]:
-    return {k: v for k, v in vars(out).items() if isinstance(v, torch.Tensor) and v.is_floating_point()}
+    return {
+        k: v for k, v in vars(out).items() if isinstance(v, torch.Tensor) and v.is_floating_point()
+    }

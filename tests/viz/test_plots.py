@@ -12,7 +12,7 @@ from vlmoe.config import MoEConfig
 from vlmoe.moe.layer import MoELayer
 from vlmoe.viz.common import DPI
 from vlmoe.viz.curves import default_metrics, plot_curves, read_metrics
-from vlmoe.viz.expert_load import load_fractions, plot_expert_load
+from vlmoe.viz.expert_load import load_fractions, load_from_results, plot_expert_load
 from vlmoe.viz.routing import layer_routing, plot_patch_routing, token_top1
 
 
@@ -131,3 +131,45 @@ def test_patch_routing_plot(tmp_path, with_text):
         assert len(np.unique(np.asarray(im.convert("RGB")).reshape(-1, 3), axis=0)) > 10
     with pytest.raises(ValueError, match="no MoE layers"):
         plot_patch_routing(image, [], (4, 4), tokens, tmp_path / "none.png")
+
+
+def test_expert_load_from_eval_results(tmp_path):
+    results = {
+        "routing/blocks.1/image/tokens_per_expert": [3, 1, 0],
+        "routing/blocks.1/text/tokens_per_expert": [0, 2, 2],
+        "routing/blocks.3/image/tokens_per_expert": [1, 1, 1],
+        "routing/blocks.3/drop_rate": 0.0,
+        "cls/accuracy": 0.5,
+    }
+    counts, names = load_from_results(results)
+    assert names == ["blocks.1", "blocks.3"]
+    assert counts.tolist() == [[[3, 1, 0], [0, 2, 2]], [[1, 1, 1], [0, 0, 0]]]
+    assert png_size(plot_expert_load(counts, tmp_path / "l.png", layer_names=names))[0] > 300
+    with pytest.raises(ValueError, match="no 'routing/"):
+        load_from_results({"cls/accuracy": 1.0})
+
+
+def test_default_metrics_prefer_task_loss_and_held_out_quality():
+    keys = [
+        "train/loss",
+        "train/loss/task",
+        "train/loss/moe/load_balance",
+        "train/loss/moe/z_loss",
+        "train/acc/train_vqa",
+        "train/lr",
+        "train/examples_per_s",
+        "train/grad_norm",
+        "eval/vqa/accuracy",
+        "eval/vqa/accuracy/colour",
+        "eval/vqa/seconds",
+        "eval/captioning/bleu4",
+    ]
+    series = {k: ([0.0], [1.0]) for k in keys}
+    assert default_metrics({"moe": series}) == [
+        "train/loss/task",
+        "eval/captioning/bleu4",
+        "eval/vqa/accuracy",
+        "train/acc/train_vqa",
+        "train/loss/moe/load_balance",
+        "train/loss",
+    ]

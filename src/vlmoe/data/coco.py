@@ -31,7 +31,9 @@ def _load_json(path: Path) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
-        raise DataError(f"invalid JSON: {e.msg} at column {e.colno}", path, f"line {e.lineno}") from e
+        raise DataError(
+            f"invalid JSON: {e.msg} at column {e.colno}", path, f"line {e.lineno}"
+        ) from e
     except UnicodeDecodeError as e:
         raise DataError(f"not UTF-8 text: {e}", path) from e
     if not isinstance(data, dict):
@@ -112,7 +114,9 @@ class CocoDataset(FileDataset):
             where = f"images[{k}]"
             try:
                 iid = _need(im, "id", _is_int, "an integer", path, where)
-                name = _need(im, "file_name", lambda v: isinstance(v, str) and v, "a file name", path, where)
+                name = _need(
+                    im, "file_name", lambda v: isinstance(v, str) and v, "a file name", path, where
+                )
                 size = None
                 if "width" in im or "height" in im:
                     w = _need(im, "width", _is_int, "an integer", path, where)
@@ -123,12 +127,18 @@ class CocoDataset(FileDataset):
                 continue
             rec = self._images.get(iid)
             if rec is None:
-                rec = FileRecord(path=image_dir / name, where=f"{path.name} {where}", meta={"coco_id": iid})
+                rec = FileRecord(
+                    path=image_dir / name, where=f"{path.name} {where}", meta={"coco_id": iid}
+                )
                 rec.meta["coco_size"] = size
                 self._images[iid] = rec
             elif rec.path.name != Path(name).name:
                 self._errors.append(
-                    DataError(f"image id {iid} is {name!r} here but {rec.path.name!r} elsewhere", path, where)
+                    DataError(
+                        f"image id {iid} is {name!r} here but {rec.path.name!r} elsewhere",
+                        path,
+                        where,
+                    )
                 )
                 continue
             ids.add(iid)
@@ -157,7 +167,9 @@ class CocoDataset(FileDataset):
         for k, c in enumerate(data["categories"]):
             where = f"categories[{k}]"
             cid = _need(c, "id", _is_int, "an integer", path, where)
-            categories[cid] = _need(c, "name", lambda v: isinstance(v, str) and v, "a name", path, where)
+            categories[cid] = _need(
+                c, "name", lambda v: isinstance(v, str) and v, "a name", path, where
+            )
         ids = self._read_images(data, path, image_dir)
         for k, ann in enumerate(data["annotations"]):
             where = f"annotations[{k}]"
@@ -178,11 +190,19 @@ class CocoDataset(FileDataset):
                     raise DataError(f"category_id {cid} is not in 'categories'", path, where)
                 x, y, w, h = bbox
                 if w <= 0 or h <= 0:
-                    raise DataError(f"bbox {bbox} has no area (width and height must be > 0)", path, where)
+                    raise DataError(
+                        f"bbox {bbox} has no area (width and height must be > 0)", path, where
+                    )
                 rec = self._images[iid]
                 size = rec.meta.get("coco_size")
-                if size is not None and (x < -1 or y < -1 or x + w > size[0] + 1 or y + h > size[1] + 1):
-                    raise DataError(f"bbox {bbox} lies outside the image of size {size[0]}x{size[1]}", path, where)
+                if size is not None and (
+                    x < -1 or y < -1 or x + w > size[0] + 1 or y + h > size[1] + 1
+                ):
+                    raise DataError(
+                        f"bbox {bbox} lies outside the image of size {size[0]}x{size[1]}",
+                        path,
+                        where,
+                    )
             except DataError as e:
                 self._errors.append(e)
                 continue
@@ -208,6 +228,9 @@ def write_coco(
     samples = list(samples)
     names = categories or sorted({b.label for s in samples for b in s.boxes})
     cat_id = {n: i + 1 for i, n in enumerate(names)}
+    missing = sorted({b.label for s in samples for b in s.boxes} - set(cat_id))
+    if missing:
+        raise ValueError(f"box labels {missing[:10]} are not in categories")
     for i, s in enumerate(samples):
         file_name = f"{i:06d}.png"
         save_png(s.image, out / image_dir / file_name)  # type: ignore[arg-type]

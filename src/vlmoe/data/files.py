@@ -90,7 +90,8 @@ class FileDataset(VLDataset):
         self.errors.log_summary(source, total)
         if not self.records:
             raise DataError(
-                "no usable samples" + (f"; first reasons: {self.errors.reasons}" if self.errors else ""),
+                "no usable samples"
+                + (f"; first reasons: {self.errors.reasons}" if self.errors else ""),
                 source,
             )
 
@@ -128,7 +129,9 @@ class FileDataset(VLDataset):
             except DataError as e:
                 self.errors.handle(e, self.on_error)
                 self._bad.add(j)
-                logger.warning("%s; using the next sample instead (%d skipped so far)", e, self.errors.skipped)
+                logger.warning(
+                    "%s; using the next sample instead (%d skipped so far)", e, self.errors.skipped
+                )
         raise DataError("every sample failed to load", self.source)
 
 
@@ -158,13 +161,17 @@ class ImageFolderDataset(FileDataset):
         root = Path(root)
         if not root.is_dir():
             raise DataError("image folder not found or not a directory", root)
-        classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+        classes = sorted(
+            p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")
+        )
         if not classes:
             raise DataError("no class sub-folders (expected root/<class>/<image files>)", root)
         records = []
         for label, name in enumerate(classes):
             text = _label_text(name)
-            files = sorted(p for p in (root / name).iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
+            files = sorted(
+                p for p in (root / name).iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS
+            )
             if not files:
                 logger.warning("%s: class folder %r holds no image files", root, name)
             for p in files:

@@ -68,7 +68,9 @@ _LR = re.compile(r"\b(left|right)(most)?\b")
 
 def swap_left_right(text: str) -> str:
     """Exchange the words "left" and "right" (and "leftmost"/"rightmost")."""
-    return _LR.sub(lambda m: ("right" if m.group(1) == "left" else "left") + (m.group(2) or ""), text)
+    return _LR.sub(
+        lambda m: ("right" if m.group(1) == "left" else "left") + (m.group(2) or ""), text
+    )
 
 
 def noun_phrase(o: SceneObject, with_size: bool = True) -> str:
@@ -152,9 +154,21 @@ def _colour_shape_questions(objs: tuple[SceneObject, ...]) -> tuple[list[QA], li
 def _count_questions(objs: tuple[SceneObject, ...], cfg: ShapesConfig) -> list[QA]:
     qs = [QA("how many objects are there?", str(len(objs)), "count")]
     for c in cfg.colours:
-        qs.append(QA(f"how many {c} objects are there?", str(_count(objs, lambda o: o.colour == c)), "count"))
+        qs.append(
+            QA(
+                f"how many {c} objects are there?",
+                str(sum(o.colour == c for o in objs)),
+                "count",
+            )
+        )
     for s in cfg.shapes:
-        qs.append(QA(f"how many {plural(s)} are there?", str(_count(objs, lambda o: o.shape == s)), "count"))
+        qs.append(
+            QA(
+                f"how many {plural(s)} are there?",
+                str(sum(o.shape == s for o in objs)),
+                "count",
+            )
+        )
     return qs
 
 
@@ -166,11 +180,16 @@ def _exist_questions(
     # "no" questions only name pairs this split may show, so train text never names a held-out pair.
     absent = [p for p in allowed_pairs(cfg, split) if p not in present]
     picks = rng.choice(len(absent), size=min(len(yes), len(absent)), replace=False)
-    no = [QA(f"is there {article(absent[i][0])} {absent[i][0]} {absent[i][1]}?", "no", "exist") for i in picks]
+    no = [
+        QA(f"is there {article(absent[i][0])} {absent[i][0]} {absent[i][1]}?", "no", "exist")
+        for i in picks
+    ]
     shapes_present = {o.shape for o in objs}
     for s in cfg.shapes:
         no_or_yes = "yes" if s in shapes_present else "no"
-        (yes if no_or_yes == "yes" else no).append(QA(f"is there {article(s)} {s}?", no_or_yes, "exist"))
+        (yes if no_or_yes == "yes" else no).append(
+            QA(f"is there {article(s)} {s}?", no_or_yes, "exist")
+        )
     return yes + no
 
 
@@ -192,7 +211,9 @@ def _pair_questions(objs: tuple[SceneObject, ...]) -> tuple[list[QA], list[QA]]:
             if a.size != b.size:
                 answer = "yes" if a.size == "large" else "no"
                 compare.append(QA(f"is {da} larger than {db}?", answer, "compare"))
-                compare.append(QA(f"is {da} smaller than {db}?", "no" if answer == "yes" else "yes", "compare"))
+                compare.append(
+                    QA(f"is {da} smaller than {db}?", "no" if answer == "yes" else "yes", "compare")
+                )
             if i < j:
                 same = "yes" if a.size == b.size else "no"
                 compare.append(QA(f"are {da} and {db} the same size?", same, "compare"))
@@ -248,7 +269,7 @@ def make_questions(
 
 
 def make_refs(scene: Scene) -> list[RefExp]:
-    """Referring expressions that each name exactly one object; ``box`` indexes ``scene.objects``."""
+    """Referring expressions naming exactly one object each; ``box`` indexes ``scene.objects``."""
     objs = scene.objects
     refs: list[RefExp] = []
     largest = scene.largest()

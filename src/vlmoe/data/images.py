@@ -18,7 +18,18 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from vlmoe.data.errors import DataError
 
 DEFAULT_MAX_PIXELS = 64_000_000  # about 8000 x 8000; PIL itself refuses above 2 * 89.5M
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+IMAGE_EXTENSIONS = (
+    ".png",
+    ".jpg",
+    ".jpeg",
+    ".bmp",
+    ".gif",
+    ".tif",
+    ".tiff",
+    ".webp",
+    ".ppm",
+    ".pgm",
+)
 _ALPHA_MODES = ("LA", "La", "PA", "RGBA", "RGBa")
 
 
@@ -149,8 +160,10 @@ def load_image(
         raise DataError(f"unreadable or truncated image: {e}", p, where) from e
 
 
-def image_size(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS, where: str | None = None) -> tuple[int, int]:
-    """(width, height) from the header only, with the same checks as :func:`load_image` but no decoding."""
+def image_size(
+    path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS, where: str | None = None
+) -> tuple[int, int]:
+    """(width, height) from the header alone: :func:`load_image`'s checks without decoding."""
     p = Path(path)
     if not p.exists():
         raise DataError("image file not found", p, where)
@@ -167,7 +180,8 @@ def image_size(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS, where:
         raise DataError(f"unreadable image: {e}", p, where) from e
     if w * h > max_pixels:
         raise DataError(
-            f"refused: {w}x{h} = {w * h} pixels exceeds max_pixels={max_pixels} (possible decompression bomb)",
+            f"refused: {w}x{h} = {w * h} pixels exceeds max_pixels={max_pixels} "
+            "(possible decompression bomb)",
             p,
             where,
         )

@@ -35,7 +35,17 @@ from vlmoe.data.sample import QA, Box, RefExp, Sample, Transform
 
 logger = logging.getLogger(__name__)
 
-MANIFEST_FIELDS = ("image", "caption", "question", "answer", "question_type", "label", "boxes", "refs", "meta")
+MANIFEST_FIELDS = (
+    "image",
+    "caption",
+    "question",
+    "answer",
+    "question_type",
+    "label",
+    "boxes",
+    "refs",
+    "meta",
+)
 
 
 def _is_number(v: Any) -> bool:
@@ -50,17 +60,26 @@ def _str_list(rec: dict[str, Any], key: str, err: Any) -> list[str]:
         return [v]
     if isinstance(v, list) and all(isinstance(x, str) for x in v):
         return list(v)
-    raise err(f"field {key!r} must be a string or a list of strings, got {type(v).__name__}: {v!r:.80}")
+    raise err(
+        f"field {key!r} must be a string or a list of strings, got {type(v).__name__}: {v!r:.80}"
+    )
 
 
 def _parse_boxes(v: Any, err: Any) -> list[Box]:
     if not isinstance(v, list):
-        raise err(f"field 'boxes' must be a list of [x0, y0, x1, y1, label], got {type(v).__name__}")
+        raise err(
+            f"field 'boxes' must be a list of [x0, y0, x1, y1, label], got {type(v).__name__}"
+        )
     boxes = []
     for k, b in enumerate(v):
-        ok = isinstance(b, list) and len(b) == 5 and all(_is_number(x) for x in b[:4]) and isinstance(b[4], str)
+        ok = (
+            isinstance(b, list)
+            and len(b) == 5
+            and all(_is_number(x) for x in b[:4])
+            and isinstance(b[4], str)
+        )
         if not ok:
-            raise err(f"box {k} must be [x0, y0, x1, y1, \"label\"] with 4 numbers, got {b!r:.80}")
+            raise err(f'box {k} must be [x0, y0, x1, y1, "label"] with 4 numbers, got {b!r:.80}')
         x0, y0, x1, y1 = (float(x) if isinstance(x, float) else x for x in b[:4])
         if not (x1 > x0 and y1 > y0):
             raise err(f"box {k} {b[:4]} needs x1 > x0 and y1 > y0")
@@ -130,7 +149,9 @@ def parse_record(rec: Any, root: Path, manifest: Path, lineno: int) -> tuple[Fil
 def _read_names(path: Path) -> list[str] | None:
     if not path.is_file():
         return None
-    return [line.rstrip("\n") for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return [
+        line.rstrip("\n") for line in path.read_text(encoding="utf-8").splitlines() if line.strip()
+    ]
 
 
 def read_manifest(manifest: str | Path) -> tuple[list[FileRecord], list[Any], list[DataError]]:
@@ -147,7 +168,9 @@ def read_manifest(manifest: str | Path) -> tuple[list[FileRecord], list[Any], li
                 try:
                     obj = json.loads(line)
                 except json.JSONDecodeError as e:
-                    raise DataError(f"invalid JSON: {e.msg} at column {e.colno}", manifest, f"line {lineno}") from e
+                    raise DataError(
+                        f"invalid JSON: {e.msg} at column {e.colno}", manifest, f"line {lineno}"
+                    ) from e
                 record, label = parse_record(obj, manifest.parent, manifest, lineno)
             except DataError as e:
                 errors.append(e)
@@ -222,10 +245,18 @@ def _map_labels(
     good, errors = [], []
     for r, v in zip(records, raw, strict=True):
         if isinstance(v, str) and v not in index:
-            errors.append(DataError(f"label {v!r} is not one of the label names {names[:20]}", manifest, r.where))
+            errors.append(
+                DataError(
+                    f"label {v!r} is not one of the label names {names[:20]}", manifest, r.where
+                )
+            )
             continue
         if isinstance(v, int) and v >= len(names):
-            errors.append(DataError(f"label id {v} out of range for {len(names)} label names", manifest, r.where))
+            errors.append(
+                DataError(
+                    f"label id {v} out of range for {len(names)} label names", manifest, r.where
+                )
+            )
             continue
         r.label = index[v] if isinstance(v, str) else v
         good.append(r)

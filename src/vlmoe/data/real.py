@@ -97,7 +97,9 @@ class _DigitDataset(VLDataset):
 
     noun = "digit"
 
-    def __init__(self, images: np.ndarray, labels: np.ndarray, split: str, transform: Transform | None) -> None:
+    def __init__(
+        self, images: np.ndarray, labels: np.ndarray, split: str, transform: Transform | None
+    ) -> None:
         super().__init__(transform)
         self.images = images  # (N, H, W) uint8
         self.labels = labels  # (N,) int64
@@ -199,7 +201,9 @@ class PhotosDataset(VLDataset):
             root = _package_root(e["package"])
             path = None if root is None else root / e["file"]
             if path is None or not path.is_file():
-                self.errors.add(DataError(f"bundled photo not found in package {e['package']!r}", e["file"]))
+                self.errors.add(
+                    DataError(f"bundled photo not found in package {e['package']!r}", e["file"])
+                )
                 continue
             self.entries.append({**e, "path": path})
         self.errors.log_summary("PhotosDataset", len(self.entries) + self.errors.skipped)
@@ -227,5 +231,9 @@ class PhotosDataset(VLDataset):
         qa = [QA(q, a, "photo") for q, a in e["qa"]]
         meta = {"source": "photos", "package": e["package"], "file": str(e["path"]), "index": index}
         return Sample(
-            self._image(index).copy(), list(e["captions"]), qa, self.label_names.index(e["label"]), meta=meta
+            self._image(index).copy(),
+            list(e["captions"]),
+            qa,
+            self.label_names.index(e["label"]),
+            meta=meta,
         )

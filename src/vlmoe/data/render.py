@@ -36,7 +36,20 @@ def _unit_polygon(shape: str) -> list[tuple[float, float]]:
         ]
     if shape == "cross":
         a, b = 1 / 3, 2 / 3
-        return [(a, 0), (b, 0), (b, a), (1, a), (1, b), (b, b), (b, 1), (a, 1), (a, b), (0, b), (0, a), (a, a)]
+        return [
+            (a, 0),
+            (b, 0),
+            (b, a),
+            (1, a),
+            (1, b),
+            (b, b),
+            (b, 1),
+            (a, 1),
+            (a, b),
+            (0, b),
+            (0, a),
+            (a, a),
+        ]
     raise ValueError(f"no polygon for shape {shape!r}")
 
 

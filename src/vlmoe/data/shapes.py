@@ -37,8 +37,8 @@ Background = Literal["plain", "noise", "gradient"]
 BACKGROUND_LEVEL = 20  # grey level of the background; kept far below every object colour
 
 # Scene streams: each (seed, split, index) owns independent streams for the scene and its text.
-_STREAM_SCENE = 0
-_STREAM_TEXT = 1
+STREAM_SCENE = 0
+STREAM_TEXT = 1
 
 
 @dataclass(frozen=True)
@@ -87,7 +87,7 @@ class ShapesConfig:
         object.__setattr__(self, "colours", tuple(self.colours))
         object.__setattr__(self, "holdout", tuple(tuple(p) for p in self.holdout))
         _check(self.image_size >= 16, "image_size", self.image_size, "must be >= 16")
-        _check(1 <= self.min_objects, "min_objects", self.min_objects, "must be >= 1")
+        _check(self.min_objects >= 1, "min_objects", self.min_objects, "must be >= 1")
         _check(
             self.min_objects <= self.max_objects <= 9,
             "max_objects",
@@ -97,16 +97,30 @@ class ShapesConfig:
         for s in self.shapes:
             _check(s in SHAPES, "shapes", self.shapes, f"unknown shape {s!r}; known: {SHAPES}")
         for c in self.colours:
-            _check(c in COLOURS, "colours", self.colours, f"unknown colour {c!r}; known: {tuple(COLOURS)}")
-        _check(len(set(self.shapes)) == len(self.shapes) > 0, "shapes", self.shapes, "need distinct")
-        _check(len(set(self.colours)) == len(self.colours) > 0, "colours", self.colours, "need distinct")
+            _check(
+                c in COLOURS,
+                "colours",
+                self.colours,
+                f"unknown colour {c!r}; known: {tuple(COLOURS)}",
+            )
+        _check(
+            len(set(self.shapes)) == len(self.shapes) > 0, "shapes", self.shapes, "need distinct"
+        )
+        _check(
+            len(set(self.colours)) == len(self.colours) > 0,
+            "colours",
+            self.colours,
+            "need distinct",
+        )
         _check(
             0.05 <= self.small_size < self.large_size <= 0.5,
             "large_size",
             (self.small_size, self.large_size),
             "need 0.05 <= small_size < large_size <= 0.5",
         )
-        _check(0 <= self.size_jitter < 0.25, "size_jitter", self.size_jitter, "must be in [0, 0.25)")
+        _check(
+            0 <= self.size_jitter < 0.25, "size_jitter", self.size_jitter, "must be in [0, 0.25)"
+        )
         _check(
             self.small_size * (1 + self.size_jitter) < self.large_size * (1 - self.size_jitter),
             "size_jitter",
@@ -156,7 +170,9 @@ class ShapesConfig:
         known = set(cls.__dataclass_fields__)
         unknown = set(d) - known
         if unknown:
-            raise ValueError(f"ShapesConfig: unknown fields {sorted(unknown)}; known: {sorted(known)}")
+            raise ValueError(
+                f"ShapesConfig: unknown fields {sorted(unknown)}; known: {sorted(known)}"
+            )
         return cls(**d)
 
     @property
@@ -182,7 +198,7 @@ def _check(ok: bool, name: str, value: Any, why: str) -> None:
 
 @dataclass(frozen=True)
 class SceneObject:
-    """One object: shape, colour name, size class and its box ``(x0, y0, x1, y1)``, x1/y1 exclusive."""
+    """One object: shape, colour, size class and box ``(x0, y0, x1, y1)``, x1/y1 exclusive."""
 
     shape: str
     colour: str
@@ -247,14 +263,16 @@ class Scene:
         )
 
 
-def split_rng(seed: int, split: str, index: int, stream: int = _STREAM_SCENE) -> np.random.Generator:
+def split_rng(seed: int, split: str, index: int, stream: int = STREAM_SCENE) -> np.random.Generator:
     """The RNG of one sample: a function of (seed, split, index, stream) only."""
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     if index < 0:
         raise ValueError(f"index must be >= 0, got {index}")
     split_id = zlib.crc32(split.encode())
-    return np.random.default_rng(np.random.SeedSequence([seed & 0xFFFFFFFF, split_id, index, stream]))
+    return np.random.default_rng(
+        np.random.SeedSequence([seed & 0xFFFFFFFF, split_id, index, stream])
+    )
 
 
 def allowed_pairs(cfg: ShapesConfig, split: str) -> list[tuple[str, str]]:
@@ -276,7 +294,9 @@ def _disjoint(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> boo
     return a[2] <= b[0] or b[2] <= a[0] or a[3] <= b[1] or b[3] <= a[1]
 
 
-def _place(sides: list[int], S: int, rng: np.random.Generator) -> list[tuple[int, int, int, int]] | None:
+def _place(
+    sides: list[int], S: int, rng: np.random.Generator
+) -> list[tuple[int, int, int, int]] | None:
     """Non-overlapping square boxes of the given sides, placed largest first; None if stuck."""
     order = sorted(range(len(sides)), key=lambda i: -sides[i])
     boxes: dict[int, tuple[int, int, int, int]] = {}
@@ -291,6 +311,13 @@ def _place(sides: list[int], S: int, rng: np.random.Generator) -> list[tuple[int
         else:
             return None
     return [boxes[i] for i in range(len(sides))]
+
+
+def _untie_largest(sides: list[int]) -> None:
+    """Shrink all but one of the largest sides by a pixel so "the largest object" is one object."""
+    top = max(sides)
+    for i in [i for i, s in enumerate(sides) if s == top][1:]:
+        sides[i] -= 1
 
 
 def generate_scene(
@@ -327,17 +354,21 @@ def generate_scene(
         base = cfg.large_size if size == "large" else cfg.small_size
         jitter = 1 + cfg.size_jitter * (2 * rng.random() - 1)
         sides.append(max(4, round(base * S * jitter)))
-    # Break ties for the largest so "the largest object" is always one object.
-    top = max(sides)
-    winners = [i for i, s in enumerate(sides) if s == top]
-    for i in winners[1:]:
-        sides[i] -= 1
-
+    _untie_largest(sides)
     boxes = _place(sides, S, rng)
     while boxes is None:  # rare: shrink the scene by its last object and try again
-        chosen, sizes, sides = chosen[:-1], sizes[:-1], sides[:-1]
+        if len(chosen) <= max(1, cfg.min_objects):
+            raise ValueError(
+                f"ShapesConfig: cannot place {len(chosen)} objects in a {S}x{S} image "
+                f"(scene {index} of {split}); lower min_objects or the object sizes"
+            )
+        # Drop the last object, never the held-out pair a comp_test scene must show.
+        keep = set(cfg.holdout) if split == "comp_test" else set()
+        k = max((i for i, p in enumerate(chosen) if p not in keep), default=len(chosen) - 1)
+        del chosen[k], sizes[k], sides[k]
         if "large" not in sizes and cfg.large_objects == "one":
-            sizes[0], sides[0] = "large", max(sides[0], max(sides) + 1)
+            sizes[0], sides[0] = "large", max(sides) + 1
+        _untie_largest(sides)
         boxes = _place(sides, S, rng)
 
     objects = tuple(

@@ -7,19 +7,23 @@ both call :func:`make_sample`, a pure function of ``(cfg, split, index)``.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from vlmoe.data.grammar import answer_vocab, make_captions, make_questions, make_refs
 from vlmoe.data.manifest import write_manifest
 from vlmoe.data.render import render
-from vlmoe.data.sample import Box, Sample, Transform, VLDataset
+from vlmoe.data.sample import QA, Box, RefExp, Sample, Transform, VLDataset
 from vlmoe.data.shapes import (
-    _STREAM_TEXT,
     SPLITS,
+    STREAM_TEXT,
     Scene,
     ShapesConfig,
     Split,
@@ -31,9 +35,11 @@ from vlmoe.data.shapes import (
 logger = logging.getLogger(__name__)
 
 
-def scene_texts(scene: Scene, cfg: ShapesConfig, split: str, index: int) -> tuple[list, list, list]:
+def scene_texts(
+    scene: Scene, cfg: ShapesConfig, split: str, index: int
+) -> tuple[list[str], list[QA], list[RefExp]]:
     """Captions, questions and referring expressions of a scene (its own RNG stream)."""
-    rng = split_rng(cfg.seed, split, index, stream=_STREAM_TEXT)
+    rng = split_rng(cfg.seed, split, index, stream=STREAM_TEXT)
     captions = make_captions(scene, rng, cfg.num_captions)
     qa = make_questions(scene, cfg, rng, cfg.num_questions, split)
     return captions, qa, make_refs(scene)
@@ -44,8 +50,6 @@ def make_sample(cfg: ShapesConfig, split: Split, index: int, *, draw: bool = Tru
 
     With ``draw=False`` the image is an empty (0, 0, 3) array (for text-only passes).
     """
-    import numpy as np
-
     scene = generate_scene(cfg.seed, index, cfg, split)
     captions, qa, refs = scene_texts(scene, cfg, split, index)
     image = render(scene) if draw else np.zeros((0, 0, 3), dtype=np.uint8)
@@ -126,9 +130,6 @@ def write_shapes(
         split: which split to write.
         cfg: the world; default ``ShapesConfig()``.
     """
-    import dataclasses
-    import json
-
     cfg = cfg or ShapesConfig()
     if seed is not None:
         cfg = dataclasses.replace(cfg, seed=seed)
@@ -179,8 +180,6 @@ def cli_write(
     Raises:
         ValueError: bad option values, with the field and value named.
     """
-    import json
-
     base = ShapesConfig()
     if config is not None:
         base = ShapesConfig.from_dict(json.loads(Path(config).read_text(encoding="utf-8")))

@@ -15,6 +15,7 @@ The metric math is pure functions on tensors; `ClassificationEvaluator` and
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -23,6 +24,7 @@ from vlmoe.eval.common import (
     BatchFn,
     TensorSum,
     default_forward,
+    encode_texts,
     get_field,
     model_device,
     to_device,
@@ -137,8 +139,11 @@ class ZeroShotEvaluator:
     Args:
         loader: yields dict batches of images with labels under `label_key`.
         class_names: one name per class index.
-        encode_text: `(model, prompts) -> (N, D)` text embeddings.
-        encode_image: `(model, batch) -> (B, D)` image embeddings.
+        encode_text: `(model, prompts) -> (N, D)` text embeddings; default
+            `model.encode_text` on the prompts tokenized by `tokenizer`.
+        encode_image: `(model, batch) -> (B, D)` image embeddings; default
+            `model.encode_image(batch["images"])`.
+        tokenizer: vlmoe's tokenizer, for the default `encode_text`.
         templates: prompt templates with one `{}` for the class name.
     """
 
@@ -147,15 +152,18 @@ class ZeroShotEvaluator:
         loader: Iterable[dict],
         class_names: Sequence[str],
         *,
-        encode_text: Callable[[torch.nn.Module, list[str]], torch.Tensor],
-        encode_image: BatchFn,
+        encode_text: Callable[[torch.nn.Module, list[str]], torch.Tensor] | None = None,
+        encode_image: BatchFn | None = None,
+        tokenizer: Any = None,
         templates: Sequence[str] = DEFAULT_PROMPTS,
         label_key: str = "label",
     ) -> None:
         self.loader = loader
         self.class_names = list(class_names)
-        self.encode_text = encode_text
-        self.encode_image = encode_image
+        if encode_text is None and tokenizer is None:
+            raise ValueError("ZeroShotEvaluator needs `encode_text` or a `tokenizer`")
+        self.encode_text = encode_text or (lambda m, prompts: encode_texts(m, tokenizer, prompts))
+        self.encode_image = encode_image or (lambda m, b: m.encode_image(b["images"]))
         self.templates = tuple(templates)
         self.label_key = label_key
 

@@ -89,3 +89,22 @@ class TensorSum:
         if self.total is None:
             return 0.0
         return self.total.item() if self.total.numel() == 1 else self.total.tolist()
+
+
+def encode_texts(
+    model: torch.nn.Module, tokenizer: Any, texts: list[str], batch_size: int = 256
+) -> torch.Tensor:
+    """(N, D) embeddings of `texts` by `model.encode_text`, tokenized as training does.
+
+    `tokenizer` is vlmoe's (`vlmoe.data.tokenizer.Tokenizer`: `encode_batch` adds <bos>/<eos>
+    and pads); texts are cut at the model's `max_seq_len` when its config has one.
+    """
+    device = model_device(model)
+    max_len = getattr(getattr(model, "config", None), "max_seq_len", None)
+    out = []
+    for i in range(0, len(texts), batch_size):
+        enc = tokenizer.encode_batch(texts[i : i + batch_size], add_special=True, max_len=max_len)
+        ids = enc["input_ids"].to(device)
+        mask = enc["attention_mask"].long().to(device)
+        out.append(model.encode_text(ids, mask))
+    return torch.cat(out)

@@ -14,11 +14,12 @@ Shapes: I images, N texts, D embedding dim.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from vlmoe.eval.common import BatchFn, model_device, to_device
+from vlmoe.eval.common import BatchFn, encode_texts, model_device, to_device
 
 DEFAULT_KS: tuple[int, ...] = (1, 5, 10)
 
@@ -87,9 +88,13 @@ def encode_texts_default(model: torch.nn.Module, batch: dict) -> torch.Tensor:
 class RetrievalEvaluator:
     """Recall@1/5/10 image→text and text→image over a DataLoader.
 
-    Each batch holds images and their captions. Captions are tied to images by `image_id_key`
-    when the batch has it (several captions of one image may sit in different rows); otherwise
-    row i's caption belongs to row i's image, and repeated images are not merged.
+    Two ways to give several captions per image:
+
+    - with `tokenizer`: every row is one image, and all its captions (a list of strings under
+      `captions_key`, as the eval collators give them) are tokenized and embedded;
+    - without: each row's tokenized caption (`input_ids`) is one text, tied to its image by
+      `image_id_key` when the batch has it (captions of one image may sit in different rows),
+      else row i's caption belongs to row i's image.
 
     Args:
         loader: yields dict batches.
@@ -98,6 +103,7 @@ class RetrievalEvaluator:
         encode_text: `(model, batch) -> (B, D)` text embeddings (one caption per row); default
             `model.encode_text(batch["input_ids"], batch.get("attention_mask"))`.
         image_id_key: batch key of a per-row image identifier (tensor or list), or None.
+        tokenizer: vlmoe's tokenizer, to embed every caption under `captions_key`.
     """
 
     def __init__(
@@ -107,23 +113,36 @@ class RetrievalEvaluator:
         encode_image: BatchFn | None = None,
         encode_text: BatchFn | None = None,
         image_id_key: str | None = "image_id",
+        tokenizer: Any = None,
+        captions_key: str = "captions",
         ks: Sequence[int] = DEFAULT_KS,
     ) -> None:
         self.loader = loader
         self.encode_image = encode_image or encode_images_default
         self.encode_text = encode_text or encode_texts_default
         self.image_id_key = image_id_key
+        self.tokenizer = tokenizer
+        self.captions_key = captions_key
         self.ks = tuple(ks)
 
     @torch.no_grad()
     def embed(self, model: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(image_embeds_ID, text_embeds_ND, text_image_N) over the whole loader."""
         device = model_device(model)
-        images, texts, text_image = [], [], []
+        images: list[torch.Tensor] = []
+        texts: list[torch.Tensor] = []
+        text_image: list[int] = []
         seen: dict[object, int] = {}
         for batch in self.loader:
             batch = to_device(batch, device)
             img_BD = self.encode_image(model, batch)
+            if self.tokenizer is not None:
+                for i, captions in enumerate(batch[self.captions_key]):
+                    captions = [captions] if isinstance(captions, str) else list(captions)
+                    text_image += [len(images)] * len(captions)
+                    images.append(img_BD[i])
+                    texts.append(encode_texts(model, self.tokenizer, captions))
+                continue
             txt_BD = self.encode_text(model, batch)
             ids = batch.get(self.image_id_key) if self.image_id_key else None
             if ids is None:

@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from vlmoe.eval.common import Evaluator
@@ -25,8 +26,8 @@ logger = logging.getLogger(__name__)
 
 def _plain(value: Any) -> Any:
     """A JSON-friendly copy: tensors to numbers/lists, non-finite floats to None."""
-    if isinstance(value, torch.Tensor):
-        value = value.item() if value.numel() == 1 else value.tolist()
+    if isinstance(value, torch.Tensor | np.ndarray | np.generic):
+        value = value.tolist()  # a Python number for 0-d, nested lists otherwise
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, list | tuple):

@@ -61,9 +61,7 @@ def vqa_accuracy(predictions: Sequence[str], references: Sequence[str | Sequence
     return sum(answer_correct(p, r) for p, r in zip(predictions, references)) / len(predictions)
 
 
-def answers_from_logits(
-    answer_vocab: Sequence[str], logits_field: str = "vqa_logits"
-) -> AnswerFn:
+def answers_from_logits(answer_vocab: Sequence[str], logits_field: str = "vqa_logits") -> AnswerFn:
     """An `answer_fn` for VQA as answer classification: argmax over `answer_vocab`."""
     vocab = list(answer_vocab)
 

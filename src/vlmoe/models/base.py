@@ -35,7 +35,10 @@ class PretrainedModel(nn.Module):
     def __init__(self, config: Config) -> None:
         super().__init__()
         if not isinstance(config, self.config_class):
-            raise TypeError(f"{type(self).__name__} needs a {self.config_class.__name__}, got {type(config).__name__}")
+            raise TypeError(
+                f"{type(self).__name__} needs a {self.config_class.__name__}, "
+                f"got {type(config).__name__}"
+            )
         self.config = config
         self.tokenizer: Any = None  # attached tokenizer, saved as tokenizer.json
 

@@ -10,11 +10,11 @@ raises one `CheckpointError` that names it.
 from __future__ import annotations
 
 import contextlib
-import importlib
 import importlib.metadata
 import json
 import logging
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -90,8 +90,7 @@ def save_pretrained(model: PretrainedModel, directory: str | Path, tokenizer: An
         save_file(tensors, str(tmp), metadata={"format": "pt", "architecture": model.architecture})
     tokenizer = tokenizer if tokenizer is not None else getattr(model, "tokenizer", None)
     if tokenizer is not None:
-        with _atomic_path(directory / TOKENIZER_NAME) as tmp:
-            tokenizer.save(str(tmp))
+        save_tokenizer(tokenizer, directory)
     write_text_atomic(directory / CONFIG_NAME, json.dumps(config, indent=2) + "\n")
     log.info("saved %s model to %s", model.architecture, directory)
     return directory
@@ -103,7 +102,9 @@ def read_config(directory: str | Path) -> tuple[str, Any]:
 
     path = Path(directory) / CONFIG_NAME
     if not path.is_file():
-        raise CheckpointError(f"{path}: not found (a model directory holds {CONFIG_NAME} and {WEIGHTS_NAME})")
+        raise CheckpointError(
+            f"{path}: not found (a model directory holds {CONFIG_NAME} and {WEIGHTS_NAME})"
+        )
     try:
         data = json.loads(path.read_text())
     except json.JSONDecodeError as e:
@@ -113,10 +114,14 @@ def read_config(directory: str | Path) -> tuple[str, Any]:
     arch = data.get("architecture")
     known = architectures()
     if arch not in known:
-        raise CheckpointError(f"{path}: unknown architecture {arch!r}; known architectures: {sorted(known)}")
+        raise CheckpointError(
+            f"{path}: unknown architecture {arch!r}; known architectures: {sorted(known)}"
+        )
     version = data.get("format_version", FORMAT_VERSION)
     if version != FORMAT_VERSION:
-        raise CheckpointError(f"{path}: format_version {version!r} is not supported (expected {FORMAT_VERSION})")
+        raise CheckpointError(
+            f"{path}: format_version {version!r} is not supported (expected {FORMAT_VERSION})"
+        )
     fields = {k: v for k, v in data.items() if k not in _META_KEYS}
     try:
         config = known[arch].config_class.from_dict(fields)
@@ -138,10 +143,13 @@ def load_weights(model: torch.nn.Module, directory: str | Path) -> None:
     missing = sorted(set(expected) - set(tensors))
     unexpected = sorted(set(tensors) - set(expected))
     if missing:
-        raise CheckpointError(f"{path}: missing tensor(s) {missing[:10]}{' ...' if len(missing) > 10 else ''}")
+        raise CheckpointError(
+            f"{path}: missing tensor(s) {missing[:10]}{' ...' if len(missing) > 10 else ''}"
+        )
     if unexpected:
         raise CheckpointError(
-            f"{path}: unexpected tensor(s) {unexpected[:10]}{' ...' if len(unexpected) > 10 else ''} "
+            f"{path}: unexpected tensor(s) {unexpected[:10]}"
+            f"{' ...' if len(unexpected) > 10 else ''} "
             "(the checkpoint does not match its config.json)"
         )
     for name, tensor in tensors.items():
@@ -153,22 +161,47 @@ def load_weights(model: torch.nn.Module, directory: str | Path) -> None:
     model.load_state_dict(tensors, strict=True)
 
 
+def _is_vlmoe_tokenizer(tokenizer: Any) -> bool:
+    try:
+        from vlmoe.data.tokenizer import Tokenizer
+    except ImportError:
+        return False
+    return isinstance(tokenizer, Tokenizer)
+
+
+def save_tokenizer(tokenizer: Any, directory: Path) -> None:
+    """Save any object with `save(path)` as `directory/tokenizer.json`, atomically.
+
+    A `vlmoe.data.tokenizer.Tokenizer` saves into a folder (tokenizer.json and its
+    tokenizer_config.json naming the special tokens); other objects get a `.json` file path.
+    Either way the files are written in a temporary folder beside, fsynced, then renamed.
+    """
+    tmp_dir = Path(tempfile.mkdtemp(dir=directory, prefix=".tokenizer."))
+    try:
+        tokenizer.save(str(tmp_dir if _is_vlmoe_tokenizer(tokenizer) else tmp_dir / TOKENIZER_NAME))
+        if not (tmp_dir / TOKENIZER_NAME).is_file():
+            raise CheckpointError(f"{type(tokenizer).__name__}.save did not write {TOKENIZER_NAME}")
+        for file in sorted(tmp_dir.iterdir()):
+            with open(file, "rb+") as f:
+                os.fsync(f.fileno())
+            os.replace(file, directory / file.name)
+    finally:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+
+
 def load_tokenizer(directory: str | Path) -> Any:
-    """The tokenizer saved in `directory`, or None. Read through `vlmoe.data` when it offers a
-    loader, else as a `tokenizers.Tokenizer`."""
+    """The tokenizer saved in `directory`, or None: a `vlmoe.data.tokenizer.Tokenizer` when
+    `vlmoe.data` is importable, else a plain `tokenizers.Tokenizer`."""
     path = Path(directory) / TOKENIZER_NAME
     if not path.is_file():
         return None
-    for module_name, attr in (("vlmoe.data", "load_tokenizer"), ("vlmoe.data.tokenizer", "load_tokenizer")):
-        try:
-            loader = getattr(importlib.import_module(module_name), attr, None)
-        except ImportError:
-            loader = None
-        if loader is not None:
-            return loader(path)
-    from tokenizers import Tokenizer
+    try:
+        from vlmoe.data.tokenizer import Tokenizer
+    except ImportError:
+        from tokenizers import Tokenizer as HFTokenizer
 
-    return Tokenizer.from_file(str(path))
+        return HFTokenizer.from_file(str(path))
+    return Tokenizer.load(directory)
 
 
 def load_model(directory: str | Path, **kwargs: Any) -> PretrainedModel:

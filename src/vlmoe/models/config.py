@@ -17,9 +17,18 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from vlmoe.config import Config, ConfigError, MoEConfig, check
+
+
+def _build_optional(data: Any, path: str, name: str, tp: type[Config]) -> Any:
+    """Build an optional nested config (`X | None` field) before the generic coercion, so that
+    its own validation message (e.g. "moe.top_k=5 must be <= ...") reaches the user instead of
+    a generic "is not a valid X | None"."""
+    if isinstance(data, dict) and isinstance(data.get(name), dict):
+        data = {**data, name: tp.from_dict(data[name], _path=f"{path}.{name}" if path else name)}
+    return data
 
 
 @dataclass
@@ -39,19 +48,29 @@ class TransformerConfig(Config):
     moe_layers: list[int] | None = None  # explicit block indices (overrides moe_every)
     checkpointing: Literal["none", "block"] = "none"  # activation checkpointing per block
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], _path: str = "") -> TransformerConfig:
+        return super().from_dict(_build_optional(data, _path, "moe", MoEConfig), _path)
+
     def __post_init__(self) -> None:
         for name in ("dim", "num_layers", "num_heads", "hidden_dim", "moe_every"):
             value = getattr(self, name)
-            check(isinstance(value, int) and value >= 1, f"transformer.{name} must be >= 1, got {value!r}")
+            check(
+                isinstance(value, int) and value >= 1,
+                f"transformer.{name} must be >= 1, got {value!r}",
+            )
         if self.head_dim is None:
             check(
                 self.dim % self.num_heads == 0,
-                f"transformer.dim={self.dim} must be divisible by transformer.num_heads={self.num_heads} "
+                f"transformer.dim={self.dim} must be divisible by "
+                f"transformer.num_heads={self.num_heads} "
                 "(or set transformer.head_dim)",
             )
         else:
             check(self.head_dim >= 1, f"transformer.head_dim must be >= 1, got {self.head_dim}")
-        check(0.0 <= self.dropout < 1.0, f"transformer.dropout must be in [0, 1), got {self.dropout}")
+        check(
+            0.0 <= self.dropout < 1.0, f"transformer.dropout must be in [0, 1), got {self.dropout}"
+        )
         if self.moe_layers is not None:
             bad = [i for i in self.moe_layers if not 0 <= i < self.num_layers]
             check(
@@ -91,8 +110,11 @@ def _refuse_non_causal_routers(t: TransformerConfig, where: str) -> None:
 
 
 def _check_image(image_size: int, patch_size: int, in_channels: int, where: str) -> None:
-    for name, value in (("image_size", image_size), ("patch_size", patch_size),
-                        ("in_channels", in_channels)):
+    for name, value in (
+        ("image_size", image_size),
+        ("patch_size", patch_size),
+        ("in_channels", in_channels),
+    ):
         check(isinstance(value, int) and value >= 1, f"{where}{name} must be >= 1, got {value!r}")
     check(
         image_size % patch_size == 0,
@@ -116,8 +138,10 @@ class ViTConfig(Config):
         _check_image(self.image_size, self.patch_size, self.in_channels, "")
         check(self.num_classes >= 0, f"num_classes must be >= 0, got {self.num_classes}")
         if self.pos_embed == "sincos":
-            check(self.transformer.dim % 4 == 0,
-                  f"pos_embed='sincos' needs transformer.dim % 4 == 0, got {self.transformer.dim}")
+            check(
+                self.transformer.dim % 4 == 0,
+                f"pos_embed='sincos' needs transformer.dim % 4 == 0, got {self.transformer.dim}",
+            )
 
 
 @dataclass
@@ -137,8 +161,10 @@ class TextConfig(Config):
         check(self.max_seq_len >= 1, f"max_seq_len must be >= 1, got {self.max_seq_len}")
         check(self.rope_theta > 0, f"rope_theta must be > 0, got {self.rope_theta}")
         if self.positions == "rope":
-            check(self.transformer.attn_head_dim % 2 == 0,
-                  f"positions='rope' needs an even head dim, got {self.transformer.attn_head_dim}")
+            check(
+                self.transformer.attn_head_dim % 2 == 0,
+                f"positions='rope' needs an even head dim, got {self.transformer.attn_head_dim}",
+            )
         if self.attention == "causal":
             _refuse_non_causal_routers(self.transformer, "transformer")
 
@@ -165,8 +191,10 @@ class FusionConfig(Config):
         check(self.num_classes >= 0, f"num_classes must be >= 0, got {self.num_classes}")
         check(self.num_answers >= 0, f"num_answers must be >= 0, got {self.num_answers}")
         if self.pos_embed == "sincos":
-            check(self.transformer.dim % 4 == 0,
-                  f"pos_embed='sincos' needs transformer.dim % 4 == 0, got {self.transformer.dim}")
+            check(
+                self.transformer.dim % 4 == 0,
+                f"pos_embed='sincos' needs transformer.dim % 4 == 0, got {self.transformer.dim}",
+            )
 
 
 @dataclass
@@ -189,12 +217,19 @@ class ContrastiveConfig(Config):
         check(self.vocab_size >= 1, f"vocab_size must be >= 1, got {self.vocab_size}")
         check(self.max_seq_len >= 1, f"max_seq_len must be >= 1, got {self.max_seq_len}")
         check(self.embed_dim >= 1, f"embed_dim must be >= 1, got {self.embed_dim}")
-        check(self.logit_scale_init > 0, f"logit_scale_init must be > 0, got {self.logit_scale_init}")
-        check(self.logit_scale_max >= self.logit_scale_init,
-              f"logit_scale_max={self.logit_scale_max} must be >= logit_scale_init={self.logit_scale_init}")
+        check(
+            self.logit_scale_init > 0, f"logit_scale_init must be > 0, got {self.logit_scale_init}"
+        )
+        check(
+            self.logit_scale_max >= self.logit_scale_init,
+            f"logit_scale_max={self.logit_scale_max} must be >= "
+            f"logit_scale_init={self.logit_scale_init}",
+        )
         if self.pos_embed == "sincos":
-            check(self.transformer.dim % 4 == 0,
-                  f"pos_embed='sincos' needs transformer.dim % 4 == 0, got {self.transformer.dim}")
+            check(
+                self.transformer.dim % 4 == 0,
+                f"pos_embed='sincos' needs transformer.dim % 4 == 0, got {self.transformer.dim}",
+            )
 
 
 @dataclass
@@ -209,19 +244,39 @@ class DecoderConfig(Config):
     vision_dim: int | None = None  # only for an external encoder (vision=None)
     vision_feature: Literal["patch", "all"] = "patch"  # "patch" drops the ViT's class token
     projector: Literal["linear", "mlp"] = "mlp"  # "mlp": Linear-GELU-Linear (LLaVA-1.5)
+    # None: image tokens go in front of the text. An id: input_ids hold that many `<image>`
+    # placeholders (LLaVA; `vlmoe.data` GenerationCollate), replaced by the image tokens.
+    image_token_id: int | None = None
     text: TextConfig = field(default_factory=TextConfig)
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], _path: str = "") -> DecoderConfig:
+        return super().from_dict(_build_optional(data, _path, "vision", ViTConfig), _path)
+
     def __post_init__(self) -> None:
-        check(self.text.attention == "causal",
-              f"text.attention must be 'causal' in a decoder, got {self.text.attention!r}")
+        check(
+            self.text.attention == "causal",
+            f"text.attention must be 'causal' in a decoder, got {self.text.attention!r}",
+        )
         _refuse_non_causal_routers(self.text.transformer, "text.transformer")
+        if self.image_token_id is not None:
+            check(
+                0 <= self.image_token_id < self.text.vocab_size,
+                f"image_token_id={self.image_token_id} must be in [0, text.vocab_size="
+                f"{self.text.vocab_size})",
+            )
         if self.vision is None:
-            check(self.vision_dim is not None and self.vision_dim >= 1,
-                  f"vision_dim must be set (>= 1) when vision is null (external encoder), got {self.vision_dim!r}")
+            check(
+                self.vision_dim is not None and self.vision_dim >= 1,
+                "vision_dim must be set (>= 1) when vision is null (external encoder), "
+                f"got {self.vision_dim!r}",
+            )
         else:
-            check(self.vision_dim is None or self.vision_dim == self.vision.transformer.dim,
-                  f"vision_dim={self.vision_dim} must be null or equal vision.transformer.dim="
-                  f"{self.vision.transformer.dim}")
+            check(
+                self.vision_dim is None or self.vision_dim == self.vision.transformer.dim,
+                f"vision_dim={self.vision_dim} must be null or equal vision.transformer.dim="
+                f"{self.vision.transformer.dim}",
+            )
 
     @property
     def vision_width(self) -> int:

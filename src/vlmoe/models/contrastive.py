@@ -33,8 +33,9 @@ class ContrastiveModel(PretrainedModel):
     def __init__(self, config: ContrastiveConfig) -> None:
         super().__init__(config)
         dim = config.transformer.dim
-        self.image_embed = ImageEmbed(config.image_size, config.patch_size, config.in_channels,
-                                      dim, config.pos_embed)
+        self.image_embed = ImageEmbed(
+            config.image_size, config.patch_size, config.in_channels, dim, config.pos_embed
+        )
         self.text_embed = TokenEmbed(config.vocab_size, dim, config.max_seq_len)
         self.type_embed = nn.Embedding(2, dim)
         nn.init.normal_(self.type_embed.weight, std=0.02)
@@ -50,10 +51,15 @@ class ContrastiveModel(PretrainedModel):
         embeds_BE = F.normalize(self.image_proj(h_BND.mean(1)), dim=-1)
         return embeds_BE, auxes, modality_BN == IMAGE
 
-    def _text_pass(self, input_ids_BL: Tensor, attention_mask: Tensor | None) -> tuple[Tensor, list[MoEAux]]:
+    def _text_pass(
+        self, input_ids_BL: Tensor, attention_mask: Tensor | None
+    ) -> tuple[Tensor, list[MoEAux]]:
         B, L = input_ids_BL.shape
         valid_BL = valid_mask(attention_mask, B, L, input_ids_BL.device)
-        x_BLD = self.text_embed(input_ids_BL, positions_from_mask(valid_BL)) + self.type_embed.weight[TEXT]
+        x_BLD = (
+            self.text_embed(input_ids_BL, positions_from_mask(valid_BL))
+            + self.type_embed.weight[TEXT]
+        )
         mask = build_attention_mask(valid_BL, L, L, causal=False, device=x_BLD.device)
         h_BLD, auxes = self.transformer(x_BLD, text_modality(valid_BL), mask=mask)
         return F.normalize(self.text_proj(masked_mean(h_BLD, valid_BL)), dim=-1), auxes
@@ -70,8 +76,12 @@ class ContrastiveModel(PretrainedModel):
         """input_ids (B, L), attention_mask (B, L) -> L2-normalized embeddings (B, embed_dim)."""
         return self._text_pass(input_ids, attention_mask)[0]
 
-    def forward(self, images: Tensor | None = None, input_ids: Tensor | None = None,
-                attention_mask: Tensor | None = None) -> ContrastiveOutput:
+    def forward(
+        self,
+        images: Tensor | None = None,
+        input_ids: Tensor | None = None,
+        attention_mask: Tensor | None = None,
+    ) -> ContrastiveOutput:
         """images (B_i, C, H, W) and/or input_ids (B_t, L) with attention_mask (B_t, L)."""
         if images is None and input_ids is None:
             raise ValueError("pass images, input_ids, or both")
@@ -98,7 +108,9 @@ class ContrastiveModel(PretrainedModel):
         )
 
     @torch.no_grad()
-    def zero_shot_classifier(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
+    def zero_shot_classifier(
+        self, input_ids: Tensor, attention_mask: Tensor | None = None
+    ) -> Tensor:
         """Class embeddings (C, embed_dim) from prompts: input_ids (C, L), or (C, P, L) for P
         prompt templates per class (their embeddings are averaged, then renormalized)."""
         if input_ids.dim() == 2:

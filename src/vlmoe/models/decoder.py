@@ -1,6 +1,8 @@
 """MoE-LLaVA-style decoder (Lin et al. 2024; LLaVA, Liu et al. 2023): a vision encoder, a
 projector into the language model's width, and a causal (MoE) language model over
-[image tokens ; text tokens]. Modality ids (image 0, text 1, padding -1) reach every MoE layer.
+[image tokens ; text tokens], or (with `image_token_id`) over the text with its `<image>`
+placeholders replaced by the image tokens. Modality ids (image 0, text 1, padding -1) reach
+every MoE layer.
 
 The vision encoder is vlmoe's `ViT` by default; any module mapping images (B, C, H, W) to
 features (B, N, D_v) can be plugged in instead (`Decoder(config with vision=None, vision_dim=D_v,
@@ -37,19 +39,25 @@ class Decoder(PretrainedModel):
     def __init__(self, config: DecoderConfig, vision_encoder: nn.Module | None = None) -> None:
         super().__init__(config)
         if config.vision is not None and vision_encoder is not None:
-            raise ValueError("pass vision_encoder only with a config whose vision is None (external encoder)")
+            raise ValueError(
+                "pass vision_encoder only with a config whose vision is None (external encoder)"
+            )
         if config.vision is None and vision_encoder is None:
             raise ValueError("config.vision is None: pass the external vision_encoder module")
         self.vision = ViT(config.vision) if config.vision is not None else vision_encoder
-        self.projector = build_projector(config.projector, config.vision_width, config.text.transformer.dim)
+        self.projector = build_projector(
+            config.projector, config.vision_width, config.text.transformer.dim
+        )
         self.lm = TextTransformer(config.text)
 
-    def encode_images(self, images_BCHW: Tensor) -> tuple[Tensor, list[MoEAux], tuple[int, int] | None]:
+    def encode_images(
+        self, images_BCHW: Tensor
+    ) -> tuple[Tensor, list[MoEAux], tuple[int, int] | None]:
         """images -> (image tokens (B, N, D) in the LM's width, vision MoE auxes, patch grid)."""
         if isinstance(self.vision, ViT):
             feats_BSD, auxes = self.vision.forward_features(images_BCHW)
             if self.config.vision_feature == "patch":
-                feats_BSD = feats_BSD[:, self.vision.num_prefix_tokens:]
+                feats_BSD = feats_BSD[:, self.vision.num_prefix_tokens :]
                 grid = self.vision.grid_size
             else:
                 grid = None if self.vision.num_prefix_tokens else self.vision.grid_size
@@ -59,57 +67,121 @@ class Decoder(PretrainedModel):
             grid = (side, side) if side * side == feats_BSD.shape[1] else None
         return self.projector(feats_BSD), auxes, grid
 
-    def forward(self, images: Tensor | None = None, input_ids: Tensor | None = None,
-                attention_mask: Tensor | None = None, *,
-                kv_cache: KVCache | None = None) -> DecoderOutput:
+    @property
+    def num_image_tokens(self) -> int | None:
+        """Image tokens per image (None for an external encoder, known only once run)."""
+        if not isinstance(self.vision, ViT):
+            return None
+        n = self.vision.embed.num_patches
+        return n if self.config.vision_feature == "patch" else n + self.vision.num_prefix_tokens
+
+    def forward(
+        self,
+        images: Tensor | None = None,
+        input_ids: Tensor | None = None,
+        attention_mask: Tensor | None = None,
+        *,
+        kv_cache: KVCache | None = None,
+    ) -> DecoderOutput:
         """images (B, C, H, W) or None; input_ids (B, L) (or None); attention_mask (B, L).
 
-        The sequence is [image tokens ; text tokens]; padding may sit anywhere in the text
-        (left for generation, right for training). With `kv_cache`, later calls pass only new
-        tokens and no images.
+        Layout: [image tokens ; text tokens], or, with `config.image_token_id`, the text with
+        its `<image>` placeholders replaced by the image tokens (LLaVA). Padding may sit
+        anywhere (left for generation, right for training). With `kv_cache`, later calls pass
+        only the new tokens and no images. `logits` are aligned with `input_ids`.
         """
-        parts, valid, modality = [], [], []
+        if images is None and input_ids is None:
+            raise ValueError("pass images, input_ids, or both")
         vision_aux: list[MoEAux] = []
-        grid = None
+        grid, img_BND = None, None
         if images is not None:
             img_BND, vision_aux, grid = self.encode_images(images)
-            B, N = img_BND.shape[:2]
-            parts.append(img_BND)
-            valid.append(torch.ones(B, N, dtype=torch.bool, device=img_BND.device))
-            modality.append(torch.zeros(B, N, dtype=torch.long, device=img_BND.device))
-        if input_ids is not None:
-            txt_BLD = self.lm.embed_tokens(input_ids)
-            B, L = input_ids.shape
-            text_valid = valid_mask(attention_mask, B, L, txt_BLD.device)
-            parts.append(txt_BLD)
-            valid.append(text_valid)
-            modality.append(text_modality(text_valid))
-        if not parts:
-            raise ValueError("pass images, input_ids, or both")
-        x_BSD = torch.cat(parts, dim=1)
-        valid_BS, modality_BS = torch.cat(valid, dim=1), torch.cat(modality, dim=1)
+        if img_BND is not None and self.config.image_token_id is not None:
+            x_BSD, valid_BS, modality_BS = self._fill_placeholders(
+                img_BND, input_ids, attention_mask
+            )
+            num_prefix = 0
+        else:
+            x_BSD, valid_BS, modality_BS = self._prepend(img_BND, input_ids, attention_mask)
+            num_prefix = img_BND.shape[1] if img_BND is not None else 0
         h_BSD, lm_aux = self.lm.hidden(x_BSD, valid_BS, modality_BS, kv_cache)
-        N = parts[0].shape[1] if images is not None else 0
         return DecoderOutput(
-            logits=self.lm.lm_head(h_BSD[:, N:]),
+            logits=self.lm.lm_head(h_BSD[:, num_prefix:]),
             hidden_states=h_BSD,
             modality=modality_BS,
             image_token_mask=modality_BS == 0,
-            num_image_tokens=N,
+            num_image_tokens=img_BND.shape[1] if img_BND is not None else 0,
             patch_grid=grid,
             moe_aux=vision_aux + lm_aux,
             vision_moe_aux=vision_aux,
             lm_moe_aux=lm_aux,
         )
 
-    def next_token_logits(self, input_ids: Tensor, attention_mask: Tensor, images: Tensor | None,
-                          kv_cache: KVCache | None) -> Tensor:
-        if input_ids.shape[1] == 0:
-            raise ValueError("generation needs at least one prompt token (e.g. BOS) after the image")
-        return self(images, input_ids, attention_mask, kv_cache=kv_cache).logits[:, -1]
+    def _prepend(
+        self, img_BND: Tensor | None, input_ids: Tensor | None, attention_mask: Tensor | None
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """[image tokens ; text tokens] -> (embeddings, valid, modality)."""
+        parts, valid, modality = [], [], []
+        if img_BND is not None:
+            B, N = img_BND.shape[:2]
+            parts.append(img_BND)
+            valid.append(torch.ones(B, N, dtype=torch.bool, device=img_BND.device))
+            modality.append(torch.zeros(B, N, dtype=torch.long, device=img_BND.device))
+        if input_ids is not None:
+            B, L = input_ids.shape
+            text_valid = valid_mask(attention_mask, B, L, input_ids.device)
+            parts.append(self.lm.embed_tokens(input_ids))
+            valid.append(text_valid)
+            modality.append(text_modality(text_valid))
+        return torch.cat(parts, 1), torch.cat(valid, 1), torch.cat(modality, 1)
 
-    def generate(self, input_ids: Tensor, attention_mask: Tensor | None = None,
-                 images: Tensor | None = None, **kwargs) -> Tensor:
+    def _fill_placeholders(
+        self, img_BND: Tensor, input_ids: Tensor | None, attention_mask: Tensor | None
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """Text embeddings with the `<image>` placeholders replaced by image tokens, in order."""
+        token = self.config.image_token_id
+        if input_ids is None:
+            raise ValueError(
+                f"image_token_id={token} is set: pass input_ids with <image> placeholders"
+            )
+        B, L = input_ids.shape
+        N = img_BND.shape[1]
+        valid_BL = valid_mask(attention_mask, B, L, input_ids.device)
+        is_image_BL = (input_ids == token) & valid_BL
+        counts = is_image_BL.sum(1)
+        if not bool((counts == N).all()):
+            raise ValueError(
+                f"every row needs {N} <image> placeholder tokens (id {token}), one per image "
+                f"token; got {counts.tolist()}"
+            )
+        x_BLD = self.lm.embed_tokens(input_ids)
+        x_BLD = x_BLD.masked_scatter(is_image_BL[..., None], img_BND.to(x_BLD.dtype))
+        modality_BL = torch.where(is_image_BL, 0, text_modality(valid_BL))
+        return x_BLD, valid_BL, modality_BL
+
+    def next_token_logits(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor,
+        images: Tensor | None,
+        kv_cache: KVCache | None,
+    ) -> Tensor:
+        if input_ids.shape[1] == 0:
+            raise ValueError(
+                "generation needs at least one prompt token (e.g. BOS) after the image"
+            )
+        logits = self(images, input_ids, attention_mask, kv_cache=kv_cache).logits[:, -1]
+        if self.config.image_token_id is not None:  # never generate an image placeholder
+            logits[:, self.config.image_token_id] = float("-inf")
+        return logits
+
+    def generate(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor | None = None,
+        images: Tensor | None = None,
+        **kwargs,
+    ) -> Tensor:
         """Continue left-padded prompts after the image; see `vlmoe.models.generation.generate`."""
         from vlmoe.models.generation import generate
 
@@ -126,7 +198,11 @@ def _external_features(out: object) -> Tensor:
     elif isinstance(getattr(out, "last_hidden_state", None), Tensor):
         feats = out.last_hidden_state
     else:
-        raise TypeError(f"the vision encoder returned {type(out).__name__}; expected a (B, N, D) tensor")
+        raise TypeError(
+            f"the vision encoder returned {type(out).__name__}; expected a (B, N, D) tensor"
+        )
     if feats.dim() != 3:
-        raise ValueError(f"the vision encoder must return (B, N, D) features, got shape {tuple(feats.shape)}")
+        raise ValueError(
+            f"the vision encoder must return (B, N, D) features, got shape {tuple(feats.shape)}"
+        )
     return feats

@@ -14,8 +14,15 @@ class ImageEmbed(nn.Module):
     S = num_prefix_tokens + N; patches are row-major over `grid_size`.
     """
 
-    def __init__(self, image_size: int, patch_size: int, in_channels: int, dim: int,
-                 pos_embed: str = "learned", class_token: bool = False) -> None:
+    def __init__(
+        self,
+        image_size: int,
+        patch_size: int,
+        in_channels: int,
+        dim: int,
+        pos_embed: str = "learned",
+        class_token: bool = False,
+    ) -> None:
         super().__init__()
         self.patch = PatchEmbed(image_size, patch_size, in_channels, dim)
         self.grid_size = self.patch.grid_size
@@ -50,7 +57,9 @@ class TokenEmbed(nn.Module):
         self.pos = LearnedPositions(max_seq_len, dim) if max_seq_len else None
 
     def forward(self, input_ids_BL: Tensor, positions_BL: Tensor | None = None) -> Tensor:
-        if input_ids_BL.numel() and (int(input_ids_BL.min()) < 0 or int(input_ids_BL.max()) >= self.vocab_size):
+        if input_ids_BL.numel() and (
+            int(input_ids_BL.min()) < 0 or int(input_ids_BL.max()) >= self.vocab_size
+        ):
             raise ValueError(
                 f"token ids must be in [0, {self.vocab_size}), got range "
                 f"[{int(input_ids_BL.min())}, {int(input_ids_BL.max())}]"

@@ -25,12 +25,14 @@ def _group_modules(model: nn.Module, group: str) -> list[nn.Module]:
     if group == "moe":
         return layers
     if group == "experts":
-        return [m for layer in layers for m in (layer.experts, layer.shared_experts) if m is not None]
+        return [
+            m for layer in layers for m in (layer.experts, layer.shared_experts) if m is not None
+        ]
     return [m for layer in layers for m in (layer.router, layer.shared_gate) if m is not None]
 
 
 def component_names(model: nn.Module) -> list[str]:
-    """The groups plus the model's top-level children: what `freeze` accepts (besides deeper paths)."""
+    """The groups and the model's top-level children (`freeze` also takes deeper paths)."""
     return list(GROUPS) + [name for name, _ in model.named_children()]
 
 

@@ -29,8 +29,9 @@ class FusionModel(PretrainedModel):
     def __init__(self, config: FusionConfig) -> None:
         super().__init__(config)
         dim = config.transformer.dim
-        self.image_embed = ImageEmbed(config.image_size, config.patch_size, config.in_channels,
-                                      dim, config.pos_embed)
+        self.image_embed = ImageEmbed(
+            config.image_size, config.patch_size, config.in_channels, dim, config.pos_embed
+        )
         self.text_embed = TokenEmbed(config.vocab_size, dim, config.max_seq_len)
         self.type_embed = nn.Embedding(2, dim)
         nn.init.normal_(self.type_embed.weight, std=0.02)
@@ -39,8 +40,12 @@ class FusionModel(PretrainedModel):
         self.vqa_head = nn.Linear(dim, config.num_answers) if config.num_answers else None
         self.itm_head = nn.Linear(dim, 2)
 
-    def forward(self, images: Tensor | None = None, input_ids: Tensor | None = None,
-                attention_mask: Tensor | None = None) -> FusionOutput:
+    def forward(
+        self,
+        images: Tensor | None = None,
+        input_ids: Tensor | None = None,
+        attention_mask: Tensor | None = None,
+    ) -> FusionOutput:
         """images (B, C, H, W) and/or input_ids (B, L) with attention_mask (B, L)."""
         parts, valid, modality = [], [], []
         if images is not None:
@@ -52,7 +57,10 @@ class FusionModel(PretrainedModel):
         if input_ids is not None:
             B, L = input_ids.shape
             text_valid = valid_mask(attention_mask, B, L, input_ids.device)
-            x_BLD = self.text_embed(input_ids, positions_from_mask(text_valid)) + self.type_embed.weight[TEXT]
+            x_BLD = (
+                self.text_embed(input_ids, positions_from_mask(text_valid))
+                + self.type_embed.weight[TEXT]
+            )
             parts.append(x_BLD)
             valid.append(text_valid)
             modality.append(text_modality(text_valid))

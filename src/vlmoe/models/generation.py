@@ -19,12 +19,22 @@ from vlmoe.nn.attention import KVCache
 
 
 class Generator(Protocol):
-    def next_token_logits(self, input_ids: Tensor, attention_mask: Tensor, images: Tensor | None,
-                          kv_cache: KVCache | None) -> Tensor: ...
+    def next_token_logits(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor,
+        images: Tensor | None,
+        kv_cache: KVCache | None,
+    ) -> Tensor: ...
 
 
-def sample_next(logits_BV: Tensor, temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
-                generator: torch.Generator | None = None) -> Tensor:
+def sample_next(
+    logits_BV: Tensor,
+    temperature: float = 0.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    generator: torch.Generator | None = None,
+) -> Tensor:
     """Pick one token per row: argmax when temperature == 0, else sample from the
     temperature-scaled distribution restricted to the top-k tokens and the top-p mass."""
     if temperature <= 0:
@@ -44,11 +54,21 @@ def sample_next(logits_BV: Tensor, temperature: float = 0.0, top_k: int = 0, top
 
 
 @torch.no_grad()
-def generate(model: Generator, input_ids: Tensor, attention_mask: Tensor | None = None, *,
-             images: Tensor | None = None, max_new_tokens: int = 32, temperature: float = 0.0,
-             top_k: int = 0, top_p: float = 1.0, stop_tokens: Sequence[int] = (),
-             pad_token_id: int = 0, cache: Literal["kv", "none"] = "kv",
-             generator: torch.Generator | None = None) -> Tensor:
+def generate(
+    model: Generator,
+    input_ids: Tensor,
+    attention_mask: Tensor | None = None,
+    *,
+    images: Tensor | None = None,
+    max_new_tokens: int = 32,
+    temperature: float = 0.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    stop_tokens: Sequence[int] = (),
+    pad_token_id: int = 0,
+    cache: Literal["kv", "none"] = "kv",
+    generator: torch.Generator | None = None,
+) -> Tensor:
     """Generate up to `max_new_tokens` after each prompt.
 
     Args:
@@ -66,16 +86,19 @@ def generate(model: Generator, input_ids: Tensor, attention_mask: Tensor | None 
     B, L = input_ids.shape
     mask_BL = torch.ones_like(input_ids) if attention_mask is None else attention_mask.long()
     if L and not bool(mask_BL[:, -1].all()):
-        raise ValueError("prompts must be left-padded: the last position of every row must be a real token")
+        raise ValueError(
+            "prompts must be left-padded: the last position of every row must be a real token"
+        )
     kv = KVCache() if cache == "kv" else None
     stops = torch.tensor(list(stop_tokens), dtype=input_ids.dtype, device=input_ids.device)
     finished_B = torch.zeros(B, dtype=torch.bool, device=input_ids.device)
     tokens_BL, out = input_ids, []
     logits_BV = model.next_token_logits(input_ids, mask_BL, images, kv)
     for step in range(max_new_tokens):
+        # Finished rows keep running (their results are discarded) on the sampled token, which is
+        # always a valid id, while the output shows `pad_token_id`.
         next_B = sample_next(logits_BV, temperature, top_k, top_p, generator)
-        next_B = torch.where(finished_B, torch.full_like(next_B, pad_token_id), next_B)
-        out.append(next_B)
+        out.append(torch.where(finished_B, torch.full_like(next_B, pad_token_id), next_B))
         if len(stops):
             finished_B = finished_B | torch.isin(next_B, stops)
         if step == max_new_tokens - 1 or bool(finished_B.all()):

@@ -69,14 +69,15 @@ class ContrastiveOutput:
 
 @dataclass
 class DecoderOutput:
-    """`logits` cover the text positions only, aligned with `input_ids` (predict token t+1 at
-    position t). `moe_aux` is the vision encoder's auxes followed by the language model's."""
+    """`logits` are aligned with `input_ids` (predict token t+1 at position t): the text
+    positions when image tokens are prepended, every position with `<image>` placeholders.
+    `moe_aux` is the vision encoder's auxes followed by the language model's."""
 
     logits: Tensor  # (B, L, vocab)
-    hidden_states: Tensor  # (B, S, D) over [image tokens ; text tokens] (this call's tokens)
+    hidden_states: Tensor  # (B, S, D) over this call's sequence (image and text tokens)
     modality: Tensor  # (B, S)
     image_token_mask: Tensor  # (B, S)
-    num_image_tokens: int  # image tokens at the front of this call's sequence (0 when cached)
+    num_image_tokens: int  # image tokens in this call's sequence (0 in cached decode steps)
     patch_grid: tuple[int, int] | None  # None for an external encoder of unknown layout
     moe_aux: list[MoEAux] = field(default_factory=list)
     vision_moe_aux: list[MoEAux] = field(default_factory=list)

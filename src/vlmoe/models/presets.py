@@ -33,22 +33,30 @@ TEXT_LEN = {"debug": 16, "small": 64}
 
 def tower(size: str, moe: MoEConfig | None = None, **kw) -> TransformerConfig:
     dim, layers, heads, hidden = SIZES[size]
-    return TransformerConfig(dim=dim, num_layers=layers, num_heads=heads, hidden_dim=hidden,
-                             moe=moe, **kw)
+    return TransformerConfig(
+        dim=dim, num_layers=layers, num_heads=heads, hidden_dim=hidden, moe=moe, **kw
+    )
 
 
 def twin_moe(size: str, num_experts: int = 8, top_k: int = 2, **kw) -> MoEConfig:
     """Experts sized for equal active FFN parameters with the dense tower of `size`."""
     dim, _, _, hidden = SIZES[size]
     per_token = top_k + kw.get("num_shared_experts", 0)
-    return MoEConfig(dim=dim, hidden_dim=hidden // per_token, num_experts=num_experts,
-                     top_k=top_k, **kw)
+    return MoEConfig(
+        dim=dim, hidden_dim=hidden // per_token, num_experts=num_experts, top_k=top_k, **kw
+    )
 
 
 def vl_moe(size: str) -> MoEConfig:
     """VL-MoE routing: modality expert groups, cross-modal experts and a shared expert."""
-    return twin_moe(size, num_experts=8, top_k=2, expert_groups="modality",
-                    num_cross_modal_experts=2, num_shared_experts=1)
+    return twin_moe(
+        size,
+        num_experts=8,
+        top_k=2,
+        expert_groups="modality",
+        num_cross_modal_experts=2,
+        num_shared_experts=1,
+    )
 
 
 def _register() -> None:
@@ -57,50 +65,85 @@ def _register() -> None:
         img = {"image_size": image_size, "patch_size": patch}
         for variant, moe in (("", None), ("-moe", twin_moe(size))):
             register_preset(
-                f"vit-{size}{variant}", "vit",
+                f"vit-{size}{variant}",
+                "vit",
                 ViTConfig(**img, num_classes=10, transformer=tower(size, moe)),
                 f"ViT {size}{' with MoE (E=8, top-2) every other block' if moe else ' (dense)'}",
             )
             register_preset(
-                f"text-{size}{variant}", "text",
-                TextConfig(vocab_size=VOCAB[size], max_seq_len=TEXT_LEN[size],
-                           transformer=tower(size, moe, norm="rmsnorm")),
+                f"text-{size}{variant}",
+                "text",
+                TextConfig(
+                    vocab_size=VOCAB[size],
+                    max_seq_len=TEXT_LEN[size],
+                    transformer=tower(size, moe, norm="rmsnorm"),
+                ),
                 f"causal text LM {size}{' with MoE' if moe else ' (dense)'}",
             )
             register_preset(
-                f"contrastive-{size}{variant}", "contrastive",
-                ContrastiveConfig(**img, vocab_size=VOCAB[size], max_seq_len=TEXT_LEN[size],
-                                  embed_dim=SIZES[size][0], transformer=tower(size, moe)),
+                f"contrastive-{size}{variant}",
+                "contrastive",
+                ContrastiveConfig(
+                    **img,
+                    vocab_size=VOCAB[size],
+                    max_seq_len=TEXT_LEN[size],
+                    embed_dim=SIZES[size][0],
+                    transformer=tower(size, moe),
+                ),
                 f"LIMoE-style contrastive {size}{' with MoE' if moe else ' (dense)'}",
             )
             register_preset(
-                f"decoder-{size}{variant}", "decoder",
+                f"decoder-{size}{variant}",
+                "decoder",
                 DecoderConfig(
                     vision=ViTConfig(**img, num_classes=0, transformer=tower(size)),
-                    text=TextConfig(vocab_size=VOCAB[size], max_seq_len=TEXT_LEN[size],
-                                    transformer=tower(size, moe, norm="rmsnorm")),
+                    text=TextConfig(
+                        vocab_size=VOCAB[size],
+                        max_seq_len=TEXT_LEN[size],
+                        transformer=tower(size, moe, norm="rmsnorm"),
+                    ),
                 ),
                 f"MoE-LLaVA-style decoder {size}{' with MoE LM' if moe else ' (dense)'}",
             )
         for variant, moe in (("", None), ("-moe", vl_moe(size))):
             register_preset(
-                f"fusion-{size}{variant}", "fusion",
-                FusionConfig(**img, vocab_size=VOCAB[size], max_seq_len=TEXT_LEN[size],
-                             num_classes=10, num_answers=32, transformer=tower(size, moe)),
+                f"fusion-{size}{variant}",
+                "fusion",
+                FusionConfig(
+                    **img,
+                    vocab_size=VOCAB[size],
+                    max_seq_len=TEXT_LEN[size],
+                    num_classes=10,
+                    num_answers=32,
+                    transformer=tower(size, moe),
+                ),
                 f"VL-MoE-style fusion encoder {size}"
                 f"{' with modality experts + shared expert' if moe else ' (dense)'}",
             )
     img = {"image_size": IMAGES["debug"][0], "patch_size": IMAGES["debug"][1]}
     register_preset(
-        "vit-debug-soft", "vit",
-        ViTConfig(**img, pool="mean", num_classes=10, transformer=tower(
-            "debug", MoEConfig(hidden_dim=96, num_experts=4, top_k=1, router="soft"))),
+        "vit-debug-soft",
+        "vit",
+        ViTConfig(
+            **img,
+            pool="mean",
+            num_classes=10,
+            transformer=tower(
+                "debug", MoEConfig(hidden_dim=96, num_experts=4, top_k=1, router="soft")
+            ),
+        ),
         "ViT debug with soft MoE (Puigcerver et al. 2023)",
     )
     register_preset(
-        "vit-debug-ec", "vit",
-        ViTConfig(**img, num_classes=10, transformer=tower(
-            "debug", MoEConfig(hidden_dim=48, num_experts=4, top_k=2, router="expert_choice"))),
+        "vit-debug-ec",
+        "vit",
+        ViTConfig(
+            **img,
+            num_classes=10,
+            transformer=tower(
+                "debug", MoEConfig(hidden_dim=48, num_experts=4, top_k=2, router="expert_choice")
+            ),
+        ),
         "ViT debug with expert-choice routing (Zhou et al. 2022)",
     )
 

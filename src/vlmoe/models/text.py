@@ -32,8 +32,14 @@ class TextTransformer(PretrainedModel):
         t = config.transformer
         self.embed = nn.Embedding(config.vocab_size, t.dim)
         nn.init.normal_(self.embed.weight, std=0.02)
-        self.pos = LearnedPositions(config.max_seq_len, t.dim) if config.positions == "learned" else None
-        self.rope = RotaryEmbedding(t.attn_head_dim, config.rope_theta) if config.positions == "rope" else None
+        self.pos = (
+            LearnedPositions(config.max_seq_len, t.dim) if config.positions == "learned" else None
+        )
+        self.rope = (
+            RotaryEmbedding(t.attn_head_dim, config.rope_theta)
+            if config.positions == "rope"
+            else None
+        )
         self.transformer = Transformer(t)
         self.causal = config.attention == "causal"
         self.lm_head = nn.Linear(t.dim, config.vocab_size, bias=False) if self.causal else None
@@ -42,12 +48,18 @@ class TextTransformer(PretrainedModel):
         V = self.config.vocab_size
         if input_ids_BL.numel() and (int(input_ids_BL.min()) < 0 or int(input_ids_BL.max()) >= V):
             raise ValueError(
-                f"token ids must be in [0, {V}), got range [{int(input_ids_BL.min())}, {int(input_ids_BL.max())}]"
+                f"token ids must be in [0, {V}), "
+                f"got range [{int(input_ids_BL.min())}, {int(input_ids_BL.max())}]"
             )
         return self.embed(input_ids_BL)  # (B, L, D)
 
-    def hidden(self, inputs_embeds: Tensor, valid_BL: Tensor, modality_BL: Tensor,
-               kv_cache: KVCache | None = None) -> tuple[Tensor, list[MoEAux]]:
+    def hidden(
+        self,
+        inputs_embeds: Tensor,
+        valid_BL: Tensor,
+        modality_BL: Tensor,
+        kv_cache: KVCache | None = None,
+    ) -> tuple[Tensor, list[MoEAux]]:
         """Embedded tokens (B, L, D) -> final hidden states (B, L, D), MoE auxes.
 
         With `kv_cache`, the tokens continue the cached ones and the cache is extended.
@@ -61,9 +73,12 @@ class TextTransformer(PretrainedModel):
         if self.pos is not None:
             x_BLD = x_BLD + self.pos(positions_BL)
         rope = self.rope(positions_BL) if self.rope is not None else None
-        mask = build_attention_mask(key_valid_BS, L, key_valid_BS.shape[1], self.causal, x_BLD.device)
-        return self.transformer(x_BLD, modality_BL, mask=mask, causal=self.causal, rope=rope,
-                                cache=kv_cache)
+        mask = build_attention_mask(
+            key_valid_BS, L, key_valid_BS.shape[1], self.causal, x_BLD.device
+        )
+        return self.transformer(
+            x_BLD, modality_BL, mask=mask, causal=self.causal, rope=rope, cache=kv_cache
+        )
 
     def pool(self, hidden_BLD: Tensor, valid_BL: Tensor) -> Tensor:
         kind = self.config.pool
@@ -72,9 +87,15 @@ class TextTransformer(PretrainedModel):
         idx_B = first_or_last_valid(valid_BL, "last" if kind == "last" else "first")
         return hidden_BLD[torch.arange(hidden_BLD.shape[0], device=hidden_BLD.device), idx_B]
 
-    def forward(self, input_ids: Tensor | None = None, attention_mask: Tensor | None = None, *,
-                inputs_embeds: Tensor | None = None, modality: Tensor | None = None,
-                kv_cache: KVCache | None = None) -> TextOutput:
+    def forward(
+        self,
+        input_ids: Tensor | None = None,
+        attention_mask: Tensor | None = None,
+        *,
+        inputs_embeds: Tensor | None = None,
+        modality: Tensor | None = None,
+        kv_cache: KVCache | None = None,
+    ) -> TextOutput:
         """input_ids (B, L) (or inputs_embeds (B, L, D)), attention_mask (B, L) 1 = real token.
 
         With `kv_cache`, `attention_mask` covers this call's tokens only (the cache remembers
@@ -95,8 +116,13 @@ class TextTransformer(PretrainedModel):
             moe_aux=auxes,
         )
 
-    def next_token_logits(self, input_ids: Tensor, attention_mask: Tensor, images: Tensor | None,
-                          kv_cache: KVCache | None) -> Tensor:
+    def next_token_logits(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor,
+        images: Tensor | None,
+        kv_cache: KVCache | None,
+    ) -> Tensor:
         """Logits (B, V) for the token after the last position (used by `generate`)."""
         if images is not None:
             raise ValueError("a text transformer takes no images")

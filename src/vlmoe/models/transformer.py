@@ -34,16 +34,28 @@ class Transformer(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.blocks = nn.ModuleList(
-            Block(cfg.dim, cfg.num_heads, build_ffn(cfg, i), head_dim=cfg.head_dim,
-                  norm=cfg.norm, dropout=cfg.dropout)
+            Block(
+                cfg.dim,
+                cfg.num_heads,
+                build_ffn(cfg, i),
+                head_dim=cfg.head_dim,
+                norm=cfg.norm,
+                dropout=cfg.dropout,
+            )
             for i in range(cfg.num_layers)
         )
         self.norm = make_norm(cfg.norm, cfg.dim)
 
-    def forward(self, x_BLD: Tensor, modality_BL: Tensor | None = None, *,
-                mask: Tensor | None = None, causal: bool = False,
-                rope: tuple[Tensor, Tensor] | None = None,
-                cache: KVCache | None = None) -> tuple[Tensor, list[MoEAux]]:
+    def forward(
+        self,
+        x_BLD: Tensor,
+        modality_BL: Tensor | None = None,
+        *,
+        mask: Tensor | None = None,
+        causal: bool = False,
+        rope: tuple[Tensor, Tensor] | None = None,
+        cache: KVCache | None = None,
+    ) -> tuple[Tensor, list[MoEAux]]:
         """Run every block. `mask` / `causal` / `rope` as in `vlmoe.nn.attention.Attention`;
         `modality_BL` (0 image, 1 text, -1 padding) goes to every MoE layer."""
         auxes: list[MoEAux] = []
@@ -51,11 +63,19 @@ class Transformer(nn.Module):
         for i, block in enumerate(self.blocks):
             layer_cache = cache.layer(i) if cache is not None else None
             if use_ckpt and torch.is_grad_enabled():
-                x_BLD, aux = checkpoint(block, x_BLD, modality_BL, mask=mask, causal=causal,
-                                        rope=rope, use_reentrant=False)
+                x_BLD, aux = checkpoint(
+                    block,
+                    x_BLD,
+                    modality_BL,
+                    mask=mask,
+                    causal=causal,
+                    rope=rope,
+                    use_reentrant=False,
+                )
             else:
-                x_BLD, aux = block(x_BLD, modality_BL, mask=mask, causal=causal, rope=rope,
-                                   cache=layer_cache)
+                x_BLD, aux = block(
+                    x_BLD, modality_BL, mask=mask, causal=causal, rope=rope, cache=layer_cache
+                )
             if aux is not None:
                 auxes.append(aux)
         return self.norm(x_BLD), auxes

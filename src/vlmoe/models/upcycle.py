@@ -55,9 +55,14 @@ def _get_path(config: Config, path: str) -> Config:
     return config
 
 
-def upcycle_config(model: PretrainedModel, moe: MoEConfig, *, moe_every: int | None = None,
-                   moe_layers: list[int] | None = None,
-                   towers: Sequence[str] | None = None) -> Config:
+def upcycle_config(
+    model: PretrainedModel,
+    moe: MoEConfig,
+    *,
+    moe_every: int | None = None,
+    moe_layers: list[int] | None = None,
+    towers: Sequence[str] | None = None,
+) -> Config:
     """The MoE twin's config. Each chosen tower's experts take its FFN's width and activation."""
     all_paths = transformer_paths(model.config)
     chosen = []
@@ -71,7 +76,9 @@ def upcycle_config(model: PretrainedModel, moe: MoEConfig, *, moe_every: int | N
         t = _get_path(config, path)
         if t.moe is not None:
             raise ConfigError(f"{path} is already MoE; upcycle a dense tower")
-        tower_moe = dataclasses.replace(moe, dim=t.dim, hidden_dim=t.hidden_dim, activation=t.activation)
+        tower_moe = dataclasses.replace(
+            moe, dim=t.dim, hidden_dim=t.hidden_dim, activation=t.activation
+        )
         changes = {"moe": tower_moe}
         if moe_every is not None:
             changes["moe_every"] = moe_every
@@ -81,9 +88,15 @@ def upcycle_config(model: PretrainedModel, moe: MoEConfig, *, moe_every: int | N
     return config
 
 
-def upcycle_model(model: PretrainedModel, moe: MoEConfig, *, moe_every: int | None = None,
-                  moe_layers: list[int] | None = None, towers: Sequence[str] | None = None,
-                  noise_std: float = 0.0) -> PretrainedModel:
+def upcycle_model(
+    model: PretrainedModel,
+    moe: MoEConfig,
+    *,
+    moe_every: int | None = None,
+    moe_layers: list[int] | None = None,
+    towers: Sequence[str] | None = None,
+    noise_std: float = 0.0,
+) -> PretrainedModel:
     """A new MoE model upcycled from dense `model` (which is left unchanged).
 
     Args:
@@ -107,12 +120,18 @@ def upcycle_model(model: PretrainedModel, moe: MoEConfig, *, moe_every: int | No
         if isinstance(module, MoELayer):
             dense = dense_modules.get(name)
             if not isinstance(dense, MLP):
-                raise ConfigError(f"{name}: expected a dense MLP to upcycle, found {type(dense).__name__}")
+                raise ConfigError(
+                    f"{name}: expected a dense MLP to upcycle, found {type(dense).__name__}"
+                )
             _set_module(new, name, upcycle_mlp(dense, module.cfg, noise_std=noise_std))
             replaced.append(name)
     dense_state = model.state_dict()
     new_state = new.state_dict()
-    missing = [k for k in new_state if k not in dense_state and not any(k.startswith(r + ".") for r in replaced)]
+    missing = [
+        k
+        for k in new_state
+        if k not in dense_state and not any(k.startswith(r + ".") for r in replaced)
+    ]
     if missing:
         raise ConfigError(f"upcycling left tensors without dense weights: {missing[:5]}")
     new.load_state_dict({k: v for k, v in dense_state.items() if k in new_state}, strict=False)

@@ -25,8 +25,14 @@ class ViT(PretrainedModel):
     def __init__(self, config: ViTConfig) -> None:
         super().__init__(config)
         dim = config.transformer.dim
-        self.embed = ImageEmbed(config.image_size, config.patch_size, config.in_channels, dim,
-                                config.pos_embed, class_token=config.pool == "cls")
+        self.embed = ImageEmbed(
+            config.image_size,
+            config.patch_size,
+            config.in_channels,
+            dim,
+            config.pos_embed,
+            class_token=config.pool == "cls",
+        )
         self.transformer = Transformer(config.transformer)
         self.head = nn.Linear(dim, config.num_classes) if config.num_classes else None
         self.grid_size = self.embed.grid_size
@@ -42,7 +48,7 @@ class ViT(PretrainedModel):
     def pool(self, features_BSD: Tensor) -> Tensor:
         if self.config.pool == "cls":
             return features_BSD[:, 0]
-        return features_BSD[:, self.num_prefix_tokens:].mean(1)
+        return features_BSD[:, self.num_prefix_tokens :].mean(1)
 
     def forward_head(self, features_BSD: Tensor) -> Tensor | None:
         """tokens (B, S, D) -> class logits (B, num_classes), or None without a head."""

@@ -1,12 +1,27 @@
 """Stacked expert weights and the backends that run every expert on its own slice of tokens.
 
 Legend: N rows in the dispatched buffer (sorted by expert), D model dim, H expert hidden dim,
-I = 2H for SwiGLU (gate and up packed, gate first) or H for GELU, E experts.
+I = 2H for SwiGLU (gate and up packed, gate first) or H for GELU, E experts, C padded rows per
+expert (bmm backend).
 
 `Experts(x_ND, counts_E) -> y_ND`: rows [off_e, off_e + counts_E[e]) belong to expert e, where
-off_e is the running sum of counts. Rows past sum(counts_E) (tokens dropped by capacity) come
-back as zeros. The `loop` backend is the obviously correct reference that fast backends are
-tested against.
+off_e is the running sum of counts. Rows past sum(counts_E) (pairs dropped by capacity) may hold
+anything, NaN included; they are never read, and come back as zeros with zero gradient.
+
+Backends (all held to `experts_loop` by the tests, in outputs and in gradients):
+
+- `loop`: the obviously correct reference, a Python loop over experts.
+- `grouped_mm`: grouped GEMMs (MegaBlocks, Gale et al. 2022; `torch._grouped_mm` where it
+  applies: fp32/bf16/fp16, int32 cumulative offsets, 16-byte aligned rows) inside one autograd
+  function for the whole expert MLP. The backward is written by hand: dgrad and wgrad are
+  grouped GEMMs too, and the activation is recomputed from the saved pre-activation instead of
+  saving its intermediates, so the layer keeps fewer activations than the dense FFN it replaces.
+  Where `torch._grouped_mm` does not apply (other dtypes, odd sizes, old torch) the same function
+  runs per-expert `mm` calls into slices of one output: same results, same memory.
+- `bmm`: pads every expert to C = max(counts_E) rows and runs two batched matmuls. One call per
+  GEMM instead of one per expert, for decode-sized inputs where per-call cost dominates.
+- `auto`: picks one of the above per call, by the rule in `choose_backend` (measured numbers
+  there).
 """
 
 from __future__ import annotations
@@ -15,11 +30,14 @@ import math
 from typing import Literal
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from vlmoe.nn.mlp import Activation, activate, in_features_factor
 
 Backend = Literal["auto", "loop", "grouped_mm", "bmm"]
+
+_GMM_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
 def experts_loop(x_ND: Tensor, counts_E: Tensor, w_in_EDI: Tensor, w_out_EHD: Tensor,
@@ -35,12 +53,209 @@ def experts_loop(x_ND: Tensor, counts_E: Tensor, w_in_EDI: Tensor, w_out_EHD: Te
     return y_ND
 
 
+# ---------------------------------------------------------------------------------------------
+# grouped_mm
+
+
+def _aligned(t: Tensor) -> bool:
+    """torch._grouped_mm wants 16-byte aligned data and row strides (one of the two unit)."""
+    if t.data_ptr() % 16:
+        return False
+    step = 16 // t.element_size()
+    s0, s1 = t.stride(-2), t.stride(-1)
+    return (s1 == 1 and s0 % step == 0) or (s0 == 1 and s1 % step == 0)
+
+
+def grouped_mm_applies(x_ND: Tensor, w_in_EDI: Tensor, w_out_EHD: Tensor) -> bool:
+    """Whether `torch._grouped_mm` can run these operands (else the per-expert mm fallback)."""
+    if not hasattr(torch, "_grouped_mm"):
+        return False
+    if not (x_ND.dtype == w_in_EDI.dtype == w_out_EHD.dtype) or x_ND.dtype not in _GMM_DTYPES:
+        return False
+    if x_ND.device.type == "cuda":
+        # CUTLASS kernels: bf16 only, Hopper or newer.
+        if x_ND.dtype != torch.bfloat16 or torch.cuda.get_device_capability(x_ND.device) < (9, 0):
+            return False
+    elif x_ND.device.type != "cpu":
+        return False
+    step = 16 // x_ND.element_size()
+    D, I, H = w_in_EDI.shape[1], w_in_EDI.shape[2], w_out_EHD.shape[1]
+    if D % step or I % step or H % step:
+        return False
+    return all(_aligned(t) for t in (x_ND, w_in_EDI, w_out_EHD))
+
+
+def _gmm(a: Tensor, b: Tensor, offs: Tensor, ends: list[int] | None) -> Tensor:
+    """Grouped matmul with `torch._grouped_mm`'s semantics for the two MoE cases.
+
+    a (M, K) @ b (G, K, N) -> (M, N): rows [ends[g-1], ends[g]) use b[g].
+    a (K, M) @ b (M, N) -> (G, K, N): group g contracts over columns/rows [ends[g-1], ends[g]).
+    Rows past ends[-1] of a 2d x 3d output are left uninitialised, as torch._grouped_mm does.
+    `ends` is None when torch._grouped_mm applies (it reads `offs`, int32, on the device).
+    """
+    if ends is None:
+        return torch._grouped_mm(a, b, offs=offs)
+    start = 0
+    if b.dim() == 3:
+        out = a.new_empty(a.shape[0], b.shape[-1])
+        for g, end in enumerate(ends):
+            if end > start:
+                torch.mm(a[start:end], b[g], out=out[start:end])
+            start = end
+        return out
+    out = a.new_empty(len(ends), a.shape[0], b.shape[-1])
+    for g, end in enumerate(ends):
+        torch.mm(a[:, start:end], b[start:end], out=out[g])  # K=0 writes zeros
+        start = end
+    return out
+
+
+def _zero_tail(t_ND: Tensor, total: int | None, offs_E: Tensor) -> Tensor:
+    """Zero the rows past the last expert's slice (uninitialised in grouped_mm's output)."""
+    if total is None:  # on an accelerator: mask without a host sync
+        keep_N = torch.arange(t_ND.shape[0], device=t_ND.device) < offs_E[-1]
+        return t_ND.masked_fill_(~keep_N[:, None], 0.0)
+    return t_ND[total:].zero_()
+
+
+def _act_forward(h_MI: Tensor, activation: Activation, out_MH: Tensor) -> None:
+    """out = act(h), the same function as `vlmoe.nn.mlp.activate`, written into `out`."""
+    if activation == "swiglu":
+        gate, up = h_MI.chunk(2, dim=-1)
+        torch.mul(F.silu(gate), up, out=out_MH)
+    else:
+        torch.ops.aten.gelu.out(h_MI, approximate="tanh", out=out_MH)
+
+
+def _act_backward(grad_MH: Tensor, h_MI: Tensor, activation: Activation, out_MI: Tensor) -> None:
+    """d act / d h given d act, written into `out` (M, I)."""
+    if activation == "swiglu":
+        gate, up = h_MI.chunk(2, dim=-1)
+        d_gate, d_up = out_MI.chunk(2, dim=-1)
+        torch.mul(grad_MH, F.silu(gate), out=d_up)
+        torch.ops.aten.silu_backward.grad_input(grad_MH * up, gate, grad_input=d_gate)
+    else:
+        torch.ops.aten.gelu_backward.grad_input(grad_MH, h_MI, approximate="tanh",
+                                                grad_input=out_MI)
+
+
+class _GroupedExpertMLP(torch.autograd.Function):
+    """y = act(x @ w_in[e]) @ w_out[e] per expert slice, with a hand-written backward.
+
+    Saves x, the pre-activation h and the activation a; the backward recomputes only the
+    activation's derivative from h. Rows past the last slice are never read and come out zero.
+    `total` is that row count when known on the host (CPU), else None (masked on the device).
+    """
+
+    @staticmethod
+    def forward(ctx, x_ND: Tensor, w_in_EDI: Tensor, w_out_EHD: Tensor, offs_E: Tensor,
+                ends: list[int] | None, total: int | None, activation: Activation) -> Tensor:
+        N, H = x_ND.shape[0], w_out_EHD.shape[1]
+        rows = N if total is None else total
+        h_NI = _gmm(x_ND, w_in_EDI, offs_E, ends)  # (N, I), rows >= total uninitialised
+        a_NH = x_ND.new_empty(N, H)
+        _act_forward(h_NI[:rows], activation, a_NH[:rows])
+        y_ND = _gmm(a_NH, w_out_EHD, offs_E, ends)  # (N, D)
+        _zero_tail(y_ND, total, offs_E)
+        ctx.save_for_backward(x_ND, h_NI, a_NH, w_in_EDI, w_out_EHD, offs_E)
+        ctx.ends, ctx.total, ctx.activation = ends, total, activation
+        return y_ND
+
+    @staticmethod
+    def backward(ctx, grad_ND: Tensor):
+        x_ND, h_NI, a_NH, w_in_EDI, w_out_EHD, offs_E = ctx.saved_tensors
+        ends, total = ctx.ends, ctx.total
+        rows = h_NI.shape[0] if total is None else total
+        need_x, need_w_in, need_w_out = ctx.needs_input_grad[:3]
+        grad_ND = grad_ND.contiguous()
+        grad_a_NH = _gmm(grad_ND, w_out_EHD.transpose(1, 2), offs_E, ends)  # (N, H)
+        grad_w_out = _gmm(a_NH.t(), grad_ND, offs_E, ends) if need_w_out else None  # (E, H, D)
+        grad_x = grad_w_in = None
+        if need_x or need_w_in:
+            grad_h_NI = torch.empty_like(h_NI)
+            _act_backward(grad_a_NH[:rows], h_NI[:rows], ctx.activation, grad_h_NI[:rows])
+            if need_x:
+                grad_x = _gmm(grad_h_NI, w_in_EDI.transpose(1, 2), offs_E, ends)  # (N, D)
+                _zero_tail(grad_x, total, offs_E)
+            if need_w_in:
+                grad_w_in = _gmm(x_ND.t(), grad_h_NI, offs_E, ends)  # (E, D, I)
+        return grad_x, grad_w_in, grad_w_out, None, None, None, None
+
+
+def experts_grouped_mm(x_ND: Tensor, counts_E: Tensor, w_in_EDI: Tensor, w_out_EHD: Tensor,
+                       activation: Activation) -> Tensor:
+    """Grouped-GEMM experts (see the module docstring). Same contract as `experts_loop`."""
+    x_ND = x_ND.contiguous()
+    offs_E = torch.cumsum(counts_E, 0, dtype=torch.int32)
+    use_gmm = grouped_mm_applies(x_ND, w_in_EDI, w_out_EHD)
+    total = None  # on an accelerator grouped_mm reads the offsets there: no host sync
+    ends = None
+    if x_ND.device.type == "cpu" or not use_gmm:
+        ends = offs_E.tolist()  # free on CPU; elsewhere the fallback needs it anyway
+        total = ends[-1] if ends else 0
+    return _GroupedExpertMLP.apply(x_ND, w_in_EDI, w_out_EHD, offs_E, None if use_gmm else ends,
+                                   total, activation)
+
+
+# ---------------------------------------------------------------------------------------------
+# bmm
+
+
+def experts_bmm(x_ND: Tensor, counts_E: Tensor, w_in_EDI: Tensor, w_out_EHD: Tensor,
+                activation: Activation) -> Tensor:
+    """Padded batched matmul: every expert gets C = max(counts_E) rows, two `bmm` calls.
+
+    Padding costs E * C rows of compute and reads every expert's weights, so this pays off only
+    for small inputs where most experts are touched (decode). Same contract as `experts_loop`.
+    """
+    N, D = x_ND.shape
+    E = counts_E.shape[0]
+    counts = counts_E.tolist()
+    total, C = sum(counts), max(counts, default=0)
+    if total == 0:
+        return x_ND.new_zeros(N, w_out_EHD.shape[-1])
+    device = x_ND.device
+    expert_n = torch.repeat_interleave(torch.arange(E, device=device), counts_E,
+                                       output_size=total)  # (total,)
+    start_E = torch.cumsum(counts_E, 0) - counts_E
+    slot_n = expert_n * C + torch.arange(total, device=device) - start_E[expert_n]  # (total,)
+    x_pad = x_ND.new_zeros(E * C, D).index_copy(0, slot_n, x_ND[:total])
+    h_ECI = torch.bmm(x_pad.view(E, C, D), w_in_EDI)
+    y_ECD = torch.bmm(activate(h_ECI, activation), w_out_EHD)
+    y_nD = y_ECD.reshape(E * C, -1).index_select(0, slot_n)  # (total, D)
+    if total == N:
+        return y_nD
+    return torch.cat([y_nD, y_nD.new_zeros(N - total, y_nD.shape[1])])
+
+
+# ---------------------------------------------------------------------------------------------
+# auto
+
+
+def choose_backend(num_rows: int, num_experts: int, dtype: torch.dtype,
+                   device: torch.device) -> Literal["grouped_mm", "bmm"]:
+    """The backend `auto` runs for an input of `num_rows` dispatched rows.
+
+    Rule measured on the 2-core CPU this was developed on (see benchmarks/moe_layer.py):
+    `bmm` only for bf16/fp16 inputs with num_rows <= 2 * num_experts (decode); `grouped_mm`
+    otherwise.
+    """
+    if dtype in (torch.bfloat16, torch.float16) and num_rows <= 2 * num_experts:
+        return "bmm"
+    return "grouped_mm"
+
+
+_BACKENDS = {"loop": experts_loop, "grouped_mm": experts_grouped_mm, "bmm": experts_bmm}
+
+
 class Experts(nn.Module):
     """E feed-forward experts with stacked weights `w_in` (E, D, I) and `w_out` (E, H, D)."""
 
     def __init__(self, num_experts: int, dim: int, hidden_dim: int,
                  activation: Activation = "swiglu", backend: Backend = "auto") -> None:
         super().__init__()
+        if backend not in ("auto", *_BACKENDS):
+            raise ValueError(f"backend={backend!r} is not one of {['auto', *_BACKENDS]}")
         self.num_experts, self.dim, self.hidden_dim = num_experts, dim, hidden_dim
         self.activation, self.backend = activation, backend
         inner = in_features_factor(activation) * hidden_dim
@@ -55,4 +270,11 @@ class Experts(nn.Module):
         nn.init.uniform_(self.w_out, -bound, bound)
 
     def forward(self, x_ND: Tensor, counts_E: Tensor) -> Tensor:
-        return experts_loop(x_ND, counts_E, self.w_in, self.w_out, self.activation)
+        backend = self.backend
+        if backend == "auto":
+            backend = choose_backend(x_ND.shape[0], self.num_experts, x_ND.dtype, x_ND.device)
+        return _BACKENDS[backend](x_ND, counts_E, self.w_in, self.w_out, self.activation)
+
+    def extra_repr(self) -> str:
+        return (f"num_experts={self.num_experts}, dim={self.dim}, hidden_dim={self.hidden_dim}, "
+                f"activation={self.activation}, backend={self.backend}")

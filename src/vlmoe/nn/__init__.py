@@ -1,7 +1,13 @@
 """Leaf layers: attention (SDPA, masks, KV cache), RoPE, norms, patch/position embeddings, the
 dense MLP, and the pre-norm block that holds a dense or MoE feed-forward layer."""
 
-from vlmoe.nn.attention import Attention, KVCache, LayerKVCache, build_attention_mask, positions_from_mask
+from vlmoe.nn.attention import (
+    Attention,
+    KVCache,
+    LayerKVCache,
+    build_attention_mask,
+    positions_from_mask,
+)
 from vlmoe.nn.block import Block
 from vlmoe.nn.embed import FixedPositions, LearnedPositions, PatchEmbed, sincos_2d
 from vlmoe.nn.mlp import MLP

@@ -55,7 +55,11 @@ class KVCache:
     def extend(self, valid_BL: Tensor) -> tuple[Tensor, Tensor]:
         """Record new tokens; return (positions (B, L) of the new tokens, key_valid (B, S))."""
         past = self.key_valid_BS
-        offset_B = past.sum(1) if past is not None else valid_BL.new_zeros(valid_BL.shape[0], dtype=torch.long)
+        offset_B = (
+            past.sum(1)
+            if past is not None
+            else valid_BL.new_zeros(valid_BL.shape[0], dtype=torch.long)
+        )
         positions_BL = offset_B[:, None] + positions_from_mask(valid_BL)
         self.key_valid_BS = valid_BL if past is None else torch.cat([past, valid_BL], dim=1)
         return positions_BL, self.key_valid_BS
@@ -66,8 +70,9 @@ def positions_from_mask(valid_BL: Tensor) -> Tensor:
     return (valid_BL.long().cumsum(1) - 1).clamp(min=0)
 
 
-def build_attention_mask(key_valid_BS: Tensor | None, num_queries: int, num_keys: int,
-                         causal: bool, device: torch.device) -> Tensor | None:
+def build_attention_mask(
+    key_valid_BS: Tensor | None, num_queries: int, num_keys: int, causal: bool, device: torch.device
+) -> Tensor | None:
     """Boolean mask (B or 1, 1, L, S) for SDPA, or None when no mask is needed: no padding, and
     either bidirectional or causal without cache (pass `causal=True` to `Attention` then).
 
@@ -79,7 +84,11 @@ def build_attention_mask(key_valid_BS: Tensor | None, num_queries: int, num_keys
         return None  # SDPA needs no mask, or takes its own causal path (is_causal)
     q_pos = torch.arange(num_keys - num_queries, num_keys, device=device)[:, None]  # (L, 1)
     k_pos = torch.arange(num_keys, device=device)[None, :]  # (1, S)
-    mask_LS = k_pos <= q_pos if causal else torch.ones(num_queries, num_keys, dtype=torch.bool, device=device)
+    mask_LS = (
+        k_pos <= q_pos
+        if causal
+        else torch.ones(num_queries, num_keys, dtype=torch.bool, device=device)
+    )
     mask = mask_LS[None, None]  # (1, 1, L, S)
     if key_valid_BS is not None:
         mask = mask & key_valid_BS[:, None, None, :].bool()
@@ -90,8 +99,9 @@ def build_attention_mask(key_valid_BS: Tensor | None, num_queries: int, num_keys
 class Attention(nn.Module):
     """Multi-head self-attention; bias-free projections, optional RoPE and KV cache."""
 
-    def __init__(self, dim: int, num_heads: int, head_dim: int | None = None,
-                 dropout: float = 0.0) -> None:
+    def __init__(
+        self, dim: int, num_heads: int, head_dim: int | None = None, dropout: float = 0.0
+    ) -> None:
         super().__init__()
         self.num_heads = num_heads
         self.head_dim = head_dim or dim // num_heads
@@ -102,9 +112,15 @@ class Attention(nn.Module):
         self.proj = nn.Linear(inner, dim, bias=False)
         self.dropout = dropout
 
-    def forward(self, x_BLD: Tensor, *, mask: Tensor | None = None, causal: bool = False,
-                rope: tuple[Tensor, Tensor] | None = None,
-                cache: LayerKVCache | None = None) -> Tensor:
+    def forward(
+        self,
+        x_BLD: Tensor,
+        *,
+        mask: Tensor | None = None,
+        causal: bool = False,
+        rope: tuple[Tensor, Tensor] | None = None,
+        cache: LayerKVCache | None = None,
+    ) -> Tensor:
         """x (B, L, D) -> (B, L, D).
 
         `mask` is a boolean (B|1, 1, L, S) mask from `build_attention_mask`; when it is None and
@@ -121,7 +137,11 @@ class Attention(nn.Module):
         if is_causal and k.shape[2] != L:
             raise ValueError("causal attention over a cache needs an explicit mask")
         out = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, is_causal=is_causal,
+            q,
+            k,
+            v,
+            attn_mask=mask,
+            is_causal=is_causal,
             dropout_p=self.dropout if self.training else 0.0,
         )  # (B, H, L, Dh)
         return self.proj(out.transpose(1, 2).reshape(B, L, -1))  # (B, L, D)

@@ -27,8 +27,10 @@ class PatchEmbed(nn.Module):
     def forward(self, images_BCHW: Tensor) -> Tensor:
         if images_BCHW.shape[-2:] != (self.image_size, self.image_size):
             raise ValueError(
-                f"expected {self.image_size}x{self.image_size} images, got {tuple(images_BCHW.shape[-2:])}"
+                f"expected {self.image_size}x{self.image_size} images, "
+                f"got {tuple(images_BCHW.shape[-2:])}"
             )
+        images_BCHW = images_BCHW.to(self.proj.weight.dtype)  # e.g. fp32 pixels, bf16 weights
         return self.proj(images_BCHW).flatten(2).transpose(1, 2)  # (B, N, D)
 
 
@@ -63,7 +65,8 @@ class LearnedPositions(nn.Module):
         """Int positions of any shape (...) -> (..., dim)."""
         if positions.numel() and int(positions.max()) >= self.weight.shape[0]:
             raise ValueError(
-                f"position {int(positions.max())} is beyond the {self.weight.shape[0]} learned positions"
+                f"position {int(positions.max())} is beyond the "
+                f"{self.weight.shape[0]} learned positions"
             )
         return self.weight[positions]
 

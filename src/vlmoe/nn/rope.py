@@ -18,13 +18,15 @@ class RotaryEmbedding(nn.Module):
         super().__init__()
         if head_dim % 2:
             raise ValueError(f"RoPE needs an even head_dim, got {head_dim}")
-        inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
-        # Not persistent: recomputed from (head_dim, theta), so never part of a checkpoint.
-        self.register_buffer("inv_freq", inv_freq, persistent=False)
+        self.head_dim, self.theta = head_dim, theta
 
     def forward(self, positions_BL: Tensor) -> tuple[Tensor, Tensor]:
         """(B, L) int positions -> cos, sin of shape (B, 1, L, head_dim), fp32."""
-        angles = positions_BL.float()[..., None] * self.inv_freq  # (B, L, Dh/2)
+        # Computed in fp32 on every call (a few flops) rather than kept as a buffer, which
+        # `model.to(torch.bfloat16)` would round.
+        exponent = torch.arange(0, self.head_dim, 2, device=positions_BL.device) / self.head_dim
+        inv_freq = 1.0 / (self.theta ** exponent.float())
+        angles = positions_BL.float()[..., None] * inv_freq  # (B, L, Dh/2)
         angles = torch.cat([angles, angles], dim=-1)  # (B, L, Dh)
         return angles.cos()[:, None], angles.sin()[:, None]
 

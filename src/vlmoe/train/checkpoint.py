@@ -24,6 +24,7 @@ import os
 import random
 import re
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -203,8 +204,12 @@ def save_checkpoint(
     optimizer: torch.optim.Optimizer | None,
     trainer_state: dict[str, Any],
     keep_last: int = 2,
+    extra: Callable[[Path], None] | None = None,
 ) -> Path:
-    """Write checkpoint `step` atomically and prune to the last `keep_last`. Returns its path."""
+    """Write checkpoint `step` atomically and prune to the last `keep_last`. Returns its path.
+
+    `extra(directory)` may add files (e.g. task metadata) before the directory is sealed.
+    """
     root = Path(run_dir) / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
     for stale in root.glob(".tmp-*"):  # left by a crash mid-write
@@ -221,6 +226,8 @@ def save_checkpoint(
     save_file(rng_tensors, str(tmp / "rng.safetensors"))
     state = {**trainer_state, "step": step, "rng": rng_values}
     (tmp / "trainer_state.json").write_text(json.dumps(state, indent=2))
+    if extra is not None:
+        extra(tmp)
     for path in tmp.rglob("*"):
         if path.is_file():
             _fsync_file(path)

@@ -162,8 +162,9 @@ class DataSelection(Config):
     num_train: int = 2000  # shapes: scenes generated for training
     num_eval: int = 500  # shapes: held-out scenes (another seed)
     eval_fraction: float = 0.1
-    image_size: int = 32
+    image_size: int | None = None  # None = the model's image_size
     seed: int = 0
+    tokenizer_vocab: int | None = None  # None = the model preset's vocab_size
     options: dict[str, Any] = dataclasses.field(default_factory=dict)  # passed to the dataset
 
     def __post_init__(self) -> None:
@@ -175,7 +176,8 @@ class DataSelection(Config):
             0 <= self.eval_fraction < 1,
             f"data.eval_fraction must lie in [0, 1), got {self.eval_fraction}",
         )
-        check(self.image_size >= 4, f"data.image_size must be >= 4, got {self.image_size}")
+        if self.image_size is not None:
+            check(self.image_size >= 4, f"data.image_size must be >= 4, got {self.image_size}")
 
 
 @dataclasses.dataclass
@@ -218,3 +220,31 @@ class RunConfig(Config):
     losses: MoELossConfig = dataclasses.field(default_factory=MoELossConfig)
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
     eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
+
+
+def apply_overrides(cfg: RunConfig, overrides: list[str]) -> RunConfig:
+    """`--set key=value` overrides of a run config.
+
+    Keys under `model.` that are not fields of `ModelSelection` set the model's own config:
+    `model.transformer.num_layers=6` becomes `model.overrides["transformer.num_layers"] = 6`
+    (validated when the model is built), so one flag reaches every level.
+    """
+    from vlmoe.config import ConfigError, _parse_scalar
+
+    own = {f.name for f in dataclasses.fields(ModelSelection)}
+    plain: list[str] = []
+    model_over = dict(cfg.model.overrides)
+    for text in overrides:
+        key, sep, raw = text.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ConfigError(f"override {text!r} is not of the form key=value")
+        parts = key.split(".")
+        if parts[0] == "model" and len(parts) > 1 and parts[1] not in own:
+            model_over[".".join(parts[1:])] = _parse_scalar(raw.strip())
+        else:
+            plain.append(text)
+    cfg = cfg.with_overrides(plain) if plain else cfg
+    if model_over != cfg.model.overrides:
+        cfg = cfg.with_overrides({"model.overrides": model_over})
+    return cfg

@@ -133,6 +133,7 @@ class Trainer:
         run_dir: where metrics.jsonl, config.yaml and checkpoints/ go.
         arch: the model family ("fusion", "contrastive", "decoder", ...) for the entropy losses.
         evaluate: `model -> {name: value}`, called every `train.eval_every` steps and at the end.
+        on_save: called with each checkpoint's (temporary) directory to add files to it.
     """
 
     def __init__(
@@ -145,11 +146,13 @@ class Trainer:
         run_dir: str | Path,
         arch: str = "",
         evaluate: EvalFn | None = None,
+        on_save: Callable[[Path], None] | None = None,
     ) -> None:
         self.model, self.objective, self.dataset, self.collate_fn = model, objective, dataset, collate_fn
         self.cfg, self.run_dir, self.arch, self.evaluate = cfg, Path(run_dir), arch, evaluate
         self.device = resolve_device(cfg.train.device)
         self.use_entropy = arch in cfg.losses.entropy_for
+        self.on_save = on_save
         self.optimizer: torch.optim.Optimizer | None = None
         self._stage_index = -1
 
@@ -315,6 +318,7 @@ class Trainer:
                             "task": cfg.task,
                         },
                         keep_last=cfg.train.keep_last,
+                        extra=self.on_save,
                     )
         finally:
             progress.close()

@@ -23,9 +23,7 @@ logger = logging.getLogger(__name__)
 Series = dict[str, tuple[list[float], list[float]]]  # metric -> (steps, values)
 # Metrics worth a panel by default: losses first, then task quality.
 _DEFAULT_PATTERNS = (r"(^|/)loss$", r"acc", r"bleu", r"recall|r@", r"loss")
-_SKIP = re.compile(
-    r"lr|learning_rate|throughput|tokens_per_s|samples_per_s|seconds|time|epoch|step"
-)
+_SKIP = re.compile(r"lr|learning_rate|throughput|per_s|seconds|time|epoch|step|grad_norm")
 
 
 def read_metrics(path: str | Path, step_key: str = "step") -> Series:
@@ -62,11 +60,34 @@ def read_metrics(path: str | Path, step_key: str = "step") -> Series:
 
 
 def default_metrics(runs: Mapping[str, Series], max_panels: int = 6) -> list[str]:
-    """Loss and quality metrics present in any run, main loss first."""
+    """The panels worth drawing by default, in order.
+
+    1. the task loss (`loss/task`, comparable between a dense run and an MoE run, whose total
+       `loss` also holds the router losses), else the total loss;
+    2. held-out quality: `<evaluator>/accuracy`, `zero_shot_accuracy`, `bleu4`, `mean_recall`
+       (not their per-question-type breakdowns);
+    3. training accuracy; then the load-balance loss.
+    Anything else matching loss/accuracy/BLEU/recall fills the remaining panels.
+    """
     keys = sorted({k for s in runs.values() for k in s if not _SKIP.search(k)})
     chosen: list[str] = []
+
+    def take(pattern: str, first_only: bool = False) -> None:
+        for k in keys:
+            if re.search(pattern, k) and k not in chosen:
+                chosen.append(k)
+                if first_only:
+                    return
+
+    take(r"^(train/)?loss/task$", first_only=True)
+    if not chosen:
+        take(r"^(train/)?loss$", first_only=True)
+    take(r"^(eval/)?[^/]+/(accuracy|zero_shot_accuracy|bleu4|mean_recall)$")
+    take(r"^(eval/)?(accuracy|bleu4)$")
+    take(r"^(train/)?(acc|accuracy)(/|$)")
+    take(r"load_balance$")
     for pattern in _DEFAULT_PATTERNS:
-        chosen += [k for k in keys if re.search(pattern, k) and k not in chosen]
+        take(pattern)
     return chosen[:max_panels]
 
 
@@ -102,7 +123,7 @@ def plot_curves(
             ax.plot(steps, values, label=label, marker="o" if len(steps) <= 20 else None, ms=3)
         ax.set_title(metric)
         ax.set_xlabel("step")
-        ax.set_ylabel(metric.rsplit("/", 1)[-1])
+        ax.set_ylabel(_axis_label(metric))
         ax.grid(alpha=0.3)
         if "loss" in metric and _positive(series, metric):
             ax.set_yscale("log")
@@ -115,6 +136,19 @@ def plot_curves(
     if title:
         fig.suptitle(title)
     return save_png(fig, out_path)
+
+
+def _axis_label(metric: str) -> str:
+    for word, label in (
+        ("bleu", "BLEU-4"),
+        ("recall", "recall"),
+        ("r@", "recall"),
+        ("acc", "accuracy"),
+        ("loss", "loss"),
+    ):
+        if word in metric.rsplit("/", 1)[-1] or word in metric:
+            return label
+    return metric.rsplit("/", 1)[-1]
 
 
 def _moving_average(values: list[float], window: int) -> list[float]:

@@ -81,3 +81,30 @@ def plot_expert_load(
     note = f"uniform = 1/{E} = {1 / E:.3f}; × = no tokens"
     fig.suptitle(f"{title}\n({note})" if title else note, fontsize=11)
     return save_png(fig, out_path)
+
+
+def load_from_results(
+    results: dict, prefix: str = "routing/", modality_names: Sequence[str] = DEFAULT_MODALITIES
+) -> tuple[np.ndarray, list[str]]:
+    """(counts_LME, layer_names) from `eval.json`-style results of a `RoutingEvaluator`.
+
+    Reads the `<prefix><layer>/<modality>/tokens_per_expert` entries; a modality a layer has no
+    entry for counts zero.
+    """
+    suffix = "/tokens_per_expert"
+    found: dict[str, dict[int, list]] = {}
+    for key, value in results.items():
+        if not (key.startswith(prefix) and key.endswith(suffix)):
+            continue
+        layer, _, modality = key[len(prefix) : -len(suffix)].rpartition("/")
+        if modality in modality_names and layer:
+            found.setdefault(layer, {})[list(modality_names).index(modality)] = value
+    if not found:
+        raise ValueError(f"no '{prefix}<layer>/<modality>{suffix}' entries in the results")
+    names = list(found)
+    E = max(len(v) for per in found.values() for v in per.values())
+    counts = np.zeros((len(names), len(modality_names), E))
+    for i, name in enumerate(names):
+        for m, v in found[name].items():
+            counts[i, m, : len(v)] = v
+    return counts, names

@@ -1,8 +1,8 @@
 """Which expert each image patch and text token went to, drawn over the image, per MoE layer.
 
-For each MoE layer one row: the image with every patch filled in the colour of its top-1
+For each MoE layer one panel: the image with every patch filled in the colour of its top-1
 expert (the kept expert with the largest routing weight), its opacity following the router's
-confidence (the token's probability for that expert), and beside it the text tokens as labels
+confidence (the token's probability for that expert), and under it the text tokens as labels
 coloured the same way. This is the picture of V-MoE (Riquelme et al. 2021, Fig. 8) and LIMoE
 (Mustafa et al. 2022, Fig. 7), where experts specialise to image regions and to modalities.
 
@@ -11,6 +11,7 @@ Legend: T tokens, K experts per token, E experts, gh x gw patch grid.
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,7 +39,7 @@ def token_top1(aux: MoEAux) -> tuple[Tensor, Tensor]:
     ids_TK = aux.expert_ids_TK
     kept_TK = aux.kept_TK & (ids_TK >= 0)
     w_TK = torch.where(kept_TK, aux.weights_TK.float(), float("-inf"))
-    best_T, j_T = w_TK.max(dim=1)
+    _, j_T = w_TK.max(dim=1)
     expert_T = ids_TK.gather(1, j_T[:, None]).squeeze(1)
     has_T = kept_TK.any(dim=1)
     expert_T = torch.where(has_T, expert_T, -1).long()
@@ -124,13 +125,15 @@ def _as_rgb(image) -> np.ndarray:
         if image.dim() == 3 and image.shape[0] in (1, 3):
             image = image.permute(1, 2, 0)
         image = image.numpy()
-    arr = np.asarray(image, dtype=float)
+    arr = np.asarray(image)
+    integer = np.issubdtype(arr.dtype, np.integer)
+    arr = arr.astype(float)
     if arr.ndim == 2:
         arr = arr[..., None]
     if arr.shape[-1] == 1:
         arr = np.repeat(arr, 3, axis=-1)
     arr = arr[..., :3]
-    if arr.max() > 1.0 + 1e-6:
+    if integer or arr.max() > 1.0 + 1e-6:
         arr = arr / 255.0
     elif arr.min() < 0:  # normalized input: stretch back to [0, 1] for display
         arr = (arr - arr.min()) / max(arr.max() - arr.min(), 1e-9)
@@ -162,7 +165,9 @@ def _draw_tokens(ax, fig, tokens: Sequence[str], colors: Sequence) -> None:
     ax.set_axis_off()
     renderer = fig.canvas.get_renderer()
     to_axes = ax.transAxes.inverted()
-    x, y, line_h = 0.0, 0.97, 0.0
+    box = ax.get_window_extent(renderer)
+    gap_x, gap_y = 12 / max(box.width, 1), 9 / max(box.height, 1)  # px between label boxes
+    x, y, line_h = 0.0, 1.0, 0.0
     for tok, color in zip(tokens, colors):
         lum = 0.299 * color[0] + 0.587 * color[1] + 0.114 * color[2]
         t = ax.text(
@@ -178,17 +183,14 @@ def _draw_tokens(ax, fig, tokens: Sequence[str], colors: Sequence) -> None:
         )
         bb = to_axes.transform(t.get_window_extent(renderer))
         w, h = bb[1, 0] - bb[0, 0], bb[1, 1] - bb[0, 1]
-        if x > 0 and x + w > 1.0:  # wrap
-            x, y = 0.0, y - line_h - 0.1
-            if y - h < 0:
-                t.set_text("…")
-                t.set_position((0.0, y + line_h + 0.1))
-                t.set_x(1.0)
-                t.set_bbox(None)
-                t.set_color("black")
+        if x > 0 and x + w > 1.0:  # wrap to the next line, or stop when there is none
+            if y - line_h - gap_y - h < 0:
+                t.remove()
+                ax.text(1.0, y, "…", transform=ax.transAxes, va="top", ha="right", fontsize=10)
                 return
+            x, y = 0.0, y - line_h - gap_y
             t.set_position((x, y))
-        x += w + 0.05
+        x += w + gap_x
         line_h = max(line_h, h)
 
 
@@ -200,8 +202,8 @@ def _token_rows_inches(token_strings: Sequence[str] | None, width_in: float) -> 
     """Height to reserve under each image for its wrapped token labels."""
     if not token_strings:
         return 0.0
-    chars = sum(len(t) + 3 for t in token_strings)  # label padding and gaps
-    lines = max(1, int(np.ceil(chars * 0.075 / width_in)))
+    chars = sum(len(t) + 2 for t in token_strings)  # label padding and gaps
+    lines = max(1, int(np.ceil(chars * 0.065 / width_in)))
     return 0.15 + 0.3 * lines
 
 
@@ -232,11 +234,17 @@ def draw_patch_routing(
     nrows = int(np.ceil(cells / ncols))
     cell_w, img_h = 2.7, 2.7 * H / W
     tok_h = _token_rows_inches(token_strings, cell_w) if has_text else 0.0
-    top_in, bottom_in = 0.55, 0.55 + 0.22 * int(np.ceil((E + 1) / 8))
-    fig = new_figure(cell_w * ncols + 0.3, nrows * (img_h + tok_h + 0.45) + top_in + bottom_in)
+    fig_w = cell_w * ncols + 0.3
+    title = title or "Which expert each image patch and text token went to"
+    title = "\n".join(textwrap.fill(line, width=int(fig_w * 12)) for line in title.split("\n"))
+    legend_rows = int(np.ceil((E + 1) / max(1, int(fig_w / 1.15))))
+    top_in = 0.35 + 0.2 * (title.count("\n") + 1)
+    bottom_in = 0.45 + 0.2 * legend_rows
+    ratios = [img_h, tok_h] * nrows if has_text else [img_h] * nrows
+    gap_in = 0.4  # between grid rows: room for the next panel's title
+    fig = new_figure(fig_w, sum(ratios) + gap_in * (len(ratios) - 1) + top_in + bottom_in)
     fig.set_layout_engine("none")
     fig_h = fig.get_figheight()
-    ratios = [img_h, tok_h] * nrows if has_text else [img_h] * nrows
     grid = fig.add_gridspec(
         len(ratios),
         ncols,
@@ -245,7 +253,7 @@ def draw_patch_routing(
         right=1 - 0.15 / fig.get_figwidth(),
         top=1 - top_in / fig_h,
         bottom=bottom_in / fig_h,
-        hspace=0.28 if has_text else 0.2,
+        hspace=gap_in / float(np.mean(ratios)),
         wspace=0.08,
     )
     step = 2 if has_text else 1
@@ -313,18 +321,13 @@ def draw_patch_routing(
     fig.legend(
         handles=handles,
         loc="lower center",
-        ncol=min(len(handles), 8),
+        ncol=max(1, min(len(handles), int(fig_w / 1.15))),
         fontsize=8,
         frameon=False,
         title=note,
         title_fontsize=8,
     )
-    fig.suptitle(
-        title or "Which expert each image patch and text token went to",
-        fontsize=11,
-        y=1 - 0.12 / fig_h,
-        va="top",
-    )
+    fig.suptitle(title, fontsize=11, y=1 - 0.1 / fig_h, va="top")
     return save_png(fig, out_path)
 
 

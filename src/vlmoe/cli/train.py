@@ -1,0 +1,101 @@
+"""`vlmoe train`: train a model from a preset or a YAML config, with --set overrides."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from pathlib import Path
+
+from vlmoe.cli.common import CLIError, command_main
+
+HELP = "train a model (preset or YAML config) on the scene world, MNIST, or your own files"
+DESCRIPTION = """\
+Train a model and write a run directory: config.yaml, metrics.jsonl, checkpoints/,
+eval.json and model/ (load it with `vlmoe predict`, `vlmoe eval`, `vlmoe inspect`).
+
+The config is built from defaults, then CONFIG.yaml, then the flags below, then --set
+overrides (any field: `--set optim.lr=3e-4`, `--set train.precision=bf16`,
+`--set model.transformer.num_layers=6`). The resolved config is saved as config.yaml.
+MoE balance losses are on by default (losses.load_balance=0.01, losses.z_loss=0.001).
+"""
+EPILOG = """\
+examples:
+  vlmoe train --preset fusion-debug-moe --steps 200 --out runs/fusion
+  vlmoe train --preset vit-debug-moe --data mnist --out runs/mnist
+  vlmoe train --preset fusion-debug --data jsonl --data-path my/train.jsonl --task classification
+  vlmoe train runs/fusion/config.yaml --set train.steps=400 --out runs/fusion-long
+  vlmoe train --out runs/fusion --resume          # continue from the latest checkpoint
+"""
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("config", nargs="?", help="YAML run config (optional; see `vlmoe train --print-config`)")
+    p.add_argument("--preset", help="model preset, e.g. fusion-debug-moe (see --list-presets)")
+    p.add_argument("--init-from", metavar="MODEL_DIR", help="start from a saved model instead of a preset")
+    p.add_argument("--task", help="classification | vqa | vqa+classification | captioning | contrastive")
+    p.add_argument("--data", help="shapes | mnist | digits | jsonl | folder | coco")
+    p.add_argument("--data-path", help="manifest / folder / COCO json for --data jsonl|folder|coco")
+    p.add_argument("--eval-path", help="held-out manifest/folder (default: hold out data.eval_fraction)")
+    p.add_argument("--steps", type=int, help="optimizer steps")
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float, help="peak learning rate")
+    p.add_argument("--precision", choices=["fp32", "bf16"])
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override any config field (repeatable)")
+    p.add_argument("--out", default=None, help="run directory (default: runs/<preset>)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
+    p.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")
+    p.add_argument("--list-presets", action="store_true", help="list the model presets and exit")
+
+
+def build_config(args: argparse.Namespace):
+    from vlmoe.train.config import RunConfig, apply_overrides
+
+    if args.config:
+        path = Path(args.config)
+        if path.suffix.lower() not in (".yaml", ".yml", ".json"):
+            raise CLIError(f"config {path}: expected a .yaml file, got {path.suffix or 'no extension'!r}")
+        cfg = RunConfig.from_yaml(path)
+    elif args.resume and args.out and (Path(args.out) / "config.yaml").is_file():
+        cfg = RunConfig.from_yaml(Path(args.out) / "config.yaml")
+    else:
+        cfg = RunConfig()
+    flags = {
+        "model.preset": args.preset, "model.init_from": args.init_from, "task": args.task,
+        "data.name": args.data, "data.path": args.data_path, "data.eval_path": args.eval_path,
+        "train.steps": args.steps, "train.batch_size": args.batch_size, "optim.lr": args.lr,
+        "train.precision": args.precision,
+    }
+    sets = [f"{k}={v}" for k, v in flags.items() if v is not None]
+    # Flags are plain strings: keep them from being read as YAML (a path like "2024.jsonl").
+    cfg = cfg.with_overrides({k: v for k, v in flags.items() if v is not None}) if sets else cfg
+    return apply_overrides(cfg, args.overrides)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.list_presets:
+        from vlmoe.registry import get_preset, list_presets
+
+        for name in list_presets():
+            print(f"{name:<24} {get_preset(name).description}")
+        return 0
+    cfg = build_config(args)
+    if args.print_config:
+        print(cfg.to_yaml(), end="")
+        return 0
+    from vlmoe.train.run import train
+
+    out = Path(args.out or f"runs/{Path(cfg.model.init_from).name if cfg.model.init_from else cfg.model.preset}")
+    result = train(cfg, out, resume=args.resume)
+    last = result.losses[-1] if result.losses else float("nan")
+    print(f"trained {result.steps} steps in {result.seconds:.0f}s ({result.examples_per_s:.0f} examples/s), final loss {last:.4f}")
+    for key, value in result.eval.items():
+        if isinstance(value, float) and not key.endswith("seconds") and "/" in key and key.count("/") == 1:
+            print(f"  {key}: {value:.4f}")
+    print(f"model: {out / 'model'}")
+    print(f"run:   {out}  (metrics.jsonl, eval.json, checkpoints/)")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return command_main("vlmoe train", DESCRIPTION, add_arguments, run, argv, EPILOG)

@@ -1,0 +1,176 @@
+"""Architecture-specific behaviour: modality routing, padding, zero-shot, freezing, plug-ins."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import vlmoe
+from vlmoe.models import Decoder, freeze, set_trainable, unfreeze
+from vlmoe.registry import preset_config
+
+from .helpers import make_inputs
+
+
+def test_modality_grouped_fusion_never_routes_image_tokens_to_text_experts():
+    torch.manual_seed(0)
+    model = vlmoe.create_model("fusion-debug-moe", **{"transformer.moe_every": 1})
+    moe = model.config.transformer.moe
+    assert moe.expert_groups == "modality" and moe.num_shared_experts == 1
+    own = (moe.num_experts - moe.num_cross_modal_experts) // 2
+    image_experts, text_experts = set(range(own)), set(range(own, 2 * own))
+    out = model(**make_inputs(model, batch=4))
+    assert len(out.moe_aux) == 2
+    for aux in out.moe_aux:
+        m = aux.modality_T
+        assert torch.equal(m, out.modality.reshape(-1))
+        img_ids = set(aux.expert_ids_TK[m == 0].flatten().tolist())
+        txt_ids = set(aux.expert_ids_TK[m == 1].flatten().tolist())
+        assert img_ids and txt_ids
+        assert not img_ids & text_experts
+        assert not txt_ids & image_experts
+
+
+def test_output_marks_image_patches_for_routing_plots():
+    model = vlmoe.create_model("fusion-debug-moe")
+    out = model(**make_inputs(model))
+    gh, gw = out.patch_grid
+    assert out.image_token_mask.sum(1).tolist() == [gh * gw] * 2
+    assert out.modality[out.image_token_mask].eq(0).all()
+    assert out.modality[-1, -2:].tolist() == [-1, -1]  # padding
+    dec = vlmoe.create_model("decoder-debug-moe")
+    o = dec(**make_inputs(dec))
+    assert o.num_image_tokens == o.patch_grid[0] * o.patch_grid[1]
+    assert (
+        o.image_token_mask[:, : o.num_image_tokens].all()
+        and not o.image_token_mask[:, o.num_image_tokens :].any()
+    )
+    assert o.lm_moe_aux[0].modality_T.reshape(o.modality.shape).equal(o.modality)
+    vit = vlmoe.create_model("vit-debug-moe")
+    v = vit(**make_inputs(vit))
+    assert v.image_token_mask[:, 0].logical_not().all() and v.image_token_mask[:, 1:].all()
+
+
+@pytest.mark.parametrize("name", ["fusion-debug-moe", "contrastive-debug-moe", "text-debug-moe"])
+def test_padding_does_not_change_real_tokens_outputs(name):
+    torch.manual_seed(0)
+    model = vlmoe.create_model(name).eval()
+    inputs = make_inputs(model, batch=1)
+    inputs["attention_mask"] = torch.ones_like(inputs["input_ids"])
+    padded = dict(inputs)
+    padded["input_ids"] = torch.cat([inputs["input_ids"], torch.zeros(1, 3, dtype=torch.long)], 1)
+    padded["attention_mask"] = torch.cat(
+        [inputs["attention_mask"], torch.zeros(1, 3, dtype=torch.long)], 1
+    )
+    a, b = model(**inputs), model(**padded)
+    key = {"fusion": "pooled", "contrastive": "text_embeds", "text": "pooled"}[model.architecture]
+    assert torch.allclose(getattr(a, key), getattr(b, key), atol=1e-5)
+
+
+def _toy_batch(image_size, n=16):
+    """Class 0: red images, text [1, 3]; class 1: blue images, text [2, 3]."""
+    labels = torch.arange(n) % 2
+    images = torch.zeros(n, 3, image_size, image_size)
+    images[labels == 0, 0] = 1.0
+    images[labels == 1, 2] = 1.0
+    images += 0.1 * torch.randn_like(images)
+    texts = torch.stack([labels + 1, torch.full_like(labels, 3)], 1)
+    return images, texts, labels
+
+
+def test_contrastive_zero_shot_on_a_trivially_separable_toy_set():
+    torch.manual_seed(0)
+    model = vlmoe.create_model("contrastive-debug-moe")
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    for _ in range(15):
+        images, texts, labels = _toy_batch(model.config.image_size)
+        out = model(images, texts)
+        # Two images share each caption: a soft CLIP loss over matching labels.
+        target = (labels[:, None] == labels[None]).float()
+        target = target / target.sum(1, keepdim=True)
+        loss = (
+            F.cross_entropy(out.logits_per_image, target)
+            + F.cross_entropy(out.logits_per_text, target)
+        ) / 2
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+    classifier = model.zero_shot_classifier(torch.tensor([[[1, 3]], [[2, 3]]]))  # (C, P, L)
+    assert classifier.shape == (2, model.config.embed_dim)
+    images, _, labels = _toy_batch(model.config.image_size, n=10)
+    pred = model.zero_shot_logits(images, classifier).argmax(-1)
+    assert torch.equal(pred, labels)
+
+
+def test_freeze_components_and_stage_three():
+    model = vlmoe.create_model("decoder-debug-moe")
+    n_vision = sum(p.numel() for p in model.vision.parameters())
+    assert freeze(model, ["vision", "projector"]) >= n_vision
+    assert not any(p.requires_grad for p in model.vision.parameters())
+    assert not any(p.requires_grad for p in model.projector.parameters())
+    assert all(p.requires_grad for p in model.lm.parameters())
+    unfreeze(model, ["projector"])
+    assert all(p.requires_grad for p in model.projector.parameters())
+    trainable = set_trainable(model, ["moe"])  # MoE-LLaVA stage III
+    names = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable > 0 and names and all(".ffn." in n for n in names)
+    assert any("router" in n for n in names) and any("experts" in n for n in names)
+    set_trainable(model, ["experts"])
+    assert not any(p.requires_grad for n, p in model.named_parameters() if "router" in n)
+    with pytest.raises(ValueError, match="unknown component 'visoin'"):
+        freeze(model, ["visoin"])
+
+
+class TinyEncoder(nn.Module):
+    """A stand-in for a pretrained encoder: images -> (B, 16, 24)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 24, 4, 4)
+
+    def forward(self, images):
+        return self.conv(images).flatten(2).transpose(1, 2)
+
+
+def test_decoder_takes_an_external_vision_encoder(tmp_path):
+    cfg = preset_config("decoder-debug-moe").replace(vision=None, vision_dim=24)
+    model = Decoder(cfg, vision_encoder=TinyEncoder())
+    images = torch.randn(2, 3, 16, 16)
+    out = model(images, torch.randint(0, cfg.text.vocab_size, (2, 5)))
+    assert out.num_image_tokens == 16 and out.patch_grid == (4, 4)
+    out.logits.sum().backward()
+    assert model.vision.conv.weight.grad is not None
+    model.save_pretrained(tmp_path)
+    loaded = Decoder.from_pretrained(tmp_path, vision_encoder=TinyEncoder())
+    assert isinstance(loaded.vision, TinyEncoder)
+    with pytest.raises(ValueError, match="pass the external vision_encoder"):
+        Decoder(cfg)
+
+
+def test_activation_checkpointing_gives_the_same_gradients():
+    torch.manual_seed(0)
+    a = vlmoe.create_model("vit-debug-moe")
+    b = vlmoe.create_model("vit-debug-moe", checkpointing="block")
+    b.load_state_dict(a.state_dict())
+    inputs = make_inputs(a)
+    for m in (a, b):
+        m(**inputs).logits.sum().backward()
+    for (n, p), q in zip(a.named_parameters(), b.parameters()):
+        assert torch.allclose(p.grad, q.grad, atol=1e-6), n
+
+
+def test_bf16_autocast_forward():
+    model = vlmoe.create_model("fusion-debug-moe")
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(**make_inputs(model))
+    assert torch.isfinite(out.pooled.float()).all()
+
+
+def test_bf16_weights_forward_and_rope_precision():
+    torch.manual_seed(0)
+    model = vlmoe.create_model("decoder-debug-moe").eval()
+    inputs = make_inputs(model)
+    ref = model(**inputs).logits
+    low = model.to(torch.bfloat16)(**inputs).logits.float()
+    assert torch.allclose(ref, low, atol=0.1)

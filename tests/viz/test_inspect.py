@@ -1,0 +1,92 @@
+"""`inspect_model` on tiny real models: PNGs and routing.json for each architecture."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from tokenizers import Tokenizer, models, pre_tokenizers
+
+from vlmoe.registry import create_model
+from vlmoe.viz.inspect import inspect_model
+
+WORDS = "[PAD] [BOS] [EOS] [UNK] what colour is the big square ? a red circle blue"
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    vocab = {w: i for i, w in enumerate(WORDS.split())}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    return tok
+
+
+@pytest.fixture(scope="module")
+def image_path(tmp_path_factory):
+    img = np.zeros((40, 48, 3), np.uint8)
+    img[4:20, 4:24] = (255, 0, 0)
+    img[22:38, 26:46] = (0, 128, 255)
+    path = tmp_path_factory.mktemp("img") / "scene.png"
+    Image.fromarray(img).save(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def vlmoe_tokenizer():
+    from vlmoe.data.tokenizer import Tokenizer as VlmoeTokenizer
+
+    return VlmoeTokenizer.train([WORDS.lower()] * 3, vocab_size=200, kind="wordpiece")
+
+
+@pytest.mark.parametrize("preset", ["fusion-debug-moe", "contrastive-debug-moe"])
+def test_inspect_with_text(preset, tokenizer, vlmoe_tokenizer, image_path, tmp_path):
+    torch.manual_seed(0)
+    model = create_model(preset, vocab_size=vlmoe_tokenizer.vocab_size)
+    # the fusion model gets vlmoe's tokenizer (bos/eos added as in training), the other a plain one
+    vlmoe_tok = preset.startswith("fusion")
+    model.tokenizer = vlmoe_tokenizer if vlmoe_tok else tokenizer
+    result = inspect_model(model, image_path, "what colour is the big square ?", tmp_path)
+    assert model.training  # mode restored
+    for path in result.paths():
+        assert path.exists() and path.stat().st_size > 500
+    with Image.open(result.routing_png) as im:
+        w, h = im.size
+        assert w > 400 and h > 400
+    record = json.loads(result.routing_json.read_text())
+    (layer,) = record["layers"]  # the debug presets have one MoE layer
+    assert layer["name"] == "transformer.blocks.1.ffn"
+    grid = model.image_embed.grid_size
+    assert np.asarray(layer["patch_experts"]).shape == grid
+    assert [t["token"] for t in layer["tokens"]] == result.text_tokens
+    words = ["what", "colour", "is", "the", "big", "square", "?"]
+    assert result.text_tokens == (["<bos>", *words, "<eos>"] if vlmoe_tok else words)
+    assert all(0 <= t["expert"] < 8 for t in layer["tokens"])
+    if preset.startswith("fusion"):
+        # modality expert groups: image patches never reach the text group (experts 3-5)
+        assert not set(np.ravel(layer["patch_experts"])) & {3, 4, 5}
+        assert not {t["expert"] for t in layer["tokens"]} & {0, 1, 2}
+
+
+def test_inspect_decoder_captions_when_no_text(tokenizer, image_path, tmp_path):
+    torch.manual_seed(0)
+    model = create_model("decoder-debug-moe", vocab_size=len(WORDS.split()))
+    result = inspect_model(model, image_path, None, tmp_path, tokenizer=tokenizer, max_new_tokens=4)
+    assert result.caption is not None
+    assert result.text_tokens[0] == "[BOS]"
+    record = json.loads(result.routing_json.read_text())
+    assert record["caption"] == result.caption
+    assert record["layers"][-1]["name"].startswith("lm.")
+    assert len(record["layers"][-1]["tokens"]) == len(result.text_tokens)
+
+
+def test_inspect_refuses_dense_models(image_path, tmp_path):
+    with pytest.raises(ValueError, match="no MoE layers"):
+        inspect_model(create_model("vit-debug"), image_path, None, tmp_path)
+
+
+def test_inspect_vit_without_text(image_path, tmp_path):
+    torch.manual_seed(0)
+    result = inspect_model(create_model("vit-debug-moe"), Image.open(image_path), None, tmp_path)
+    record = json.loads(result.routing_json.read_text())
+    assert all("patch_experts" in layer and "tokens" not in layer for layer in record["layers"])
