@@ -98,6 +98,14 @@ class _WeightedCombine(torch.autograd.Function):
         return grad_ND, grad_w, None, None
 
 
+def count_ids(ids: Tensor, num_bins: int) -> Tensor:
+    """(num_bins,) int64 histogram of ids in [0, num_bins). Unlike `torch.bincount`, its output
+    size does not depend on the data, so it never waits for the device."""
+    return torch.zeros(num_bins, dtype=torch.long, device=ids.device).scatter_add_(
+        0, ids.reshape(-1), torch.ones_like(ids.reshape(-1), dtype=torch.long)
+    )
+
+
 def _priority_rank(weights_TK: Tensor, drop_policy: DropPolicy) -> Tensor:
     """(T*K,) rank of every pair in keep-priority order (0 = kept first)."""
     T, K = weights_TK.shape
@@ -146,7 +154,7 @@ class Dispatcher:
             key_N = torch.where(routed_N, ids_N, E) * N + rank_N
             by_expert_N = key_N.argsort()
             sorted_ids = torch.where(routed_N, ids_N, E)[by_expert_N]
-            counts_all = torch.bincount(sorted_ids, minlength=E + 1)
+            counts_all = count_ids(sorted_ids, E + 1)
             starts = torch.cumsum(counts_all, 0) - counts_all
             slot_N = torch.arange(N, device=ids_N.device) - starts[sorted_ids]
             kept_sorted = (slot_N < C) & (sorted_ids < E)
@@ -155,7 +163,7 @@ class Dispatcher:
             final_key = torch.where(kept_N, key_N, (E + 1) * N + rank_N)
             order_N = final_key.argsort()
         kept_ids = torch.where(kept_N, ids_N, E)
-        counts_E = torch.bincount(kept_ids, minlength=E + 1)[:E]
+        counts_E = count_ids(kept_ids, E + 1)[:E]
         inverse_N = torch.empty_like(order_N)
         inverse_N[order_N] = torch.arange(N, device=order_N.device)
         kept_TK = kept_N.view(T, K)

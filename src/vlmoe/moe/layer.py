@@ -21,7 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from vlmoe.config import MoEConfig
-from vlmoe.moe.dispatch import Dispatcher
+from vlmoe.moe.dispatch import Dispatcher, count_ids
 from vlmoe.moe.experts import Experts
 from vlmoe.moe.router import RouterOutput, TopKRouter, build_router
 from vlmoe.nn.mlp import MLP
@@ -65,7 +65,7 @@ class MoEAux:
         """Pairs routed to each expert before capacity drops (valid tokens only)."""
         ids = self.expert_ids_TK.masked_fill(~self.valid_T[:, None], -1).reshape(-1)
         ids = torch.where(ids >= 0, ids, self.num_experts)
-        return torch.bincount(ids, minlength=self.num_experts + 1)[: self.num_experts]
+        return count_ids(ids, self.num_experts + 1)[: self.num_experts]
 
 
 class MoELayer(nn.Module):

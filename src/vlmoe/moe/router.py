@@ -145,11 +145,10 @@ class TopKRouter(nn.Module):
             target = load.mean().expand_as(load)
         else:
             group_E = _expert_group_ids(self.allowed_ME)
-            sums = torch.zeros(int(group_E.max()) + 1, device=load.device).index_add_(
-                0, group_E, load
-            )
-            sizes = torch.bincount(group_E).float()
-            target = (sums / sizes)[group_E]
+            num_groups = self.allowed_ME.shape[0] + 1
+            sums = load.new_zeros(num_groups).index_add_(0, group_E, load)
+            sizes = load.new_zeros(num_groups).index_add_(0, group_E, torch.ones_like(load))
+            target = (sums / sizes.clamp_min(1))[group_E]
         self.expert_bias += self.cfg.balance_bias_rate * torch.sign(target - load)
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from vlmoe.moe.dispatch import count_ids
 from vlmoe.moe.layer import MoEAux
 
 
@@ -27,7 +28,7 @@ def _kept_counts(aux: MoEAux, mask_T: Tensor) -> Tensor:
     E = aux.num_experts
     keep_TK = aux.kept_TK & (aux.expert_ids_TK >= 0) & mask_T[:, None]
     ids = torch.where(keep_TK, aux.expert_ids_TK, E).reshape(-1)
-    return torch.bincount(ids, minlength=E + 1)[:E]
+    return count_ids(ids, E + 1)[:E]
 
 
 def modality_expert_load(aux: MoEAux, num_modalities: int = 2) -> Tensor:
