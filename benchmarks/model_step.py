@@ -3,7 +3,9 @@
 under bf16 autocast. Target: MoE >= 0.9x the dense twin's throughput.
 
 A step is forward, a stand-in task loss (+ 0.01 x load-balance loss for MoE), backward and an
-AdamW step, on random inputs of the preset's shapes.
+AdamW step, on random inputs of the preset's shapes. Dense and MoE steps are interleaved and
+both the median and the best step time are reported, so that a shared machine's load affects
+the two alike (the "best" ratio is the least noisy one on a busy CPU).
 
     python benchmarks/model_step.py                      # table
     python benchmarks/model_step.py --json               # JSON on stdout
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 import time
 
@@ -70,45 +73,60 @@ def task_loss(model, out, targets: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits[:, :-1].flatten(0, 1), targets[:, 1:].flatten())
 
 
-def bench(
-    name: str, batch: int, text_len: int, dtype: str, steps: int, warmup: int, device: torch.device
-) -> dict:
-    torch.manual_seed(0)
-    model = vlmoe.create_model(name).to(device).train()
-    total, active = count_parameters(model)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    inputs, targets = make_batch(model, batch, text_len, device)
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=dtype == "bf16")
+class Runner:
+    """One preset's model, optimizer and fixed batch; `step()` times one training step."""
 
-    def step() -> None:
-        with autocast:
-            out = model(**inputs)
-            loss = task_loss(model, out, targets)
+    def __init__(self, name: str, batch: int, text_len: int, dtype: str, device: torch.device):
+        torch.manual_seed(0)
+        self.name, self.dtype, self.batch, self.device = name, dtype, batch, device
+        self.model = vlmoe.create_model(name).to(device).train()
+        self.opt = torch.optim.AdamW(self.model.parameters(), lr=1e-4)
+        self.inputs, self.targets = make_batch(self.model, batch, text_len, device)
+        self.times: list[float] = []
+
+    def step(self) -> float:
+        start = time.perf_counter()
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.dtype == "bf16"):
+            out = self.model(**self.inputs)
+            loss = task_loss(self.model, out, self.targets)
             if out.moe_aux:
                 loss = loss + 0.01 * sum(load_balance_loss(a) for a in out.moe_aux)
-        opt.zero_grad(set_to_none=True)
+        self.opt.zero_grad(set_to_none=True)
         loss.backward()
-        opt.step()
+        self.opt.step()
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+        return time.perf_counter() - start
 
-    for _ in range(warmup):
-        step()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    for _ in range(steps):
-        step()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    elapsed = time.perf_counter() - start
-    return {
-        "preset": name,
-        "dtype": dtype,
-        "batch_size": batch,
-        "params_total": total,
-        "params_active": active,
-        "step_ms": 1000 * elapsed / steps,
-        "samples_per_s": batch * steps / elapsed,
-    }
+    def result(self) -> dict:
+        total, active = count_parameters(self.model)
+        median, best = statistics.median(self.times), min(self.times)
+        return {
+            "preset": self.name,
+            "dtype": self.dtype,
+            "batch_size": self.batch,
+            "params_total": total,
+            "params_active": active,
+            "step_ms_median": 1000 * median,
+            "step_ms_best": 1000 * best,
+            "samples_per_s": self.batch / median,
+            "samples_per_s_best": self.batch / best,
+        }
+
+
+def bench_pair(arch: str, size: str, dtype: str, args, device: torch.device) -> list[dict]:
+    """Dense and MoE steps interleaved, so that load from other processes hits both alike."""
+    dense = Runner(f"{arch}-{size}", args.batch_size, args.text_len, dtype, device)
+    moe = Runner(f"{arch}-{size}-moe", args.batch_size, args.text_len, dtype, device)
+    for _ in range(args.warmup):
+        dense.step(), moe.step()
+    for _ in range(args.steps):
+        dense.times.append(dense.step())
+        moe.times.append(moe.step())
+    d, m = dense.result(), moe.result()
+    m["moe_over_dense"] = m["samples_per_s"] / d["samples_per_s"]
+    m["moe_over_dense_best"] = m["samples_per_s_best"] / d["samples_per_s_best"]
+    return [d, m]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -118,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dtype", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"])
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--text-len", type=int, default=32)
-    p.add_argument("--steps", type=int, default=5)
+    p.add_argument("--steps", type=int, default=8)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = default)")
@@ -130,26 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for arch in args.arch:
         for dtype in args.dtype:
-            dense = bench(
-                f"{arch}-{args.size}",
-                args.batch_size,
-                args.text_len,
-                dtype,
-                args.steps,
-                args.warmup,
-                device,
-            )
-            moe = bench(
-                f"{arch}-{args.size}-moe",
-                args.batch_size,
-                args.text_len,
-                dtype,
-                args.steps,
-                args.warmup,
-                device,
-            )
-            moe["moe_over_dense"] = moe["samples_per_s"] / dense["samples_per_s"]
-            rows += [dense, moe]
+            rows += bench_pair(arch, args.size, dtype, args, device)
             print(f"done {arch} {dtype}", file=sys.stderr)
     if args.json:
         print(
@@ -163,14 +162,19 @@ def main(argv: list[str] | None = None) -> int:
         f"device={device} threads={torch.get_num_threads()} batch={args.batch_size} "
         f"text_len={args.text_len} steps={args.steps}"
     )
-    head = f"{'preset':<22}{'dtype':<6}{'total':>10}{'active':>10}{'ms/step':>10}{'samples/s':>11}{'moe/dense':>11}"
+    head = (
+        f"{'preset':<22}{'dtype':<6}{'total':>11}{'active':>11}{'ms (med)':>10}{'ms (best)':>10}"
+        f"{'samples/s':>11}{'moe/dense':>11}{'(best)':>8}"
+    )
     print(head)
     print("-" * len(head))
     for r in rows:
         ratio = f"{r['moe_over_dense']:.2f}x" if "moe_over_dense" in r else ""
+        best = f"{r['moe_over_dense_best']:.2f}x" if "moe_over_dense_best" in r else ""
         print(
-            f"{r['preset']:<22}{r['dtype']:<6}{r['params_total']:>10,}{r['params_active']:>10,}"
-            f"{r['step_ms']:>10.1f}{r['samples_per_s']:>11.1f}{ratio:>11}"
+            f"{r['preset']:<22}{r['dtype']:<6}{r['params_total']:>11,}{r['params_active']:>11,}"
+            f"{r['step_ms_median']:>10.1f}{r['step_ms_best']:>10.1f}{r['samples_per_s']:>11.1f}"
+            f"{ratio:>11}{best:>8}"
         )
     return 0
 

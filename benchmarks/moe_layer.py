@@ -276,7 +276,8 @@ def time_cell(cell: Cell, impls: list[str], runs: int, warmup: int, memory: bool
             times[impl].append(time.perf_counter() - t0)
     medians = {impl: statistics.median(ts) * 1e3 for impl, ts in times.items()}
     I = 2 * hidden
-    flops = 2 * cell.tokens * TOP_K * (dim * I + hidden * dim) * (3 if cell.mode == "fwd_bwd" else 1)
+    flops = 2 * cell.tokens * TOP_K * (dim * I + hidden * dim)
+    flops *= 3 if cell.mode == "fwd_bwd" else 1
     rows = []
     for impl, (run, module) in steps.items():
         ms = medians[impl]

@@ -37,3 +37,17 @@ def test_unknown_yaml_key_names_the_file(tmp_path):
         MoEConfig.from_yaml(path)
     with pytest.raises(ConfigError, match="not found"):
         MoEConfig.from_yaml(tmp_path / "missing.yaml")
+
+
+def test_nested_optional_errors_keep_their_detail():
+    import dataclasses
+
+    from vlmoe.config import Config
+
+    @dataclasses.dataclass
+    class Outer(Config):
+        moe: MoEConfig | None = None
+
+    with pytest.raises(ConfigError, match=r"moe.top_k: expected an integer, got 'x'"):
+        Outer.from_dict({"moe": {"top_k": "x"}})
+    assert Outer.from_dict({"moe": None}).moe is None

@@ -57,13 +57,25 @@ def _one_line(e: BaseException) -> str:
     return " ".join(text.split())  # one line, whatever the message held
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever `sys.stderr` is at the time (tests and notebooks swap it)."""
+
+    @property  # type: ignore[override]
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
 def setup_logging(verbose: int = 0, quiet: bool = False) -> None:
+    """Library logs go to stderr as plain messages: INFO by default, -v debug, -q warnings."""
     level = logging.WARNING if quiet else (logging.DEBUG if verbose > 1 else logging.INFO)
     root = logging.getLogger()
-    if not any(getattr(h, "_vlmoe", False) for h in root.handlers):
-        handler = logging.StreamHandler(sys.stderr)
+    if not any(isinstance(h, _StderrHandler) for h in root.handlers):
+        handler = _StderrHandler()
         handler.setFormatter(logging.Formatter("%(message)s"))
-        handler._vlmoe = True  # type: ignore[attr-defined]
         root.addHandler(handler)
     root.setLevel(level if verbose else max(level, logging.WARNING))
     logging.getLogger("vlmoe").setLevel(level)

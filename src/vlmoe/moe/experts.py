@@ -212,8 +212,8 @@ def experts_bmm(x_ND: Tensor, counts_E: Tensor, w_in_EDI: Tensor, w_out_EHD: Ten
     E = counts_E.shape[0]
     counts = counts_E.tolist()
     total, C = sum(counts), max(counts, default=0)
-    if total == 0:
-        return x_ND.new_zeros(N, w_out_EHD.shape[-1])
+    if total == 0:  # nothing to pad; grouped_mm returns zeros that stay in the graph
+        return experts_grouped_mm(x_ND, counts_E, w_in_EDI, w_out_EHD, activation)
     device = x_ND.device
     expert_n = torch.repeat_interleave(torch.arange(E, device=device), counts_E,
                                        output_size=total)  # (total,)

@@ -127,8 +127,8 @@ class TrainConfig(Config):
     eval_every: int = 0  # 0 = only at the end
     checkpoint_every: int = 0  # 0 = only at the end
     keep_last: int = 2
-    progress: Literal["auto", "on", "off"] = "auto"  # tqdm bar (auto = when stderr is a tty)
-    tensorboard: Literal["auto", "off"] = "auto"  # auto = when tensorboard is installed
+    progress: Literal["auto", "bar", "none"] = "auto"  # tqdm bar (auto = when stderr is a tty)
+    tensorboard: Literal["auto", "none"] = "auto"  # auto = when tensorboard is installed
     stages: list[StageConfig] = dataclasses.field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -222,17 +222,31 @@ class RunConfig(Config):
     eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
 
 
+def parse_value(text: str) -> Any:
+    """A `--set` value read as YAML, plus what YAML 1.1 leaves as strings: `3e-4` is a float."""
+    from vlmoe.config import _parse_scalar
+
+    value = _parse_scalar(text)
+    if isinstance(value, str):
+        try:
+            return float(value) if any(c in value for c in ".eE") or value.lower() in ("inf", "-inf", "nan") else value
+        except ValueError:
+            return value
+    return value
+
+
 def apply_overrides(cfg: RunConfig, overrides: list[str]) -> RunConfig:
     """`--set key=value` overrides of a run config.
 
     Keys under `model.` that are not fields of `ModelSelection` set the model's own config:
     `model.transformer.num_layers=6` becomes `model.overrides["transformer.num_layers"] = 6`
-    (validated when the model is built), so one flag reaches every level.
+    (validated when the model is built), so one flag reaches every level. Values are read as
+    YAML (`3`, `true`, `[1, 2]`, `{a: 1}`), and `3e-4` as a number.
     """
-    from vlmoe.config import ConfigError, _parse_scalar
+    from vlmoe.config import ConfigError
 
     own = {f.name for f in dataclasses.fields(ModelSelection)}
-    plain: list[str] = []
+    plain: dict[str, Any] = {}
     model_over = dict(cfg.model.overrides)
     for text in overrides:
         key, sep, raw = text.partition("=")
@@ -241,9 +255,9 @@ def apply_overrides(cfg: RunConfig, overrides: list[str]) -> RunConfig:
             raise ConfigError(f"override {text!r} is not of the form key=value")
         parts = key.split(".")
         if parts[0] == "model" and len(parts) > 1 and parts[1] not in own:
-            model_over[".".join(parts[1:])] = _parse_scalar(raw.strip())
+            model_over[".".join(parts[1:])] = parse_value(raw.strip())
         else:
-            plain.append(text)
+            plain[key] = parse_value(raw.strip())
     cfg = cfg.with_overrides(plain) if plain else cfg
     if model_over != cfg.model.overrides:
         cfg = cfg.with_overrides({"model.overrides": model_over})

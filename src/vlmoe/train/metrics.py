@@ -46,7 +46,7 @@ class MetricsLogger:
     """Appends records to `run_dir/metrics.jsonl` and mirrors scalars to TensorBoard."""
 
     def __init__(
-        self, run_dir: str | Path, resume_step: int | None = None, tensorboard: Literal["auto", "off"] = "auto"
+        self, run_dir: str | Path, resume_step: int | None = None, tensorboard: Literal["auto", "none"] = "auto"
     ) -> None:
         self.path = Path(run_dir) / "metrics.jsonl"
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -83,8 +83,8 @@ class MetricsLogger:
 class Progress:
     """A tqdm bar over optimizer steps showing loss and throughput; tqdm supplies the ETA."""
 
-    def __init__(self, total: int, initial: int = 0, mode: Literal["auto", "on", "off"] = "auto", desc: str = "train"):
-        enabled = mode == "on" or (mode == "auto" and sys.stderr.isatty())
+    def __init__(self, total: int, initial: int = 0, mode: Literal["auto", "bar", "none"] = "auto", desc: str = "train"):
+        enabled = mode == "bar" or (mode == "auto" and sys.stderr.isatty())
         self._bar = None
         if enabled:
             from tqdm.auto import tqdm

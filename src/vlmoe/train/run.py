@@ -205,8 +205,11 @@ def prepare(cfg: RunConfig) -> Run:
 
         architecture, model_cfg = read_config(sel.init_from)
     else:
+        from vlmoe.registry import resolve_overrides
+
         architecture = get_preset(sel.preset).architecture
         model_cfg = preset_config(sel.preset)
+        model_cfg = model_cfg.with_overrides(resolve_overrides(model_cfg, dict(sel.overrides)))
     task = resolve_task(cfg.task, architecture)
     image_size = _image_size(model_cfg)
     train_set, eval_set = load_datasets(cfg.data, image_size)

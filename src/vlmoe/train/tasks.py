@@ -64,7 +64,7 @@ def image_to_tensor(image: np.ndarray | Tensor, size: int) -> Tensor:
     a = np.asarray(image)
     if a.shape[0] != size or a.shape[1] != size:
         a = np.asarray(Image.fromarray(a).resize((size, size), Image.BILINEAR))
-    t = torch.from_numpy(np.ascontiguousarray(a)).permute(2, 0, 1).float()  # (3, H, W)
+    t = torch.from_numpy(np.array(a, dtype=np.float32)).permute(2, 0, 1)  # (3, H, W)
     return t / 127.5 - 1.0
 
 

@@ -37,6 +37,8 @@ from vlmoe.train.trainer import StepOutput, Trainer
 
 log = logging.getLogger(__name__)
 
+DEFAULT_EPOCHS = 12
+
 
 def load_mnist_5k() -> tuple[tuple[Tensor, Tensor], tuple[Tensor, Tensor]]:
     """((x_train (4000, 784) uint8, y_train), (x_test (1000, 784), y_test)): the fixed,
@@ -183,7 +185,7 @@ def moe_config(dim: int = 64) -> MoEConfig:
     return MoEConfig(dim=dim, hidden_dim=64, num_experts=8, top_k=2)
 
 
-def run(out_dir: str | Path = "runs/mnist", epochs: int = 12, seed: int = 0) -> list[MNISTResult]:
+def run(out_dir: str | Path = "runs/demo-mnist", epochs: int = DEFAULT_EPOCHS, seed: int = 0) -> list[MNISTResult]:
     """Train the MoE classifier and its dense twin; return both results (MoE first)."""
     out_dir = Path(out_dir)
     return [

@@ -1,0 +1,480 @@
+"""Scaling study: sparse MoE vs dense vision-language models at equal active parameters.
+
+The claim under test (VL-MoE, Shen et al. 2023; V-MoE, Riquelme et al. 2021; LIMoE, Mustafa
+et al. 2022): an MoE model with the same active parameters per token as a dense model reaches
+better held-out quality, and more experts help further.
+
+For each task of `benchmarks/scaling_tasks.py` (scene VQA with a fusion encoder, scene
+captioning with a decoder, image-text retrieval with a contrastive tower, MNIST-5k with a ViT,
+and VQA on the compositional split), it trains the dense model and its MoE twins with
+E = 4, 8, 16 experts top-2 and E = 8 top-1 (Switch), MoE in every other block, each expert of
+hidden width dense_hidden / top_k (equal active FFN parameters; checked with
+`vlmoe.models.count_parameters`), with ONE recipe for all of them (same data, steps, batch,
+schedule, learning rate, default MoE losses of `vlmoe.train`), over 3 seeds. Task 1 also gets
+the routing ablations at E=8: one shared pool instead of modality groups; balance losses off;
+aux-loss-free bias balancing instead (DeepSeek-V3); capacity 1.0 and 1.25 with batch-
+prioritized dropping (V-MoE); and E=8 top-1 upcycled from the dense model trained for half the
+steps (Komatsuzaki et al. 2023) vs the same MoE from scratch at equal total steps.
+
+Training uses `vlmoe.train` (`prepare`, `prepare_twin`, `Trainer`) and evaluation `vlmoe.eval`;
+each run's held-out metrics, routing statistics (dead experts, load imbalance, router entropy,
+drop rate, per-modality tokens per expert), parameter counts, throughput and estimated FLOPs go
+to a JSON file, and `benchmarks/scaling_report.py` turns it into a Markdown table and plots.
+
+Sizes (every task; `Sizes` in scaling_tasks.py): transformer dim 64, 4 blocks (MoE in blocks
+1 and 3), 4 heads, dense FFN hidden 256 (SwiGLU); scene images 32x32 with 4x4 patches (64 image
+tokens), MNIST 28x28 with 7x7 patches; BPE vocabulary 256; text up to 32 tokens. The shared
+recipe (`RECIPE`): AdamW lr 1e-3, weight decay 0.05, batch 32, warm-up 10% then cosine,
+grad clip 1, fp32, MoE losses at vlmoe.train's defaults (load balance 1e-2, z-loss 1e-3, LIMoE
+entropy losses 1e-2 for fusion/contrastive). Steps and data per task are in `TASK_STEPS` /
+`TASK_DATA` and apply to every variant alike.
+
+Runs: full = 5 tasks x 5 models x 3 seeds + 6 ablations x 3 seeds = 93 runs;
+`--quick` = dense and E=8 top-2 on every task, seed 0 (10 runs, the same recipe, so its runs
+are a subset of the full study's and carry over: `--out` both to the same JSON to reuse them).
+Measured on 2 CPU cores (torch.set_num_threads(2)): see "Measured durations" at the end of
+this docstring.
+
+Resumable: every finished run is written to the JSON at once (atomically, under a file lock);
+a run whose key and recipe fingerprint are already there is skipped, so the study can be run in
+pieces (`--tasks`, `--seeds`, `--variants`) and interrupted at any time.
+
+Usage:
+    .venv/bin/python benchmarks/scaling.py --quick                # ~20 min, 2 cores
+    .venv/bin/python benchmarks/scaling.py                        # the full study, <= 3 h
+    .venv/bin/python benchmarks/scaling.py --tasks vqa --seeds 0 1  # a piece of it
+    .venv/bin/python benchmarks/scaling.py --report-only          # table + plots from the JSON
+
+Measured durations (2 cores): filled in below from the runs in benchmarks/results/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import torch  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from scaling_tasks import (  # noqa: E402
+    TASKS,
+    Sizes,
+    TaskSpec,
+    build_evaluators,
+    derived_metrics,
+    moe_config,
+    register_presets,
+    tokens_per_example,
+    with_eval_split,
+)
+
+log = logging.getLogger("scaling")
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+@dataclass(frozen=True)
+class Variant:
+    """A model of the study: dense (num_experts=0) or an MoE twin, with its routing options."""
+
+    name: str
+    label: str
+    num_experts: int = 0
+    top_k: int = 2
+    moe: dict[str, Any] = field(default_factory=dict)  # extra MoEConfig fields
+    losses: dict[str, Any] = field(default_factory=dict)  # RunConfig.losses overrides
+    upcycle: bool = False  # dense for half the steps, then upcycled (same total steps)
+
+    def moe_config(self, spec: TaskSpec, sizes: Sizes):
+        if not self.num_experts:
+            return None
+        return moe_config(spec, sizes, self.num_experts, self.top_k, **self.moe)
+
+
+NO_BALANCE = {"load_balance": 0.0, "local_entropy": 0.0, "global_entropy": 0.0}
+MAIN = (
+    Variant("dense", "dense"),
+    Variant("e4k2", "MoE E=4 top-2", 4, 2),
+    Variant("e8k2", "MoE E=8 top-2", 8, 2),
+    Variant("e16k2", "MoE E=16 top-2", 16, 2),
+    Variant("e8k1", "MoE E=8 top-1", 8, 1),
+)
+# Task-1 routing ablations, each a change of the E=8 model.
+ABLATIONS = (
+    Variant("e8k2-pool", "E=8 top-2, one shared pool", 8, 2, moe={"expert_groups": "none"}),
+    Variant("e8k2-nobal", "E=8 top-2, balance losses off", 8, 2, losses=NO_BALANCE),
+    Variant("e8k2-bias", "E=8 top-2, aux-loss-free bias", 8, 2,
+            moe={"balance_bias": True}, losses=NO_BALANCE),
+    Variant("e8k2-cap1.0", "E=8 top-2, capacity 1.0 (BPR)", 8, 2,
+            moe={"capacity_factor": 1.0, "drop_policy": "score"}),
+    Variant("e8k2-cap1.25", "E=8 top-2, capacity 1.25 (BPR)", 8, 2,
+            moe={"capacity_factor": 1.25, "drop_policy": "score"}),
+    Variant("e8k1-upcycled", "E=8 top-1, upcycled at half-way", 8, 1, upcycle=True),
+)
+VARIANTS = {v.name: v for v in MAIN + ABLATIONS}
+ABLATION_TASK = "vqa"
+QUICK_VARIANTS = ("dense", "e8k2")
+
+# The one recipe. Per-task step counts and data sizes apply to dense and MoE alike.
+RECIPE = {
+    "batch_size": 32,
+    "lr": 1e-3,
+    "weight_decay": 0.05,
+    "warmup_frac": 0.1,
+    "schedule": "cosine",
+    "grad_clip": 1.0,
+    "eval_points": 4,  # quality measured at 1/4, 2/4, 3/4 and the end (quality vs FLOPs)
+    "curve_examples": 256,  # held-out examples for the intermediate points
+    "eval_batch": 128,
+}
+TASK_STEPS = {"vqa": 600, "caption": 600, "retrieval": 600, "mnist": 600, "comp": 600}
+TASK_DATA = {  # shapes: scenes (train, held-out); mnist: its fixed 4000 / 1000 split
+    "vqa": (2000, 250),
+    "caption": (2000, 250),
+    "retrieval": (2000, 250),
+    "mnist": (None, None),
+    "comp": (2000, 250),
+}
+
+
+# ----------------------------------------------------------------------------- configs
+
+
+def run_config(spec: TaskSpec, variant: Variant, preset: str, seed: int, steps: int,
+               precision: str) -> Any:
+    from vlmoe.train.config import DataSelection, RunConfig
+
+    num_train, num_eval = TASK_DATA[spec.name]
+    data = {**spec.data, "seed": 0}
+    if num_train is not None:
+        data.update(num_train=num_train, num_eval=num_eval)
+    overrides = {
+        "task": spec.run_task,
+        "model.preset": preset,
+        "data": {**DataSelection().to_dict(), "tokenizer_vocab": Sizes().vocab, **data},
+        "optim.lr": RECIPE["lr"],
+        "optim.weight_decay": RECIPE["weight_decay"],
+        "optim.grad_clip": RECIPE["grad_clip"],
+        "schedule.kind": RECIPE["schedule"],
+        "schedule.warmup_steps": max(1, round(RECIPE["warmup_frac"] * steps)),
+        "train.steps": steps,
+        "train.batch_size": RECIPE["batch_size"],
+        "train.precision": precision,
+        "train.seed": seed,
+        "train.progress": "none",
+        "train.tensorboard": "none",
+        "train.log_every": 25,
+        "eval.batch_size": RECIPE["eval_batch"],
+    }
+    overrides.update({f"losses.{k}": v for k, v in variant.losses.items()})
+    return RunConfig().with_overrides(overrides)
+
+
+def fingerprint(spec: TaskSpec, variant: Variant, sizes: Sizes, precision: str) -> str:
+    """What must match for a stored run to count as done (recipe, sizes, data, model)."""
+    blob = json.dumps(
+        {
+            "recipe": RECIPE,
+            "steps": TASK_STEPS[spec.name],
+            "data": TASK_DATA[spec.name],
+            "task": dataclasses.asdict(spec),
+            "variant": dataclasses.asdict(variant),
+            "sizes": dataclasses.asdict(sizes),
+            "precision": precision,
+        },
+        sort_keys=True,
+        default=str,
+    )
+    return hashlib.sha1(blob.encode()).hexdigest()[:12]
+
+
+# ----------------------------------------------------------------------------- results file
+
+
+@contextlib.contextmanager
+def locked(path: Path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def load_results(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        return {"runs": {}}
+    return json.loads(path.read_text())
+
+
+def save_record(path: Path, record: dict[str, Any]) -> None:
+    """Add one run to the JSON (re-read under a lock, so pieces may run side by side)."""
+    with locked(path):
+        data = load_results(path)
+        data.setdefault("runs", {})[record["key"]] = record
+        data["meta"] = {"recipe": RECIPE, "task_steps": TASK_STEPS, "task_data": TASK_DATA,
+                        "sizes": dataclasses.asdict(Sizes()), "torch": torch.__version__,
+                        "threads": torch.get_num_threads()}
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
+        os.replace(tmp, path)
+
+
+# ----------------------------------------------------------------------------- one run
+
+
+def _scalars(results: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in results.items() if not isinstance(v, list)}
+
+
+def _routing(results: dict[str, Any]) -> dict[str, Any]:
+    return {k.removeprefix("routing/"): v for k, v in results.items() if k.startswith("routing/")}
+
+
+def _mean_text_len(run: Any) -> float:
+    if run.tokenizer is None:
+        return 0.0
+    items = run.train_examples.items[:500]
+    return sum(len(run.train_collate._ids(it["text"])) for it in items) / max(1, len(items))
+
+
+def train_model(run: Any, cfg: Any, spec: TaskSpec, steps: int, curve: list[dict],
+                flops_per_step: float, step_offset: int = 0, final_point: bool = False,
+                points: int = RECIPE["eval_points"]) -> tuple[Any, float, float]:
+    """Train `run.model` for `steps` with `vlmoe.train.Trainer`; returns (result, train seconds,
+    examples/s). Held-out quality at `points` evenly spaced steps goes to `curve` (on
+    `curve_examples` examples; the last point is left to the caller's full evaluation unless
+    `final_point`); evaluation time is not counted as training time."""
+    from vlmoe.eval.runner import run_evaluators
+    from vlmoe.train.metrics import read_metrics
+    from vlmoe.train.tasks import make_objective
+    from vlmoe.train.trainer import Trainer
+
+    every = max(1, steps // points)
+    cfg = cfg.with_overrides({
+        "train.steps": steps,
+        "train.eval_every": every,
+        "schedule.warmup_steps": max(1, round(RECIPE["warmup_frac"] * steps)),
+    })
+    eval_seconds, calls = [0.0], [0]
+
+    def evaluate(model: torch.nn.Module) -> dict[str, Any]:
+        calls[0] += 1
+        step = min(calls[0] * every, steps)
+        if step >= steps and not final_point:
+            return {}
+        t0 = time.perf_counter()
+        evs = build_evaluators(spec, run, RECIPE["eval_batch"], RECIPE["curve_examples"], False)
+        res = derived_metrics(spec, run_evaluators(model, evs))
+        curve.append({"step": step + step_offset, "flops": (step + step_offset) * flops_per_step,
+                      "value": res.get(spec.metric)})
+        eval_seconds[0] += time.perf_counter() - t0
+        return {}
+
+    run_dir = Path(tempfile.mkdtemp(prefix=f"scaling-{spec.name}-"))
+    try:
+        trainer = Trainer(
+            run.model, make_objective(run.info.task, run.info.architecture), run.train_examples,
+            run.train_collate, cfg, run_dir, arch=run.info.architecture, evaluate=evaluate,
+        )
+        result = trainer.fit()
+        result.train_log = [r for r in read_metrics(run_dir) if r.get("split") == "train"]
+    finally:
+        shutil.rmtree(run_dir, ignore_errors=True)
+    seconds = result.seconds - eval_seconds[0]
+    return result, seconds, steps * cfg.train.batch_size / max(seconds, 1e-9)
+
+
+def run_one(spec: TaskSpec, variant: Variant, seed: int, base: Any, presets: dict[str, str],
+            sizes: Sizes, precision: str) -> dict[str, Any]:
+    from vlmoe.eval.runner import run_evaluators
+    from vlmoe.models import count_parameters, upcycle_model
+    from vlmoe.train.run import prepare_twin
+
+    steps = TASK_STEPS[spec.name]
+    cfg = run_config(spec, variant, presets["dense" if variant.upcycle else variant.name], seed,
+                     steps, precision)
+    torch.manual_seed(seed)
+    run = prepare_twin(base, cfg)
+    run, iid = with_eval_split(run, spec, cfg, TASK_DATA[spec.name][1] or 1000)
+    tokens = tokens_per_example(spec, sizes, _mean_text_len(run))
+    curve: list[dict] = []
+    t0 = time.perf_counter()
+    if variant.upcycle:
+        # Dense for the first half, then upcycled to the E=8 top-1 twin for the second half;
+        # each half gets the recipe's warm-up + cosine, as a fine-tuning stage would.
+        half = steps // 2
+        _, active = count_parameters(run.model)
+        res1, sec1, _ = train_model(run, cfg, spec, half, curve,
+                                    6 * active * tokens * RECIPE["batch_size"], final_point=True,
+                                    points=RECIPE["eval_points"] // 2)
+        moe = variant.moe_config(spec, sizes)
+        run = dataclasses.replace(run, model=upcycle_model(run.model, moe))
+        total, active = count_parameters(run.model)
+        flops_step = 6 * active * tokens * RECIPE["batch_size"]
+        res, sec2, _ = train_model(run, cfg, spec, steps - half, curve, flops_step,
+                                   step_offset=half, points=RECIPE["eval_points"] // 2)
+        train_seconds = sec1 + sec2
+        res.losses = res1.losses + res.losses
+        throughput = steps * RECIPE["batch_size"] / max(train_seconds, 1e-9)
+    else:
+        total, active = count_parameters(run.model)
+        flops_step = 6 * active * tokens * RECIPE["batch_size"]
+        res, train_seconds, throughput = train_model(run, cfg, spec, steps, curve, flops_step)
+    t_eval = time.perf_counter()
+    evs = build_evaluators(spec, run, RECIPE["eval_batch"], None,
+                           routing=variant.num_experts > 0, iid=iid)
+    results = derived_metrics(spec, run_evaluators(run.model, evs))
+    if curve and curve[-1]["step"] == steps:
+        curve[-1]["value"] = results.get(spec.metric)  # the last point on the whole split
+    else:
+        curve.append({"step": steps, "flops": flops_step * steps, "value": results.get(spec.metric)})
+    eval_seconds = time.perf_counter() - t_eval
+    last = res.train_log[-1] if res.train_log else {}
+    record = {
+        "key": f"{spec.name}/{variant.name}/seed{seed}",
+        "task": spec.name,
+        "variant": variant.name,
+        "label": variant.label,
+        "seed": seed,
+        "fingerprint": fingerprint(spec, variant, sizes, precision),
+        "num_experts": variant.num_experts,
+        "top_k": variant.top_k if variant.num_experts else 0,
+        "total_params": total,
+        "active_params": active,
+        "steps": steps,
+        "batch_size": RECIPE["batch_size"],
+        "precision": precision,
+        "tokens_per_example": tokens,
+        "train_flops": flops_step * steps,
+        "train_seconds": round(train_seconds, 2),
+        "examples_per_s": round(throughput, 1),
+        "eval_seconds": round(eval_seconds, 2),
+        "wall_seconds": round(time.perf_counter() - t0, 2),
+        "final_train_loss": sum(res.losses[-25:]) / max(1, len(res.losses[-25:])),
+        "train_moe": {k: v for k, v in last.items() if k.startswith(("moe/", "loss/"))},
+        "metric": results.get(spec.metric),
+        "metrics": {k: v for k, v in _scalars(results).items() if not k.startswith("routing/")},
+        "routing": _routing(results),
+        "curve": curve,
+    }
+    if spec.name == "caption":
+        sample = getattr(evs["caption"], "samples", [])
+        record["caption_samples"] = sample
+    return record
+
+
+# ----------------------------------------------------------------------------- the study
+
+
+def plan(args: argparse.Namespace) -> list[tuple[str, str, int]]:
+    """(task, variant, seed) of every run asked for, in a cache-friendly order."""
+    tasks = args.tasks or list(TASKS)
+    seeds = args.seeds if args.seeds is not None else ([0] if args.quick else [0, 1, 2])
+    out = []
+    for task in tasks:
+        names = list(args.variants or (QUICK_VARIANTS if args.quick else [v.name for v in MAIN]))
+        if task == ABLATION_TASK and not args.quick and not args.variants and not args.no_ablations:
+            names += [v.name for v in ABLATIONS]
+        for seed in seeds:
+            out += [(task, name, seed) for name in names]
+    return out
+
+
+def prepare_base(spec: TaskSpec, presets: dict[str, str], precision: str) -> Any:
+    """Data, tokenizer and examples of a task, built once and shared by all its runs."""
+    from vlmoe.train.run import prepare
+
+    t0 = time.perf_counter()
+    cfg = run_config(spec, VARIANTS["dense"], presets["dense"], 0, TASK_STEPS[spec.name], precision)
+    base = prepare(cfg)
+    log.info("%s: data ready in %.1fs (%d train / %d held-out examples)", spec.name,
+             time.perf_counter() - t0, len(base.train_examples), len(base.eval_examples))
+    return base
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="dense and E=8 top-2, seed 0, all tasks")
+    p.add_argument("--tasks", nargs="+", choices=list(TASKS))
+    p.add_argument("--seeds", nargs="+", type=int)
+    p.add_argument("--variants", nargs="+", choices=list(VARIANTS))
+    p.add_argument("--no-ablations", action="store_true", help="skip the task-1 routing ablations")
+    p.add_argument("--out", type=Path, help="results JSON (default results/scaling[_quick].json)")
+    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--steps", type=int, help="override every task's steps (for smoke tests)")
+    p.add_argument("--max-runs", type=int, help="stop after this many new runs")
+    p.add_argument("--report-only", action="store_true")
+    p.add_argument("--dry-run", action="store_true", help="list the runs to do and exit")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s",
+                        datefmt="%H:%M:%S")
+    logging.getLogger("vlmoe").setLevel(logging.WARNING)
+    torch.set_num_threads(args.threads)
+    out = args.out or RESULTS / ("scaling_quick.json" if args.quick else "scaling.json")
+    if args.steps:
+        for k in TASK_STEPS:
+            TASK_STEPS[k] = args.steps
+    import scaling_report
+
+    if args.report_only:
+        scaling_report.write_report(out)
+        return 0
+    sizes = Sizes()
+    todo = plan(args)
+    done = load_results(out)["runs"]
+    pending = []
+    for task, name, seed in todo:
+        key = f"{task}/{name}/seed{seed}"
+        fp = fingerprint(TASKS[task], VARIANTS[name], sizes, args.precision)
+        if key in done and done[key].get("fingerprint") == fp:
+            continue
+        pending.append((task, name, seed))
+    log.info("%d runs asked, %d already in %s, %d to do", len(todo), len(todo) - len(pending),
+             out, len(pending))
+    if args.dry_run:
+        for item in pending:
+            print(*item)
+        return 0
+    t_start = time.perf_counter()
+    bases: dict[str, Any] = {}
+    for n, (task, name, seed) in enumerate(pending):
+        if args.max_runs is not None and n >= args.max_runs:
+            break
+        spec = TASKS[task]
+        variants = {v.name: v.moe_config(spec, sizes) for v in MAIN + ABLATIONS if v.name != "e8k1-upcycled"}
+        presets = register_presets(spec, sizes, variants)
+        if task not in bases:
+            bases = {task: prepare_base(spec, presets, args.precision)}  # one task's data at a time
+        t0 = time.perf_counter()
+        record = run_one(spec, VARIANTS[name], seed, bases[task], presets, sizes, args.precision)
+        save_record(out, record)
+        log.info("[%d/%d] %s: %s=%.4f  %.0fs (train %.0fs, %.0f ex/s)  params %d/%d  dead %s",
+                 n + 1, len(pending), record["key"], spec.metric, record["metric"] or float("nan"),
+                 time.perf_counter() - t0, record["train_seconds"], record["examples_per_s"],
+                 record["total_params"], record["active_params"],
+                 record["routing"].get("dead_experts", "-"))
+    log.info("done in %.1f min", (time.perf_counter() - t_start) / 60)
+    scaling_report.write_report(out)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

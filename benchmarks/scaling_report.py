@@ -1,0 +1,231 @@
+"""Table and plots of the scaling study from its JSON (`benchmarks/scaling.py`).
+
+`write_report(json_path)` writes, next to the JSON: `<stem>.md` (per task and model: held-out
+quality as mean ± std over seeds, total and active parameters, training throughput, routing
+health; then MoE-vs-dense verdicts and the task-1 ablations), `<stem>_experts.png` (quality vs
+number of experts) and `<stem>_flops.png` (quality vs estimated training FLOPs, from the
+held-out points measured during training).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from scaling_tasks import TASKS
+
+ORDER = ("dense", "e4k2", "e8k2", "e16k2", "e8k1", "e8k2-pool", "e8k2-nobal", "e8k2-bias",
+         "e8k2-cap1.0", "e8k2-cap1.25", "e8k1-upcycled")
+MAIN = ORDER[:5]
+
+
+def _stats(values: list[float]) -> tuple[float, float, int]:
+    values = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
+    if not values:
+        return float("nan"), float("nan"), 0
+    sd = statistics.stdev(values) if len(values) > 1 else 0.0
+    return statistics.fmean(values), sd, len(values)
+
+
+def _fmt(mean: float, sd: float, n: int, scale: float = 100.0, digits: int = 1) -> str:
+    if n == 0:
+        return "—"
+    if n == 1:
+        return f"{mean * scale:.{digits}f}"
+    return f"{mean * scale:.{digits}f} ± {sd * scale:.{digits}f}"
+
+
+def _scale(metric: str) -> float:
+    return 1.0 if metric.endswith("bleu4") else 100.0  # BLEU is already 0-100
+
+
+def _params(n: int) -> str:
+    return f"{n / 1e6:.2f}M" if n >= 1e6 else f"{n / 1e3:.0f}k"
+
+
+def group(runs: dict[str, Any]) -> dict[tuple[str, str], list[dict]]:
+    cells: dict[tuple[str, str], list[dict]] = defaultdict(list)
+    for r in runs.values():
+        cells[(r["task"], r["variant"])].append(r)
+    return cells
+
+
+def verdicts(cells: dict[tuple[str, str], list[dict]]) -> list[str]:
+    """MoE E=8 top-2 vs dense per task, and whether quality falls from E=4 to E=16."""
+    lines = []
+    for task, spec in TASKS.items():
+        dense, moe = cells.get((task, "dense")), cells.get((task, "e8k2"))
+        if not dense or not moe:
+            continue
+        d = _stats([r["metric"] for r in dense])
+        m = _stats([r["metric"] for r in moe])
+        diff, spread = m[0] - d[0], max(d[1], m[1])
+        s = _scale(spec.metric)
+        if min(d[2], m[2]) < 2:
+            word = "MoE ahead" if diff > 0 else "MoE behind"
+            note = "(one seed: no spread measured)"
+        elif diff > spread:
+            word, note = "**MoE wins**", f"(by more than the seed spread {spread * s:.1f})"
+        elif diff > 0:
+            word, note = "MoE ahead, within noise", f"(seed spread {spread * s:.1f})"
+        else:
+            word, note = "**MoE does not win**", f"(seed spread {spread * s:.1f})"
+        line = f"- {spec.title}: E=8 top-2 − dense = {diff * s:+.1f} {spec.metric_label}: {word} {note}"
+        trend = [_stats([r["metric"] for r in cells.get((task, v), [])]) for v in ("e4k2", "e8k2", "e16k2")]
+        if all(t[2] for t in trend):
+            vals = ", ".join(f"{t[0] * s:.1f}" for t in trend)
+            falls = trend[2][0] < trend[0][0] - max(trend[0][1], trend[2][1])
+            line += f"; E=4/8/16: {vals} ({'falls' if falls else 'does not fall'} with E)"
+        lines.append(line)
+    return lines
+
+
+def table(cells: dict[tuple[str, str], list[dict]], variants: tuple[str, ...]) -> list[str]:
+    head = ("| task | model | held-out | other metrics | total params | active params | "
+            "train ex/s | dead experts | load imbalance | router entropy | seeds |")
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for task, spec in TASKS.items():
+        for v in variants:
+            rs = cells.get((task, v))
+            if not rs:
+                continue
+            s = _scale(spec.metric)
+            main = _fmt(*_stats([r["metric"] for r in rs]), scale=s)
+            extra = []
+            for key in spec.extra:
+                st = _stats([r["metrics"].get(key) for r in rs])
+                if st[2]:
+                    extra.append(f"{key.split('/')[-1]} {_fmt(*st, scale=_scale(key))}")
+            routed = [r for r in rs if r["routing"]]
+            dead = _stats([r["routing"].get("dead_experts") for r in routed])
+            imb = _stats([r["routing"].get("load_imbalance") for r in routed])
+            ent = _stats([r["routing"].get("router_entropy") for r in routed])
+            speed = _stats([r["examples_per_s"] for r in rs])
+            lines.append(
+                f"| {task} | {rs[0]['label']} | {spec.metric_label} {main} | {'; '.join(extra) or ''} | "
+                f"{_params(rs[0]['total_params'])} | {_params(rs[0]['active_params'])} | "
+                f"{speed[0]:.0f} | {_fmt(*dead, scale=1, digits=1) if routed else '—'} | "
+                f"{_fmt(*imb, scale=1, digits=2) if routed else '—'} | "
+                f"{_fmt(*ent, scale=1, digits=2) if routed else '—'} | {len(rs)} |"
+            )
+    return lines
+
+
+def markdown(data: dict[str, Any]) -> str:
+    runs = data.get("runs", {})
+    cells = group(runs)
+    meta = data.get("meta", {})
+    wall = sum(r.get("wall_seconds", 0) for r in runs.values())
+    out = [
+        "# Scaling study: sparse MoE vs dense at equal active parameters",
+        "",
+        f"{len(runs)} runs, {wall / 60:.0f} min of run time in all "
+        f"(torch {meta.get('torch', '?')}, {meta.get('threads', '?')} threads). "
+        "Held-out metric as mean ± std over seeds (percent, BLEU on its 0-100 scale). "
+        "Routing columns: held-out evaluation, summed dead experts over MoE layers, "
+        "max/mean load per layer, mean router entropy (nats).",
+        "",
+        *table(cells, MAIN),
+        "",
+        "## Does MoE win?",
+        "",
+        *(verdicts(cells) or ["- not enough runs yet"]),
+    ]
+    ablation = [v for v in ORDER[5:] if any(k[1] == v for k in cells)]
+    if ablation:
+        out += ["", "## Task-1 routing ablations (scene VQA, fusion, E=8)", "",
+                *table({k: v for k, v in cells.items() if k[0] == "vqa"}, ("dense", "e8k2", "e8k1", *ablation))]
+    return "\n".join(out) + "\n"
+
+
+def plot_experts(cells: dict[tuple[str, str], list[dict]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tasks = [t for t in TASKS if (t, "dense") in cells]
+    if not tasks:
+        return
+    fig, axes = plt.subplots(1, len(tasks), figsize=(3.2 * len(tasks), 3.0), squeeze=False)
+    for ax, task in zip(axes[0], tasks):
+        spec = TASKS[task]
+        s = _scale(spec.metric)
+        d = _stats([r["metric"] for r in cells[(task, "dense")]])
+        ax.axhline(d[0] * s, color="grey", ls="--", label="dense")
+        if d[2] > 1:
+            ax.axhspan((d[0] - d[1]) * s, (d[0] + d[1]) * s, color="grey", alpha=0.15)
+        xs, ys, es = [], [], []
+        for e, v in ((4, "e4k2"), (8, "e8k2"), (16, "e16k2")):
+            st = _stats([r["metric"] for r in cells.get((task, v), [])])
+            if st[2]:
+                xs.append(e), ys.append(st[0] * s), es.append(st[1] * s)
+        if xs:
+            ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, label="MoE top-2")
+        st = _stats([r["metric"] for r in cells.get((task, "e8k1"), [])])
+        if st[2]:
+            ax.errorbar([8], [st[0] * s], yerr=[st[1] * s], marker="s", capsize=3, ls="",
+                        label="MoE top-1")
+        ax.set_xscale("log", base=2)
+        ax.set_xticks([4, 8, 16], ["4", "8", "16"])
+        ax.set_xlabel("experts")
+        ax.set_title(task, fontsize=10)
+        ax.set_ylabel(spec.metric_label)
+    axes[0][0].legend(fontsize=7)
+    fig.suptitle("held-out quality vs number of experts (equal active parameters)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_flops(cells: dict[tuple[str, str], list[dict]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tasks = [t for t in TASKS if (t, "dense") in cells]
+    if not tasks:
+        return
+    fig, axes = plt.subplots(1, len(tasks), figsize=(3.2 * len(tasks), 3.0), squeeze=False)
+    for ax, task in zip(axes[0], tasks):
+        spec = TASKS[task]
+        s = _scale(spec.metric)
+        variants = list(MAIN) + (["e8k1-upcycled"] if (task, "e8k1-upcycled") in cells else [])
+        for v in variants:
+            rs = cells.get((task, v))
+            if not rs:
+                continue
+            points: dict[int, list[tuple[float, float]]] = defaultdict(list)
+            for r in rs:
+                for p in r.get("curve", []):
+                    if p["value"] is not None:
+                        points[p["step"]].append((p["flops"], p["value"]))
+            steps = sorted(points)
+            xs = [statistics.fmean(f for f, _ in points[k]) for k in steps]
+            ys = [statistics.fmean(y for _, y in points[k]) * s for k in steps]
+            style = {"dense": dict(color="black", ls="--")}.get(v, {})
+            ax.plot(xs, ys, marker=".", label=rs[0]["label"].replace("MoE ", ""), **style)
+        ax.set_xlabel("training FLOPs (6·active·tokens)")
+        ax.set_title(task, fontsize=10)
+        ax.set_ylabel(spec.metric_label)
+    axes[0][0].legend(fontsize=6)
+    fig.suptitle("held-out quality vs training compute", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_report(json_path: Path) -> Path:
+    data = json.loads(Path(json_path).read_text()) if Path(json_path).is_file() else {"runs": {}}
+    stem = Path(json_path).with_suffix("")
+    md = stem.with_suffix(".md")
+    md.write_text(markdown(data))
+    cells = group(data.get("runs", {}))
+    plot_experts(cells, Path(f"{stem}_experts.png"))
+    plot_flops(cells, Path(f"{stem}_flops.png"))
+    return md
