@@ -33,9 +33,10 @@ How it measures (printed again at the top of every run):
   set), reset the kernel's high-water mark (`/proc/self/clear_refs` = 5), run, read VmHWM from
   /proc/self/status. Linux + glibc only; elsewhere peak_mb is null. 4 KiB page granularity.
 
-Impls that cannot run a cell are skipped and said so: naive all-experts beyond T=4096 (it builds
-E x T x I buffers, several GB) and transformers' batched_mm beyond T=16 (it gathers a copy of
-the weights per token).
+Impls skipped (and said so) where they cannot run or would take most of the run's time: naive
+all-experts beyond T=4096 (it builds E x T x I buffers, several GB), transformers' batched_mm
+beyond T=16 (it gathers a copy of the weights per token), and the slow references (vlmoe loop,
+index loop, transformers eager) beyond T=4096 unless `--all-cells` is given.
 """
 
 from __future__ import annotations
@@ -71,6 +72,7 @@ NUM_EXPERTS, TOP_K = 8, 2
 TOKENS = (1, 16, 512, 4096, 16384)
 ALL_IMPLS = ("dense", "dense_touched", "naive", "index_loop", "hf_eager", "hf_grouped_mm",
              "hf_batched_mm", "vlmoe_loop", "vlmoe_grouped_mm", "vlmoe_bmm", "vlmoe_auto")
+SLOW_REFERENCES = ("vlmoe_loop", "index_loop", "hf_eager")
 QUICK = dict(configs=("A",), dtypes=("fp32", "bf16"), tokens=(1, 16, 4096),
              impls=("dense", "dense_touched", "index_loop", "hf_grouped_mm", "vlmoe_grouped_mm",
                     "vlmoe_bmm", "vlmoe_auto"))
@@ -110,8 +112,10 @@ class Impls:
         self.dense_touched = MLP(dim, self.touched * hidden).to(dtype) if tokens <= 16 else None
         self._hf = {}
 
-    def module(self, impl: str):
+    def module(self, impl: str, all_cells: bool = False):
         """(module, forward function of x) for an impl, or None where it is skipped."""
+        if not all_cells and self.tokens > 4096 and impl in SLOW_REFERENCES:
+            return None
         if impl == "dense":
             return self.dense, self.dense
         if impl == "dense_touched":
@@ -178,8 +182,9 @@ class Impls:
             y_TD = y_TD.index_add(0, tok, (h @ w_out[e]) * weights_TK[tok, slot, None])
         return y_TD
 
-    def step(self, impl: str, mode: str) -> tuple[Callable[[], None], object] | None:
-        built = self.module(impl)
+    def step(self, impl: str, mode: str, all_cells: bool = False):
+        """(zero-argument run function, module) for one impl and mode, or None if skipped."""
+        built = self.module(impl, all_cells)
         if built is None:
             return None
         module, fwd = built
@@ -254,13 +259,13 @@ def matmul_peak_gflops(dtype, n: int = 2048, runs: int = 5) -> float:
 
 
 def time_cell(cell: Cell, impls: list[str], runs: int, warmup: int, memory: bool,
-              peak: dict[str, float]) -> list[dict]:
+              peak: dict[str, float], all_cells: bool = False) -> list[dict]:
     dim, hidden = CONFIGS[cell.config]
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[cell.dtype]
     bench = Impls(dim, hidden, dtype, cell.tokens)
     steps, skipped = {}, []
     for impl in impls:
-        built = bench.step(impl, cell.mode)
+        built = bench.step(impl, cell.mode, all_cells)
         if built is None:
             skipped.append(impl)
         else:
@@ -322,6 +327,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--no-memory", action="store_true", help="skip the peak memory run")
+    p.add_argument("--all-cells", action="store_true",
+                   help="also time the slow references beyond T=4096")
     p.add_argument("--no-reexec", action="store_true",
                    help="keep the current allocator settings (do not re-execute)")
     args = p.parse_args(argv)
@@ -362,7 +369,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 for mode in args.modes:
                     cell_impls = [i for i in impls if i != "dense_touched" or tokens <= 16]
                     cell_rows = time_cell(Cell(config, dtype, mode, tokens), cell_impls,
-                                          args.runs, args.warmup, not args.no_memory, peak)
+                                          args.runs, args.warmup, not args.no_memory, peak,
+                                          args.all_cells)
                     print_rows(cell_rows)
                     rows.extend(cell_rows)
                     if args.json:  # written as it goes, so a long run leaves partial results

@@ -297,7 +297,23 @@ def train_model(run: Any, cfg: Any, spec: TaskSpec, steps: int, curve: list[dict
     finally:
         shutil.rmtree(run_dir, ignore_errors=True)
     seconds = result.seconds - eval_seconds[0]
+    # Steady-state throughput: the median of the logged windows (a window after an evaluation
+    # may include its time; the median ignores it).
+    rates = sorted(r["examples_per_s"] for r in result.train_log if "examples_per_s" in r)
+    result.steady_rate = rates[len(rates) // 2] if rates else None
     return result, seconds, steps * cfg.train.batch_size / max(seconds, 1e-9)
+
+
+def check_active(spec: TaskSpec, variant: Variant, active: int, base: Any) -> int:
+    """Equal active parameters: only the routers' few weights may differ from the dense twin.
+    Returns the dense model's active count."""
+    from vlmoe.models import count_parameters
+
+    dense_active = count_parameters(base.model)[1]
+    if abs(active - dense_active) > 0.02 * dense_active:
+        raise AssertionError(f"{spec.name}/{variant.name}: {active} active parameters vs "
+                             f"{dense_active} for dense; the twins are not at equal active size")
+    return dense_active
 
 
 def run_one(spec: TaskSpec, variant: Variant, seed: int, base: Any, presets: dict[str, str],
@@ -326,6 +342,7 @@ def run_one(spec: TaskSpec, variant: Variant, seed: int, base: Any, presets: dic
         moe = variant.moe_config(spec, sizes)
         run = dataclasses.replace(run, model=upcycle_model(run.model, moe))
         total, active = count_parameters(run.model)
+        check_active(spec, variant, active, base)
         flops_step = 6 * active * tokens * RECIPE["batch_size"]
         res, sec2, _ = train_model(run, cfg, spec, steps - half, curve, flops_step,
                                    step_offset=half, points=RECIPE["eval_points"] // 2)
@@ -334,6 +351,7 @@ def run_one(spec: TaskSpec, variant: Variant, seed: int, base: Any, presets: dic
         throughput = steps * RECIPE["batch_size"] / max(train_seconds, 1e-9)
     else:
         total, active = count_parameters(run.model)
+        check_active(spec, variant, active, base)
         flops_step = 6 * active * tokens * RECIPE["batch_size"]
         res, train_seconds, throughput = train_model(run, cfg, spec, steps, curve, flops_step)
     t_eval = time.perf_counter()
@@ -357,13 +375,15 @@ def run_one(spec: TaskSpec, variant: Variant, seed: int, base: Any, presets: dic
         "top_k": variant.top_k if variant.num_experts else 0,
         "total_params": total,
         "active_params": active,
+        "active_vs_dense": round(active / check_active(spec, variant, active, base), 4),
         "steps": steps,
         "batch_size": RECIPE["batch_size"],
         "precision": precision,
         "tokens_per_example": tokens,
         "train_flops": flops_step * steps,
         "train_seconds": round(train_seconds, 2),
-        "examples_per_s": round(throughput, 1),
+        "examples_per_s": round(res.steady_rate or throughput, 1),
+        "examples_per_s_overall": round(throughput, 1),
         "eval_seconds": round(eval_seconds, 2),
         "wall_seconds": round(time.perf_counter() - t0, 2),
         "final_train_loss": sum(res.losses[-25:]) / max(1, len(res.losses[-25:])),
@@ -403,6 +423,13 @@ def prepare_base(spec: TaskSpec, presets: dict[str, str], precision: str) -> Any
     t0 = time.perf_counter()
     cfg = run_config(spec, VARIANTS["dense"], presets["dense"], 0, TASK_STEPS[spec.name], precision)
     base = prepare(cfg)
+    # Tokenize every text once now: the collators cache token ids, and the twins share them,
+    # so no run's throughput pays for tokenization that another run skips.
+    for examples, collate in ((base.train_examples, base.train_collate),
+                              (base.eval_examples, base.eval_collate)):
+        if base.tokenizer is not None and examples is not None:
+            for item in examples.items:
+                collate._ids(item["text"])
     log.info("%s: data ready in %.1fs (%d train / %d held-out examples)", spec.name,
              time.perf_counter() - t0, len(base.train_examples), len(base.eval_examples))
     return base

@@ -23,7 +23,9 @@ from vlmoe.train.demos.mnist import DEFAULT_EPOCHS, format_results, run
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--epochs", type=int, default=DEFAULT_EPOCHS)
     parser.add_argument("--out", default="runs/demo-mnist")
     args = parser.parse_args()

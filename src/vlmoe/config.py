@@ -310,9 +310,7 @@ class MoEConfig(Config):
             check(
                 not self.balance_bias, f"moe.balance_bias needs router='topk', got {self.router!r}"
             )
-            check(
-                self.capacity_factor is None, "moe.capacity_factor applies to router='topk' only"
-            )
+            check(self.capacity_factor is None, "moe.capacity_factor applies to router='topk' only")
 
     @property
     def experts_per_token(self) -> int:

@@ -9,9 +9,12 @@ names exactly one field anywhere in the config (`vocab_size=300`, `num_classes=5
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from vlmoe.config import Config, ConfigError
+
+if TYPE_CHECKING:
+    from vlmoe.models.base import PretrainedModel
 
 
 @dataclass(frozen=True)
@@ -98,7 +101,7 @@ def preset_config(name: str, **overrides: Any) -> Config:
     return config.with_overrides(resolve_overrides(config, overrides)) if overrides else config
 
 
-def create_model(name: str, **overrides: Any):
+def create_model(name: str, **overrides: Any) -> PretrainedModel:
     """Build the model of preset `name`, e.g. `create_model("fusion-small-moe", vocab_size=300)`."""
     from vlmoe.models.base import architectures
 

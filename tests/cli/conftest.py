@@ -4,8 +4,19 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-TINY = ["--set", "data.num_train=24", "--set", "data.num_eval=6", "--set", "train.log_every=1",
-        "--set", "eval.max_new_tokens=4", "--batch-size", "4", "-q"]
+TINY = [
+    "--set",
+    "data.num_train=24",
+    "--set",
+    "data.num_eval=6",
+    "--set",
+    "train.log_every=1",
+    "--set",
+    "eval.max_new_tokens=4",
+    "--batch-size",
+    "4",
+    "-q",
+]
 
 
 @pytest.fixture(scope="session")
@@ -14,7 +25,10 @@ def fusion_run(tmp_path_factory):
     from vlmoe.cli.main import main
 
     out = tmp_path_factory.mktemp("runs") / "fusion"
-    assert main(["train", "--preset", "fusion-debug-moe", "--steps", "2", "--out", str(out), *TINY]) == 0
+    assert (
+        main(["train", "--preset", "fusion-debug-moe", "--steps", "2", "--out", str(out), *TINY])
+        == 0
+    )
     return out
 
 
@@ -23,7 +37,10 @@ def decoder_run(tmp_path_factory):
     from vlmoe.cli.main import main
 
     out = tmp_path_factory.mktemp("runs") / "decoder"
-    assert main(["train", "--preset", "decoder-debug-moe", "--steps", "2", "--out", str(out), *TINY]) == 0
+    assert (
+        main(["train", "--preset", "decoder-debug-moe", "--steps", "2", "--out", str(out), *TINY])
+        == 0
+    )
     return out
 
 

@@ -20,7 +20,9 @@ def _one_error(capsys, argv, *expected):
 
 
 def test_missing_corrupt_and_wrong_images(fusion_run, tmp_path, capsys):
-    _one_error(capsys, ["predict", str(fusion_run), "--image", str(tmp_path / "nope.png")], "not found")
+    _one_error(
+        capsys, ["predict", str(fusion_run), "--image", str(tmp_path / "nope.png")], "not found"
+    )
     bad = tmp_path / "bad.png"
     bad.write_bytes(b"\x89PNG\r\n\x1a\nnot really")
     _one_error(capsys, ["predict", str(fusion_run), "--image", str(bad)], "bad.png")
@@ -46,7 +48,9 @@ def test_missing_corrupt_and_mismatched_checkpoints(fusion_run, scene_png, tmp_p
     (broken / "config.json").write_text("{not json")
     _one_error(capsys, ["generate", str(broken), "--image", str(scene_png)], "config.json")
     _one_error(capsys, ["generate", str(fusion_run), "--image", str(scene_png)], "decoder")
-    _one_error(capsys, ["train", "--out", str(tmp_path / "fresh"), "--resume", "-q"], "nothing to resume")
+    _one_error(
+        capsys, ["train", "--out", str(tmp_path / "fresh"), "--resume", "-q"], "nothing to resume"
+    )
 
 
 @pytest.mark.parametrize(
@@ -75,15 +79,47 @@ def test_invalid_yaml_and_unknown_model_key(tmp_path, capsys):
     wrong = tmp_path / "wrong.yaml"
     wrong.write_text("train:\n  steps: many\n")
     _one_error(capsys, ["train", str(wrong)], "train.steps")
-    _one_error(capsys, ["train", "--preset", "vit-debug", "--set", "model.transformer.bogus=1", "--steps", "1",
-                        "--set", "data.num_train=4", "--out", str(tmp_path / "r")], "bogus")
+    _one_error(
+        capsys,
+        [
+            "train",
+            "--preset",
+            "vit-debug",
+            "--set",
+            "model.transformer.bogus=1",
+            "--steps",
+            "1",
+            "--set",
+            "data.num_train=4",
+            "--out",
+            str(tmp_path / "r"),
+        ],
+        "bogus",
+    )
 
 
 def test_bad_manifest(tmp_path, capsys):
     m = tmp_path / "m.jsonl"
     m.write_text('{"image": "missing.png", "label": "cat"}\n')
-    _one_error(capsys, ["train", "--preset", "vit-debug", "--data", "jsonl", "--data-path", str(m),
-                        "--task", "classification", "--steps", "1", "--out", str(tmp_path / "r")], "missing.png")
+    _one_error(
+        capsys,
+        [
+            "train",
+            "--preset",
+            "vit-debug",
+            "--data",
+            "jsonl",
+            "--data-path",
+            str(m),
+            "--task",
+            "classification",
+            "--steps",
+            "1",
+            "--out",
+            str(tmp_path / "r"),
+        ],
+        "missing.png",
+    )
 
 
 def test_usage_errors_exit_2(capsys):

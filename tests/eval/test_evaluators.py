@@ -209,3 +209,17 @@ def test_write_eval_json_plain_values(tmp_path):
     )
     assert json.loads(path.read_text()) == {"a": 0.5, "b": [1, 2], "c": 2.5, "d": None, "e": [1]}
     assert [p.name for p in path.parent.iterdir()] == ["eval.json"]  # no temporary left behind
+
+
+def test_missing_batch_key_names_evaluator_and_keys(fusion):
+    batches = [{k: v for k, v in b.items() if k != "label"} for b in fusion_batches(1)]
+    with pytest.raises(
+        KeyError, match=r"ClassificationEvaluator: the batch has no 'label'.*'answer'"
+    ):
+        list(ClassificationEvaluator(batches).run(fusion))
+    with pytest.raises(KeyError, match="VQAEvaluator: the batch has no 'answers'"):
+        list(
+            VQAEvaluator(batches, answers_from_logits(["red"] * 32), answer_key="answers").run(
+                fusion
+            )
+        )

@@ -97,24 +97,11 @@ def test_sampling_is_reproducible_with_a_generator():
     model = _model("decoder-debug-moe")
     ids, mask, _ = _prompts(model.config.text.vocab_size)
     images = _images(model, 3)
-    a = model.generate(
-        ids,
-        mask,
-        images=images,
-        max_new_tokens=5,
-        temperature=0.8,
-        top_p=0.9,
-        generator=torch.Generator().manual_seed(3),
-    )
-    b = model.generate(
-        ids,
-        mask,
-        images=images,
-        max_new_tokens=5,
-        temperature=0.8,
-        top_p=0.9,
-        generator=torch.Generator().manual_seed(3),
-    )
+    kw = dict(images=images, max_new_tokens=5, temperature=0.8, top_p=0.9)
+    a = model.generate(ids, mask, generator=torch.Generator().manual_seed(3), **kw)
+    b = model.generate(ids, mask, generator=torch.Generator().manual_seed(3), **kw)
+    c = model.generate(ids, mask, generator=torch.Generator().manual_seed(4), **kw)
+    assert not torch.equal(a, c)  # the generator really drives the sampling
     assert torch.equal(a, b)
 
 

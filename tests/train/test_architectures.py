@@ -10,8 +10,15 @@ from vlmoe.train.config import RunConfig, apply_overrides
 from vlmoe.train.metrics import read_metrics
 from vlmoe.train.run import load_trained, train
 
-TINY = ["data.num_train=16", "data.num_eval=4", "train.batch_size=4", "train.steps=2",
-        "train.log_every=1", "eval.max_new_tokens=3", "train.progress=none"]
+TINY = [
+    "data.num_train=16",
+    "data.num_eval=4",
+    "train.batch_size=4",
+    "train.steps=2",
+    "train.log_every=1",
+    "eval.max_new_tokens=3",
+    "train.progress=none",
+]
 
 
 @pytest.mark.parametrize(
@@ -34,20 +41,32 @@ def test_few_steps(tmp_path, preset, data, headline):
     if preset.endswith("moe"):
         assert "loss/moe/load_balance" in record and "loss/moe/z_loss" in record
         entropy = any(k.startswith("loss/moe/local_entropy") for k in record)
-        assert entropy == preset.startswith(("fusion", "contrastive"))  # LIMoE losses where they belong
+        assert entropy == preset.startswith(
+            ("fusion", "contrastive")
+        )  # LIMoE losses where they belong
     model, info, _ = load_trained(tmp_path)
     assert info.architecture == preset.split("-")[0] and not model.training
 
 
 def test_bf16_autocast_trains(tmp_path):
-    cfg = apply_overrides(RunConfig(), TINY + ["model.preset=fusion-debug-moe", "train.precision=bf16"])
+    cfg = apply_overrides(
+        RunConfig(), TINY + ["model.preset=fusion-debug-moe", "train.precision=bf16"]
+    )
     result = train(cfg, tmp_path)
     assert all(torch.isfinite(torch.tensor(result.losses)))
 
 
 def test_resume_bit_exact_through_the_pipeline(tmp_path):
-    cfg = apply_overrides(RunConfig(), TINY + ["model.preset=decoder-debug-moe", "train.steps=4",
-                                               "train.checkpoint_every=2", "train.keep_last=3"])
+    cfg = apply_overrides(
+        RunConfig(),
+        TINY
+        + [
+            "model.preset=decoder-debug-moe",
+            "train.steps=4",
+            "train.checkpoint_every=2",
+            "train.keep_last=3",
+        ],
+    )
     full = train(cfg, tmp_path / "full")
     # A run that died after its step-2 checkpoint: the same directory without step 4.
     shutil.copytree(tmp_path / "full", tmp_path / "cut")
@@ -57,9 +76,15 @@ def test_resume_bit_exact_through_the_pipeline(tmp_path):
 
 
 def test_moe_llava_stages(tmp_path):
-    stages = ("train.stages=[{name: projector, steps: 1, trainable: [projector]}, "
-              "{name: all, steps: 1, trainable: ['*']}, {name: moe, steps: 1, trainable: [moe]}]")
+    stages = (
+        "train.stages=[{name: projector, steps: 1, trainable: [projector]}, "
+        "{name: all, steps: 1, trainable: ['*']}, {name: moe, steps: 1, trainable: [moe]}]"
+    )
     cfg = apply_overrides(RunConfig(), TINY + ["model.preset=decoder-debug-moe", stages])
     result = train(cfg, tmp_path)
     assert result.steps == 3
-    assert [r["stage"] for r in read_metrics(tmp_path) if r["split"] == "train"] == ["projector", "all", "moe"]
+    assert [r["stage"] for r in read_metrics(tmp_path) if r["split"] == "train"] == [
+        "projector",
+        "all",
+        "moe",
+    ]

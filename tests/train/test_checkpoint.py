@@ -6,6 +6,7 @@ import textwrap
 
 import pytest
 import torch
+from toy_moe import ToyMoE
 
 from vlmoe.train.checkpoint import (
     CheckpointError,
@@ -16,8 +17,6 @@ from vlmoe.train.checkpoint import (
 )
 from vlmoe.train.config import OptimizerConfig
 from vlmoe.train.optim import build_optimizer
-
-from toy_moe import ToyMoE
 
 KILLED_WRITER = textwrap.dedent(
     """

@@ -3,6 +3,7 @@ import math
 
 import pytest
 import torch
+from toy_moe import ToyMoE, collate, dataset, objective
 
 from vlmoe.config import ConfigError, MoEConfig
 from vlmoe.train.checkpoint import checkpoint_dirs
@@ -10,8 +11,6 @@ from vlmoe.train.config import RunConfig, ScheduleConfig
 from vlmoe.train.metrics import read_metrics
 from vlmoe.train.optim import build_optimizer, decay_groups, lr_factor
 from vlmoe.train.trainer import NonFiniteError, Trainer
-
-from toy_moe import ToyMoE, collate, dataset, objective
 
 
 def _cfg(*overrides: str) -> RunConfig:
@@ -22,7 +21,9 @@ def _cfg(*overrides: str) -> RunConfig:
 def _train(tmp_path, *overrides, model=None, resume=False, data=None, obj=objective):
     torch.manual_seed(0)
     model = model or ToyMoE()
-    trainer = Trainer(model, obj, data or dataset(), collate, _cfg(*overrides), tmp_path, arch="toy")
+    trainer = Trainer(
+        model, obj, data or dataset(), collate, _cfg(*overrides), tmp_path, arch="toy"
+    )
     return trainer.fit(resume=resume), model
 
 
@@ -32,13 +33,20 @@ def test_loss_goes_down_and_metrics_logged(tmp_path):
     assert sum(result.losses[-5:]) < sum(result.losses[:5])
     records = read_metrics(tmp_path)
     assert [r["step"] for r in records] == list(range(2, 31, 2))
-    for key in ("loss", "loss/task", "loss/moe/load_balance", "loss/moe/z_loss", "lr", "examples_per_s"):
+    for key in (
+        "loss",
+        "loss/task",
+        "loss/moe/load_balance",
+        "loss/moe/z_loss",
+        "lr",
+        "examples_per_s",
+    ):
         assert key in records[-1]
     assert (tmp_path / "config.yaml").is_file()
     assert RunConfig.from_yaml(tmp_path / "config.yaml").train.steps == 30
 
 
-class Interrupt(Exception):
+class InterruptError(Exception):
     pass
 
 
@@ -52,14 +60,14 @@ class Interrupting(list):
     def __getitem__(self, i):
         self.reads += 1
         if self.reads > self.limit:
-            raise Interrupt
+            raise InterruptError
         return super().__getitem__(i)
 
 
 def test_resume_equals_uninterrupted(tmp_path):
     opts = ("train.checkpoint_every=4", "train.grad_accum=2", "train.keep_last=5")
     full, full_model = _train(tmp_path / "full", *opts)
-    with pytest.raises(Interrupt):  # dies during step 7, after the checkpoint at step 4
+    with pytest.raises(InterruptError):  # dies during step 7, after the checkpoint at step 4
         _train(tmp_path / "cut", *opts, data=Interrupting(dataset(), limit=6 * 2 * 8 + 3))
     assert [p.name for p in checkpoint_dirs(tmp_path / "cut")] == ["step_0000004"]
     torch.manual_seed(123)  # resume must not depend on the caller's RNG
@@ -76,7 +84,9 @@ def test_grad_accum_matches_big_batch(tmp_path):
     twin = ToyMoE(dropout=0.0)
     twin.load_state_dict(no_drop.state_dict())
     a, _ = _train(tmp_path / "a", "train.steps=3", "train.batch_size=16", model=no_drop)
-    b, _ = _train(tmp_path / "b", "train.steps=3", "train.batch_size=8", "train.grad_accum=2", model=twin)
+    b, _ = _train(
+        tmp_path / "b", "train.steps=3", "train.batch_size=8", "train.grad_accum=2", model=twin
+    )
     # Same examples per step; the MoE losses are per micro-batch, so only close, not equal.
     assert a.losses[0] == pytest.approx(b.losses[0], rel=0.05)
 
@@ -103,12 +113,18 @@ def test_warns_when_moe_losses_all_off(tmp_path, caplog):
     assert "every MoE loss coefficient is 0" in caplog.text
     caplog.clear()
     with caplog.at_level(logging.WARNING):
-        _train(tmp_path, *off, model=ToyMoE(MoEConfig(dim=16, hidden_dim=32, num_experts=4, balance_bias=True)))
+        _train(
+            tmp_path,
+            *off,
+            model=ToyMoE(MoEConfig(dim=16, hidden_dim=32, num_experts=4, balance_bias=True)),
+        )
     assert "every MoE loss coefficient is 0" not in caplog.text
 
 
 def test_balance_bias_updated_after_step(tmp_path):
-    model = ToyMoE(MoEConfig(dim=16, hidden_dim=32, num_experts=4, balance_bias=True, balance_bias_rate=0.1))
+    model = ToyMoE(
+        MoEConfig(dim=16, hidden_dim=32, num_experts=4, balance_bias=True, balance_bias_rate=0.1)
+    )
     biases = [b for n, b in model.named_buffers() if "bias" in n] + [
         p for n, p in model.moe.router.named_parameters() if "bias" in n
     ]
@@ -120,15 +136,22 @@ def test_balance_bias_updated_after_step(tmp_path):
 def test_stages_freeze_by_name(tmp_path):
     model = ToyMoE()
     frozen_before = {n: p.clone() for n, p in model.named_parameters() if not n.startswith("head")}
-    stages = "train.stages=[{name: head, steps: 2, trainable: [head]}, {name: moe, steps: 2, trainable: [router, experts]}]"
+    stages = (
+        "train.stages=[{name: head, steps: 2, trainable: [head]}, "
+        "{name: moe, steps: 2, trainable: [router, experts]}]"
+    )
     result, _ = _train(tmp_path, stages, model=model)
     assert result.steps == 4
     assert torch.equal(model.embed.weight, frozen_before["embed.weight"])  # never trained
-    assert not torch.equal(model.moe.experts.parameters().__next__(), next(
-        v for n, v in frozen_before.items() if n.startswith("moe.experts")))
+    assert not torch.equal(
+        model.moe.experts.parameters().__next__(),
+        next(v for n, v in frozen_before.items() if n.startswith("moe.experts")),
+    )
     assert [r["stage"] for r in read_metrics(tmp_path)] == ["head", "moe"]
     with pytest.raises(ValueError, match="projector"):
-        _train(tmp_path, "train.stages=[{name: a, steps: 1, trainable: [projector]}]", model=ToyMoE())
+        _train(
+            tmp_path, "train.stages=[{name: a, steps: 1, trainable: [projector]}]", model=ToyMoE()
+        )
 
 
 def test_schedule_and_decay_groups():

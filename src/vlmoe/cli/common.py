@@ -34,8 +34,14 @@ def _expected_errors() -> tuple[type[BaseException], ...]:
     """Exception types that mean "bad input", whichever package raises them."""
     from vlmoe.config import ConfigError
 
-    types: list[type[BaseException]] = [CLIError, ConfigError, FileNotFoundError, IsADirectoryError,
-                                        NotADirectoryError, PermissionError]
+    types: list[type[BaseException]] = [
+        CLIError,
+        ConfigError,
+        FileNotFoundError,
+        IsADirectoryError,
+        NotADirectoryError,
+        PermissionError,
+    ]
     for module, name in (
         ("vlmoe.train.checkpoint", "CheckpointError"),
         ("vlmoe.train.trainer", "TrainingError"),
@@ -52,7 +58,10 @@ def _expected_errors() -> tuple[type[BaseException], ...]:
 
 def _one_line(e: BaseException) -> str:
     text = str(e).strip() or type(e).__name__
-    if isinstance(e, FileNotFoundError | IsADirectoryError | NotADirectoryError | PermissionError) and e.filename:
+    if (
+        isinstance(e, FileNotFoundError | IsADirectoryError | NotADirectoryError | PermissionError)
+        and e.filename
+    ):
         text = f"{e.strerror or type(e).__name__}: {e.filename}"
     return " ".join(text.split())  # one line, whatever the message held
 
@@ -82,7 +91,9 @@ def setup_logging(verbose: int = 0, quiet: bool = False) -> None:
 
 
 def add_common_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv: debug)")
+    parser.add_argument(
+        "-v", "--verbose", action="count", default=0, help="more log output (-vv: debug)"
+    )
     parser.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
     parser.add_argument("--debug", action="store_true", help="show the full traceback on errors")
 
@@ -136,7 +147,10 @@ def make_parser(
     parser: argparse.ArgumentParser | None = None,
 ) -> argparse.ArgumentParser:
     parser = parser or argparse.ArgumentParser(
-        prog=prog, description=description, epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog=prog,
+        description=description,
+        epilog=epilog,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_arguments(parser)
     add_common_flags(parser)
@@ -153,5 +167,6 @@ def check_file(path: str, what: str, suffixes: tuple[str, ...] = ()) -> str:
     if p.is_dir():
         raise CLIError(f"{what} is a directory, expected a file: {path}")
     if suffixes and p.suffix.lower() not in suffixes:
-        raise CLIError(f"{what} {path}: expected a {'/'.join(suffixes)} file, got {p.suffix or 'no extension'!r}")
+        got = p.suffix or "no extension"
+        raise CLIError(f"{what} {path}: expected a {'/'.join(suffixes)} file, got {got!r}")
     return path

@@ -27,8 +27,12 @@ examples:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("name", choices=["shapes", "mnist", "digits"], help="which dataset")
     p.add_argument("out", help="output folder")
-    p.add_argument("--num", type=int, help="how many samples (default: shapes 200, digits: all of the split)")
-    p.add_argument("--split", default=None, help="shapes: train|val|test; mnist/digits: train|test|all")
+    p.add_argument(
+        "--num", type=int, help="how many samples (default: shapes 200, digits: all of the split)"
+    )
+    p.add_argument(
+        "--split", default=None, help="shapes: train|val|test; mnist/digits: train|test|all"
+    )
     p.add_argument("--seed", type=int, default=0, help="scene world seed")
     p.add_argument("--image-size", type=int, default=64, help="scene world image side in pixels")
     p.add_argument("--format", choices=["jsonl", "coco"], default="jsonl")
@@ -46,8 +50,13 @@ def run(args: argparse.Namespace) -> int:
         from vlmoe.data.shapes_data import cli_write
 
         try:
-            report = cli_write(out, args.num or 200, seed=args.seed, split=args.split or "train",
-                               image_size=args.image_size)
+            report = cli_write(
+                out,
+                args.num or 200,
+                seed=args.seed,
+                split=args.split or "train",
+                image_size=args.image_size,
+            )
         except ValueError as e:
             raise CLIError(str(e)) from None
         print(f"wrote {report.num} samples to {report.manifest} in {report.seconds:.1f}s")
@@ -56,8 +65,11 @@ def run(args: argparse.Namespace) -> int:
         from vlmoe.data.shapes import ShapesConfig
         from vlmoe.data.shapes_data import ShapesDataset
 
-        ds = ShapesDataset(ShapesConfig(image_size=args.image_size, seed=args.seed), args.split or "train",
-                           args.num or 200)
+        ds = ShapesDataset(
+            ShapesConfig(image_size=args.image_size, seed=args.seed),
+            args.split or "train",
+            args.num or 200,
+        )
     else:
         from vlmoe.data.real import DigitsDataset, MnistDataset
 
@@ -75,7 +87,9 @@ def run(args: argparse.Namespace) -> int:
     else:
         from vlmoe.data.manifest import write_manifest
 
-        path = write_manifest(samples, out, label_names=ds.label_names or None, answer_vocab=ds.answer_vocab)
+        path = write_manifest(
+            samples, out, label_names=ds.label_names or None, answer_vocab=ds.answer_vocab
+        )
         print(f"wrote {n} samples to {path}")
     return 0
 

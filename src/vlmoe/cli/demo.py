@@ -29,13 +29,21 @@ examples:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("which", nargs="?", choices=["scenes", "mnist"], default="scenes",
-                   help="scenes (default) or mnist")
+    p.add_argument(
+        "which",
+        nargs="?",
+        choices=["scenes", "mnist"],
+        default="scenes",
+        help="scenes (default) or mnist",
+    )
     p.add_argument("--quick", action="store_true", help="a ~2 minute version (pipeline check)")
     p.add_argument("--out", help="output folder (default: runs/demo or runs/demo-mnist)")
-    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
-                   help="fp32, or bf16 autocast")
-    p.add_argument("--epochs", type=int, default=None, help="mnist: training epochs (default 12, quick 1)")
+    p.add_argument(
+        "--precision", choices=["fp32", "bf16"], default="fp32", help="fp32, or bf16 autocast"
+    )
+    p.add_argument(
+        "--epochs", type=int, default=None, help="mnist: training epochs (default 12, quick 1)"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -45,7 +53,10 @@ def run(args: argparse.Namespace) -> int:
 
         out = args.out or "runs/demo-mnist"
         epochs = args.epochs or (1 if args.quick else mnist.DEFAULT_EPOCHS)
-        print(f"training the MoE digit classifier and its dense twin ({epochs} epochs each) ...", flush=True)
+        print(
+            f"training the MoE digit classifier and its dense twin ({epochs} epochs each) ...",
+            flush=True,
+        )
         results = mnist.run(out, epochs=epochs)
         print(mnist.format_results(results))
         print(f"runs in {out}/ ({time.perf_counter() - start:.0f}s)")
@@ -53,10 +64,18 @@ def run(args: argparse.Namespace) -> int:
     from vlmoe.train.demos.scenes import run_demo
 
     out = args.out or "runs/demo"
-    print(f"training 4 models on the scene world{' (quick)' if args.quick else ''}; "
-          f"this takes about {2 if args.quick else 10} minutes on 2 CPU cores ...", flush=True)
-    summary = run_demo(out, quick=args.quick, precision=args.precision)
+    print(
+        f"training 4 models on the scene world{' (quick)' if args.quick else ''}; "
+        f"this takes about {2 if args.quick else 10} minutes on 2 CPU cores ...",
+        flush=True,
+    )
     from vlmoe.train.demos.scenes import ModelResult, results_table
+
+    def on_done(r: ModelResult, seconds: float) -> None:
+        shown = ", ".join(f"{k} {v:.3f}" for k, v in r.metrics.items())
+        print(f"  [{seconds / 60:4.1f} min] {r.name} done: {shown}", flush=True)
+
+    summary = run_demo(out, quick=args.quick, precision=args.precision, on_done=on_done)
 
     table = results_table({k: ModelResult(**v, eval={}) for k, v in summary["models"].items()})
     print(table)

@@ -24,11 +24,15 @@ examples:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", help="run directory, model directory or checkpoint directory")
-    p.add_argument("--data", help="shapes | mnist | digits | jsonl | folder | coco (default: the run's data)")
+    p.add_argument(
+        "--data", help="shapes | mnist | digits | jsonl | folder | coco (default: the run's data)"
+    )
     p.add_argument("--data-path", help="held-out manifest / folder / COCO json (all of it is used)")
     p.add_argument("--max-examples", type=int, help="evaluate on at most this many examples")
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--out", help="where to write eval.json (default: RUN/eval.json or MODEL/eval.json)")
+    p.add_argument(
+        "--out", help="where to write eval.json (default: RUN/eval.json or MODEL/eval.json)"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -43,7 +47,11 @@ def run(args: argparse.Namespace) -> int:
         data = DataSelection.from_dict({k: v for k, v in fields.items() if v is not None})
     r = prepare_eval(args.model, data)
     model_dir = resolve_model_dir(args.model)
-    out = Path(args.out) if args.out else (Path(args.model) if Path(args.model) != model_dir else model_dir) / "eval.json"
+    out = (
+        Path(args.out)
+        if args.out
+        else (Path(args.model) if Path(args.model) != model_dir else model_dir) / "eval.json"
+    )
     results = evaluate(r, out, max_examples=args.max_examples, batch_size=args.batch_size)
     for key, value in results.items():
         if isinstance(value, int | float) and not key.endswith("/seconds") and key.count("/") <= 1:

@@ -41,9 +41,18 @@ def run(args: argparse.Namespace) -> int:
     if args.max_new_tokens < 1:
         raise CLIError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
     model, info, tokenizer = load_trained(args.model)
-    text = generate(model, tokenizer, load_image_array(args.image), info, prompt=args.prompt,
-                    max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-                    top_k=args.top_k, top_p=args.top_p, seed=args.seed)
+    text = generate(
+        model,
+        tokenizer,
+        load_image_array(args.image),
+        info,
+        prompt=args.prompt,
+        max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        seed=args.seed,
+    )
     print(f"{args.prompt + ' ' if args.prompt else ''}{text}")
     return 0
 

@@ -41,9 +41,19 @@ def run(args: argparse.Namespace) -> int:
 
     image = load_image_array(args.image)
     model_dir = resolve_model_dir(args.model)
-    out = Path(args.out) if args.out else (Path(args.model) if Path(args.model) != model_dir else model_dir) / "inspect"
-    result = inspect_model(model, image, args.text, out, tokenizer=tokenizer,
-                           preprocess=lambda rgb: image_to_tensor(rgb, info.image_size))
+    out = (
+        Path(args.out)
+        if args.out
+        else (Path(args.model) if Path(args.model) != model_dir else model_dir) / "inspect"
+    )
+    result = inspect_model(
+        model,
+        image,
+        args.text,
+        out,
+        tokenizer=tokenizer,
+        preprocess=lambda rgb: image_to_tensor(rgb, info.image_size),
+    )
     if result.caption:
         print(f"caption: {result.caption}")
     for path in result.paths():

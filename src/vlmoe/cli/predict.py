@@ -28,7 +28,12 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".ti
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", help="run directory, model directory or checkpoint directory")
     p.add_argument("--image", required=True, help="image file (png, jpg, ...)")
-    p.add_argument("--question", "--text", dest="text", help="question (VQA), prompt, or texts to match ('a|b|c')")
+    p.add_argument(
+        "--question",
+        "--text",
+        dest="text",
+        help="question (VQA), prompt, or texts to match ('a|b|c')",
+    )
     p.add_argument("--top", type=int, default=3, help="how many candidates to show")
 
 
@@ -39,7 +44,9 @@ def run(args: argparse.Namespace) -> int:
     check_file(args.image, "image", IMAGE_SUFFIXES)
     model, info, tokenizer = load_trained(args.model)
     image = load_image_array(args.image)
-    candidates = [t.strip() for t in args.text.split("|")] if args.text and "|" in args.text else None
+    candidates = (
+        [t.strip() for t in args.text.split("|")] if args.text and "|" in args.text else None
+    )
     p = predict(model, info, tokenizer, image, args.text, candidates=candidates, top=args.top)
     print(f"{p.kind}: {p.text}")
     if len(p.scores) > 1:

@@ -29,22 +29,40 @@ examples:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("config", nargs="?", help="YAML run config (optional; see `vlmoe train --print-config`)")
+    p.add_argument(
+        "config", nargs="?", help="YAML run config (optional; see `vlmoe train --print-config`)"
+    )
     p.add_argument("--preset", help="model preset, e.g. fusion-debug-moe (see --list-presets)")
-    p.add_argument("--init-from", metavar="MODEL_DIR", help="start from a saved model instead of a preset")
-    p.add_argument("--task", help="classification | vqa | vqa+classification | captioning | contrastive")
+    p.add_argument(
+        "--init-from", metavar="MODEL_DIR", help="start from a saved model instead of a preset"
+    )
+    p.add_argument(
+        "--task", help="classification | vqa | vqa+classification | captioning | contrastive"
+    )
     p.add_argument("--data", help="shapes | mnist | digits | jsonl | folder | coco")
     p.add_argument("--data-path", help="manifest / folder / COCO json for --data jsonl|folder|coco")
-    p.add_argument("--eval-path", help="held-out manifest/folder (default: hold out data.eval_fraction)")
+    p.add_argument(
+        "--eval-path", help="held-out manifest/folder (default: hold out data.eval_fraction)"
+    )
     p.add_argument("--steps", type=int, help="optimizer steps")
     p.add_argument("--batch-size", type=int)
     p.add_argument("--lr", type=float, help="peak learning rate")
     p.add_argument("--precision", choices=["fp32", "bf16"])
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override any config field (repeatable)")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override any config field (repeatable)",
+    )
     p.add_argument("--out", default=None, help="run directory (default: runs/<preset>)")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
-    p.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")
+    p.add_argument(
+        "--resume", action="store_true", help="continue the run in --out from its latest checkpoint"
+    )
+    p.add_argument(
+        "--print-config", action="store_true", help="print the resolved config as YAML and exit"
+    )
     p.add_argument("--list-presets", action="store_true", help="list the model presets and exit")
 
 
@@ -54,16 +72,24 @@ def build_config(args: argparse.Namespace):
     if args.config:
         path = Path(args.config)
         if path.suffix.lower() not in (".yaml", ".yml", ".json"):
-            raise CLIError(f"config {path}: expected a .yaml file, got {path.suffix or 'no extension'!r}")
+            raise CLIError(
+                f"config {path}: expected a .yaml file, got {path.suffix or 'no extension'!r}"
+            )
         cfg = RunConfig.from_yaml(path)
     elif args.resume and args.out and (Path(args.out) / "config.yaml").is_file():
         cfg = RunConfig.from_yaml(Path(args.out) / "config.yaml")
     else:
         cfg = RunConfig()
     flags = {
-        "model.preset": args.preset, "model.init_from": args.init_from, "task": args.task,
-        "data.name": args.data, "data.path": args.data_path, "data.eval_path": args.eval_path,
-        "train.steps": args.steps, "train.batch_size": args.batch_size, "optim.lr": args.lr,
+        "model.preset": args.preset,
+        "model.init_from": args.init_from,
+        "task": args.task,
+        "data.name": args.data,
+        "data.path": args.data_path,
+        "data.eval_path": args.eval_path,
+        "train.steps": args.steps,
+        "train.batch_size": args.batch_size,
+        "optim.lr": args.lr,
         "train.precision": args.precision,
     }
     sets = [f"{k}={v}" for k, v in flags.items() if v is not None]
@@ -85,12 +111,21 @@ def run(args: argparse.Namespace) -> int:
         return 0
     from vlmoe.train.run import train
 
-    out = Path(args.out or f"runs/{Path(cfg.model.init_from).name if cfg.model.init_from else cfg.model.preset}")
+    out = Path(
+        args.out
+        or f"runs/{Path(cfg.model.init_from).name if cfg.model.init_from else cfg.model.preset}"
+    )
     result = train(cfg, out, resume=args.resume)
     last = result.losses[-1] if result.losses else float("nan")
-    print(f"trained {result.steps} steps in {result.seconds:.0f}s ({result.examples_per_s:.0f} examples/s), final loss {last:.4f}")
+    speed = f"{result.seconds:.0f}s ({result.examples_per_s:.0f} examples/s)"
+    print(f"trained {result.steps} steps in {speed}, final loss {last:.4f}")
     for key, value in result.eval.items():
-        if isinstance(value, float) and not key.endswith("seconds") and "/" in key and key.count("/") == 1:
+        if (
+            isinstance(value, float)
+            and not key.endswith("seconds")
+            and "/" in key
+            and key.count("/") == 1
+        ):
             print(f"  {key}: {value:.4f}")
     print(f"model: {out / 'model'}")
     print(f"run:   {out}  (metrics.jsonl, eval.json, checkpoints/)")

@@ -28,11 +28,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("out", help="output model directory")
     p.add_argument("--num-experts", type=int, default=8)
     p.add_argument("--top-k", type=int, default=2)
-    p.add_argument("--moe-every", type=int, help="MoE in every N-th block (default: the model's setting)")
+    p.add_argument(
+        "--moe-every", type=int, help="MoE in every N-th block (default: the model's setting)"
+    )
     p.add_argument("--towers", help="comma-separated towers to upcycle, e.g. text or vision,text")
     p.add_argument("--noise", type=float, default=0.0, help="relative noise on the expert copies")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="MoE layer options, e.g. --set router=expert_choice (fields of MoEConfig)")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="MoE layer options, e.g. --set router=expert_choice (fields of MoEConfig)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -43,7 +51,10 @@ def run(args: argparse.Namespace) -> int:
     from vlmoe.train.run import TASK_FILE, load_trained, resolve_model_dir
 
     if args.num_experts < 1 or not 1 <= args.top_k <= args.num_experts:
-        raise CLIError(f"need 1 <= --top-k <= --num-experts, got top-k {args.top_k} and {args.num_experts} experts")
+        raise CLIError(
+            f"need 1 <= --top-k <= --num-experts, got --top-k {args.top_k} "
+            f"and --num-experts {args.num_experts}"
+        )
     out = Path(args.out)
     if out.exists() and any(out.iterdir()):
         raise CLIError(f"output directory {out} exists and is not empty")
@@ -57,7 +68,10 @@ def run(args: argparse.Namespace) -> int:
         shutil.copyfile(task, out / TASK_FILE)
     (t0, a0), (t1, a1) = count_parameters(dense), count_parameters(model)
     print(f"dense:     {t0:>10,} parameters ({a0:,} active per token)")
-    print(f"upcycled:  {t1:>10,} parameters ({a1:,} active per token), {args.num_experts} experts, top-{args.top_k}")
+    print(
+        f"upcycled:  {t1:>10,} parameters ({a1:,} active per token), "
+        f"{args.num_experts} experts, top-{args.top_k}"
+    )
     print(f"wrote {out}")
     return 0
 

@@ -19,7 +19,7 @@ from typing import Any
 from vlmoe.data.errors import DataError, OnError
 from vlmoe.data.files import Check, FileDataset, FileRecord
 from vlmoe.data.images import DEFAULT_MAX_PIXELS
-from vlmoe.data.manifest import save_png
+from vlmoe.data.manifest import is_number, save_png
 from vlmoe.data.sample import Box, Sample, Transform
 
 logger = logging.getLogger(__name__)
@@ -46,10 +46,6 @@ def _load_json(path: Path) -> dict[str, Any]:
 
 def _is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _is_number(v: Any) -> bool:
-    return isinstance(v, int | float) and not isinstance(v, bool)
 
 
 def _need(obj: Any, key: str, ok: Any, what: str, path: Path, where: str) -> Any:
@@ -178,7 +174,7 @@ class CocoDataset(FileDataset):
                 bbox = _need(
                     ann,
                     "bbox",
-                    lambda v: isinstance(v, list) and len(v) == 4 and all(_is_number(x) for x in v),
+                    lambda v: isinstance(v, list) and len(v) == 4 and all(is_number(x) for x in v),
                     "[x, y, width, height] numbers",
                     path,
                     where,

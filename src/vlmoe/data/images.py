@@ -9,7 +9,9 @@ bombs), and turns every failure into a :class:`~vlmoe.data.errors.DataError` nam
 
 from __future__ import annotations
 
+import contextlib
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -113,21 +115,10 @@ def to_rgb_array(a: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(a)
 
 
-def load_image(
-    path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS, where: str | None = None
-) -> np.ndarray:
-    """Read an image file as a (H, W, 3) uint8 RGB array.
-
-    Args:
-        path: the image file.
-        max_pixels: refuse images with more pixels than this (decompression bombs), checked
-            from the header before any decoding.
-        where: context for error messages, e.g. ``"manifest.jsonl line 3"``.
-
-    Raises:
-        DataError: missing file, not an image, truncated or corrupt data, too many pixels.
-    """
-    p = Path(path)
+@contextlib.contextmanager
+def _open_checked(p: Path, max_pixels: int, where: str | None) -> Iterator[Image.Image]:
+    """Open image file `p` after the checks every reader needs (exists, a readable image, at
+    most `max_pixels`, not empty), turning each failure inside the block into a DataError."""
     if not p.exists():
         raise DataError("image file not found", p, where)
     if not p.is_file():
@@ -147,9 +138,7 @@ def load_image(
                     )
                 if w == 0 or h == 0:
                     raise DataError(f"empty image of size {w}x{h}", p, where)
-                im.load()
-                im = ImageOps.exif_transpose(im) or im
-                return pil_to_rgb(im)
+                yield im
     except DataError:
         raise
     except Image.DecompressionBombError as e:
@@ -160,29 +149,29 @@ def load_image(
         raise DataError(f"unreadable or truncated image: {e}", p, where) from e
 
 
+def load_image(
+    path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS, where: str | None = None
+) -> np.ndarray:
+    """Read an image file as a (H, W, 3) uint8 RGB array.
+
+    Args:
+        path: the image file.
+        max_pixels: refuse images with more pixels than this (decompression bombs), checked
+            from the header before any decoding.
+        where: context for error messages, e.g. ``"manifest.jsonl line 3"``.
+
+    Raises:
+        DataError: missing file, not an image, truncated or corrupt data, too many pixels.
+    """
+    with _open_checked(Path(path), max_pixels, where) as im:
+        im.load()
+        im = ImageOps.exif_transpose(im) or im
+        return pil_to_rgb(im)
+
+
 def image_size(
     path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS, where: str | None = None
 ) -> tuple[int, int]:
     """(width, height) from the header alone: :func:`load_image`'s checks without decoding."""
-    p = Path(path)
-    if not p.exists():
-        raise DataError("image file not found", p, where)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(p) as im:
-                w, h = im.size
-    except Image.DecompressionBombError as e:
-        raise DataError(f"refused as a decompression bomb: {e}", p, where) from e
-    except UnidentifiedImageError as e:
-        raise DataError("not a readable image (unknown format or corrupt header)", p, where) from e
-    except (OSError, SyntaxError, ValueError, EOFError) as e:
-        raise DataError(f"unreadable image: {e}", p, where) from e
-    if w * h > max_pixels:
-        raise DataError(
-            f"refused: {w}x{h} = {w * h} pixels exceeds max_pixels={max_pixels} "
-            "(possible decompression bomb)",
-            p,
-            where,
-        )
-    return w, h
+    with _open_checked(Path(path), max_pixels, where) as im:
+        return im.size

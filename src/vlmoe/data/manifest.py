@@ -48,7 +48,8 @@ MANIFEST_FIELDS = (
 )
 
 
-def _is_number(v: Any) -> bool:
+def is_number(v: Any) -> bool:
+    """A JSON number (int or float, not bool)."""
     return isinstance(v, int | float) and not isinstance(v, bool)
 
 
@@ -75,7 +76,7 @@ def _parse_boxes(v: Any, err: Any) -> list[Box]:
         ok = (
             isinstance(b, list)
             and len(b) == 5
-            and all(_is_number(x) for x in b[:4])
+            and all(is_number(x) for x in b[:4])
             and isinstance(b[4], str)
         )
         if not ok:

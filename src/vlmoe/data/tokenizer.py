@@ -51,6 +51,16 @@ _CONFIG_KEYS = {
     "eos": ("eos_token", "sep_token"),
 }
 TokenizerKind = Literal["bpe", "wordpiece"]
+# kind -> (model, pre-tokenizer, decoder, trainer), see the module docstring.
+_KINDS = {
+    "bpe": (models.BPE, pre_tokenizers.Metaspace, decoders.Metaspace, trainers.BpeTrainer),
+    "wordpiece": (
+        models.WordPiece,
+        pre_tokenizers.BertPreTokenizer,
+        decoders.WordPiece,
+        trainers.WordPieceTrainer,
+    ),
+}
 PaddingSide = Literal["right", "left"]
 
 
@@ -122,28 +132,18 @@ class Tokenizer:
         lowercase: bool = True,
     ) -> Tokenizer:
         """Train on ``texts``; special tokens get ids 0..4 (pad, unk, bos, eos, image)."""
-        if kind == "bpe":
-            backend = HFTokenizer(models.BPE(unk_token=UNK))
-            backend.pre_tokenizer = pre_tokenizers.Metaspace()
-            backend.decoder = decoders.Metaspace()
-            trainer = trainers.BpeTrainer(
-                vocab_size=vocab_size,
-                min_frequency=min_frequency,
-                special_tokens=list(SPECIAL_TOKENS),
-                show_progress=False,
-            )
-        elif kind == "wordpiece":
-            backend = HFTokenizer(models.WordPiece(unk_token=UNK))
-            backend.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-            backend.decoder = decoders.WordPiece()
-            trainer = trainers.WordPieceTrainer(
-                vocab_size=vocab_size,
-                min_frequency=min_frequency,
-                special_tokens=list(SPECIAL_TOKENS),
-                show_progress=False,
-            )
-        else:
+        if kind not in _KINDS:
             raise ValueError(f"kind must be 'bpe' or 'wordpiece', got {kind!r}")
+        model, pre_tokenizer, decoder, trainer_class = _KINDS[kind]
+        backend = HFTokenizer(model(unk_token=UNK))
+        backend.pre_tokenizer = pre_tokenizer()
+        backend.decoder = decoder()
+        trainer = trainer_class(
+            vocab_size=vocab_size,
+            min_frequency=min_frequency,
+            special_tokens=list(SPECIAL_TOKENS),
+            show_progress=False,
+        )
         norms = [normalizers.NFKC(), normalizers.Lowercase()] if lowercase else [normalizers.NFKC()]
         backend.normalizer = normalizers.Sequence(norms)
         backend.train_from_iterator(texts, trainer=trainer)
@@ -251,9 +251,13 @@ class Tokenizer:
     def encode(self, text: str, add_special: bool = True, max_len: int | None = None) -> list[int]:
         """Token ids of ``text``, wrapped in bos/eos when ``add_special``; cut to ``max_len``
         (keeping eos last)."""
-        ids = self.backend.encode(text, add_special_tokens=False).ids
-        if add_special:
-            ids = [self.bos_id, *ids, self.eos_id]
+        return self._wrap(
+            self.backend.encode(text, add_special_tokens=False).ids, add_special, max_len
+        )
+
+    def _wrap(self, ids: Sequence[int], add_special: bool, max_len: int | None) -> list[int]:
+        """bos + ids + eos when ``add_special``, cut to ``max_len`` keeping eos last."""
+        ids = [self.bos_id, *ids, self.eos_id] if add_special else list(ids)
         if max_len is not None and len(ids) > max_len:
             ids = ids[:max_len]
             if add_special and max_len > 0:
@@ -302,15 +306,7 @@ class Tokenizer:
     ) -> dict[str, torch.Tensor]:
         """Encode and pad: input_ids (B, T) long, attention_mask (B, T) bool (True = token)."""
         encs = self.backend.encode_batch(list(texts), add_special_tokens=False)
-        seqs = []
-        for e in encs:
-            ids = [self.bos_id, *e.ids, self.eos_id] if add_special else list(e.ids)
-            if max_len is not None and len(ids) > max_len:
-                ids = ids[:max_len]
-                if add_special and max_len > 0:
-                    ids[-1] = self.eos_id
-            seqs.append(ids)
-        return self.pad(seqs, padding_side)
+        return self.pad([self._wrap(e.ids, add_special, max_len) for e in encs], padding_side)
 
     def __repr__(self) -> str:
         return f"Tokenizer(vocab_size={self.vocab_size}, special={self.special_tokens})"

@@ -18,6 +18,7 @@ passed in, never from Python's ``random``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -73,7 +74,7 @@ def denormalize(
     return y.permute(1, 2, 0).numpy()
 
 
-def _map_texts(sample: Sample, fn) -> Sample:
+def _map_texts(sample: Sample, fn: Callable[[str], str]) -> Sample:
     return sample.replace(
         captions=[fn(c) for c in sample.captions],
         qa=[QA(fn(q.question), fn(q.answer), q.kind) for q in sample.qa],

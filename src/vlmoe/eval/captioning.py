@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 import sacrebleu
 import torch
 
-from vlmoe.eval.common import model_device, to_device
+from vlmoe.eval.common import batch_field, model_device, to_device
 
 CaptionFn = Callable[[torch.nn.Module, dict], Sequence[str]]
 
@@ -77,7 +77,7 @@ class CaptioningEvaluator:
         for batch in self.loader:
             batch = to_device(batch, device)
             preds = list(self.caption_fn(model, batch))
-            batch_refs = list(batch[self.reference_key])
+            batch_refs = list(batch_field(batch, self.reference_key, "CaptioningEvaluator"))
             if len(preds) != len(batch_refs):
                 raise ValueError(
                     f"caption_fn returned {len(preds)} captions for a batch of {len(batch_refs)}"

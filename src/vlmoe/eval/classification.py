@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from vlmoe.eval.common import (
     BatchFn,
     TensorSum,
+    batch_field,
     default_forward,
     encode_texts,
     get_field,
@@ -76,7 +77,7 @@ def class_prompts(
     return [t.format(name) for name in class_names for t in templates]
 
 
-def class_logits(output, field: str | None = None) -> torch.Tensor:
+def class_logits(output: Any, field: str | None = None) -> torch.Tensor:
     """The (B, C) class logits of a model output: `field`, else `class_logits` or `logits`."""
     if field is not None:
         return get_field(output, field)
@@ -122,7 +123,7 @@ class ClassificationEvaluator:
         for batch in self.loader:
             batch = to_device(batch, device)
             logits_BC = class_logits(self.forward(model, batch), self.logits_field)
-            labels_B = batch[self.label_key]
+            labels_B = batch_field(batch, self.label_key, "ClassificationEvaluator")
             for k, acc in correct.items():
                 acc.add(topk_correct(logits_BC, labels_B, k))
             count.add((labels_B >= 0).sum())
@@ -183,7 +184,7 @@ class ZeroShotEvaluator:
         for batch in self.loader:
             batch = to_device(batch, device)
             logits_BC = zero_shot_logits(self.encode_image(model, batch), weights_CD)
-            labels_B = batch[self.label_key]
+            labels_B = batch_field(batch, self.label_key, "ZeroShotEvaluator")
             correct.add(topk_correct(logits_BC, labels_B, 1))
             count.add((labels_B >= 0).sum())
         n = count.value()

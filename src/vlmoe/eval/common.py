@@ -57,6 +57,17 @@ def get_field(output: Any, name: str) -> Any:
     raise KeyError(f"model output {type(output).__name__} has no field {name!r}")
 
 
+def batch_field(batch: Mapping[str, Any], key: str, evaluator: str) -> Any:
+    """`batch[key]`, or a KeyError that names the evaluator, the key and the keys there are
+    (e.g. a loader giving "labels" to an evaluator told to read "label")."""
+    if key not in batch:
+        raise KeyError(
+            f"{evaluator}: the batch has no {key!r} entry (it has {sorted(batch)}); "
+            f"pass the right key to {evaluator}(...)"
+        )
+    return batch[key]
+
+
 def model_device(model: torch.nn.Module) -> torch.device:
     """The device of the model's first parameter (CPU for a parameter-free module)."""
     for p in model.parameters():

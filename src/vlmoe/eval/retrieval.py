@@ -19,7 +19,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from vlmoe.eval.common import BatchFn, encode_texts, model_device, to_device
+from vlmoe.eval.common import BatchFn, batch_field, encode_texts, model_device, to_device
 
 DEFAULT_KS: tuple[int, ...] = (1, 5, 10)
 
@@ -137,7 +137,9 @@ class RetrievalEvaluator:
             batch = to_device(batch, device)
             img_BD = self.encode_image(model, batch)
             if self.tokenizer is not None:
-                for i, captions in enumerate(batch[self.captions_key]):
+                for i, captions in enumerate(
+                    batch_field(batch, self.captions_key, "RetrievalEvaluator")
+                ):
                     captions = [captions] if isinstance(captions, str) else list(captions)
                     text_image += [len(images)] * len(captions)
                     images.append(img_BD[i])

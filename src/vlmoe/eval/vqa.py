@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import torch
 
-from vlmoe.eval.common import default_forward, get_field, model_device, to_device
+from vlmoe.eval.common import batch_field, default_forward, get_field, model_device, to_device
 
 _ZERO_TO_TWENTY = (
     "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen "
@@ -105,7 +105,7 @@ class VQAEvaluator:
         for batch in self.loader:
             batch = to_device(batch, device)
             preds = list(self.answer_fn(model, batch))
-            refs = batch[self.answer_key]
+            refs = batch_field(batch, self.answer_key, "VQAEvaluator")
             types = batch.get(self.question_type_key)
             for i, (p, r) in enumerate(zip(preds, refs, strict=True)):
                 ok = answer_correct(p, r)

@@ -90,6 +90,7 @@ def save_pretrained(model: PretrainedModel, directory: str | Path, tokenizer: An
         save_file(tensors, str(tmp), metadata={"format": "pt", "architecture": model.architecture})
     tokenizer = tokenizer if tokenizer is not None else getattr(model, "tokenizer", None)
     if tokenizer is not None:
+        check_tokenizer_fits(tokenizer, model.config, f"saving to {directory}")
         save_tokenizer(tokenizer, directory)
     write_text_atomic(directory / CONFIG_NAME, json.dumps(config, indent=2) + "\n")
     log.info("saved %s model to %s", model.architecture, directory)
@@ -200,8 +201,42 @@ def load_tokenizer(directory: str | Path) -> Any:
     except ImportError:
         from tokenizers import Tokenizer as HFTokenizer
 
-        return HFTokenizer.from_file(str(path))
-    return Tokenizer.load(directory)
+        try:
+            return HFTokenizer.from_file(str(path))
+        except Exception as e:  # tokenizers raises a bare Exception on a bad file
+            raise CheckpointError(f"{path}: not a valid tokenizer file ({e})") from None
+    try:
+        return Tokenizer.load(directory)
+    except ValueError as e:  # vlmoe.data.DataError names the file
+        raise CheckpointError(str(e)) from None
+
+
+def _vocab_size(tokenizer: Any) -> int | None:
+    """Token count of a vlmoe or Hugging Face `tokenizers` tokenizer (None if unknown)."""
+    size = getattr(tokenizer, "vocab_size", None)
+    if isinstance(size, int):
+        return size
+    get = getattr(tokenizer, "get_vocab_size", None)
+    return int(get(with_added_tokens=True)) if callable(get) else None
+
+
+def _config_vocab_size(config: Any) -> int | None:
+    """The model's `vocab_size` (a decoder's is under `text`); None for an image-only model."""
+    size = getattr(config, "vocab_size", None)
+    if size is None and getattr(config, "text", None) is not None:
+        size = getattr(config.text, "vocab_size", None)
+    return size
+
+
+def check_tokenizer_fits(tokenizer: Any, config: Any, where: str) -> None:
+    """Refuse a tokenizer whose ids reach past the model's embedding table."""
+    tokens, vocab = _vocab_size(tokenizer), _config_vocab_size(config)
+    if tokens is not None and vocab is not None and tokens > vocab:
+        raise CheckpointError(
+            f"{where}: the tokenizer has {tokens} tokens but the model's vocab_size={vocab}, so "
+            "token ids >= vocab_size would have no embedding; use the tokenizer the model was "
+            f"trained with, or build the model with vocab_size >= {tokens}"
+        )
 
 
 def load_model(directory: str | Path, **kwargs: Any) -> PretrainedModel:
@@ -209,7 +244,10 @@ def load_model(directory: str | Path, **kwargs: Any) -> PretrainedModel:
     from vlmoe.models.base import architectures
 
     arch, config = read_config(directory)
+    tokenizer = load_tokenizer(directory)
+    if tokenizer is not None:
+        check_tokenizer_fits(tokenizer, config, str(Path(directory) / TOKENIZER_NAME))
     model = architectures()[arch](config, **kwargs)
     load_weights(model, directory)
-    model.tokenizer = load_tokenizer(directory)
+    model.tokenizer = tokenizer
     return model

@@ -109,17 +109,27 @@ def _refuse_non_causal_routers(t: TransformerConfig, where: str) -> None:
         )
 
 
-def _check_image(image_size: int, patch_size: int, in_channels: int, where: str) -> None:
-    for name, value in (
-        ("image_size", image_size),
-        ("patch_size", patch_size),
-        ("in_channels", in_channels),
-    ):
-        check(isinstance(value, int) and value >= 1, f"{where}{name} must be >= 1, got {value!r}")
+def _check_image_fields(config: Any) -> None:
+    """image_size, patch_size, in_channels, pos_embed of a model that embeds images."""
+    for name in ("image_size", "patch_size", "in_channels"):
+        value = getattr(config, name)
+        check(isinstance(value, int) and value >= 1, f"{name} must be >= 1, got {value!r}")
     check(
-        image_size % patch_size == 0,
-        f"{where}image_size={image_size} must be divisible by {where}patch_size={patch_size}",
+        config.image_size % config.patch_size == 0,
+        f"image_size={config.image_size} must be divisible by patch_size={config.patch_size}",
     )
+    if config.pos_embed == "sincos":
+        check(
+            config.transformer.dim % 4 == 0,
+            f"pos_embed='sincos' needs transformer.dim % 4 == 0, got {config.transformer.dim}",
+        )
+
+
+def _check_text_fields(config: Any) -> None:
+    """vocab_size and max_seq_len of a model that embeds token ids."""
+    for name in ("vocab_size", "max_seq_len"):
+        value = getattr(config, name)
+        check(isinstance(value, int) and value >= 1, f"{name} must be >= 1, got {value!r}")
 
 
 @dataclass
@@ -135,13 +145,8 @@ class ViTConfig(Config):
     transformer: TransformerConfig = field(default_factory=TransformerConfig)
 
     def __post_init__(self) -> None:
-        _check_image(self.image_size, self.patch_size, self.in_channels, "")
+        _check_image_fields(self)
         check(self.num_classes >= 0, f"num_classes must be >= 0, got {self.num_classes}")
-        if self.pos_embed == "sincos":
-            check(
-                self.transformer.dim % 4 == 0,
-                f"pos_embed='sincos' needs transformer.dim % 4 == 0, got {self.transformer.dim}",
-            )
 
 
 @dataclass
@@ -157,8 +162,7 @@ class TextConfig(Config):
     transformer: TransformerConfig = field(default_factory=TransformerConfig)
 
     def __post_init__(self) -> None:
-        check(self.vocab_size >= 1, f"vocab_size must be >= 1, got {self.vocab_size}")
-        check(self.max_seq_len >= 1, f"max_seq_len must be >= 1, got {self.max_seq_len}")
+        _check_text_fields(self)
         check(self.rope_theta > 0, f"rope_theta must be > 0, got {self.rope_theta}")
         if self.positions == "rope":
             check(
@@ -170,8 +174,9 @@ class TextConfig(Config):
 
 
 @dataclass
-class FusionConfig(Config):
-    """VL-MoE-style fusion encoder over [image patches ; text tokens], with task heads."""
+class ImageTextConfig(Config):
+    """The inputs of a single-tower image-text model (fusion, contrastive): its image and
+    text fields, checked here; subclasses add their heads and the `transformer` slice."""
 
     image_size: int = 32
     patch_size: int = 8
@@ -179,43 +184,38 @@ class FusionConfig(Config):
     pos_embed: Literal["learned", "sincos"] = "learned"
     vocab_size: int = 256
     max_seq_len: int = 32  # text tokens
+
+    def __post_init__(self) -> None:
+        _check_image_fields(self)
+        _check_text_fields(self)
+
+
+@dataclass
+class FusionConfig(ImageTextConfig):
+    """VL-MoE-style fusion encoder over [image patches ; text tokens], with task heads."""
+
     pool: Literal["mean", "cls"] = "mean"
     num_classes: int = 0  # image classification head (0 = none)
     num_answers: int = 0  # VQA as answer classification (0 = none)
     transformer: TransformerConfig = field(default_factory=TransformerConfig)
 
     def __post_init__(self) -> None:
-        _check_image(self.image_size, self.patch_size, self.in_channels, "")
-        check(self.vocab_size >= 1, f"vocab_size must be >= 1, got {self.vocab_size}")
-        check(self.max_seq_len >= 1, f"max_seq_len must be >= 1, got {self.max_seq_len}")
+        super().__post_init__()
         check(self.num_classes >= 0, f"num_classes must be >= 0, got {self.num_classes}")
         check(self.num_answers >= 0, f"num_answers must be >= 0, got {self.num_answers}")
-        if self.pos_embed == "sincos":
-            check(
-                self.transformer.dim % 4 == 0,
-                f"pos_embed='sincos' needs transformer.dim % 4 == 0, got {self.transformer.dim}",
-            )
 
 
 @dataclass
-class ContrastiveConfig(Config):
+class ContrastiveConfig(ImageTextConfig):
     """LIMoE-style contrastive model: one shared tower embeds images and texts."""
 
-    image_size: int = 32
-    patch_size: int = 8
-    in_channels: int = 3
-    pos_embed: Literal["learned", "sincos"] = "learned"
-    vocab_size: int = 256
-    max_seq_len: int = 32
     embed_dim: int = 64  # joint embedding width
     logit_scale_init: float = 14.285714  # 1 / 0.07, as in CLIP
     logit_scale_max: float = 100.0
     transformer: TransformerConfig = field(default_factory=TransformerConfig)
 
     def __post_init__(self) -> None:
-        _check_image(self.image_size, self.patch_size, self.in_channels, "")
-        check(self.vocab_size >= 1, f"vocab_size must be >= 1, got {self.vocab_size}")
-        check(self.max_seq_len >= 1, f"max_seq_len must be >= 1, got {self.max_seq_len}")
+        super().__post_init__()
         check(self.embed_dim >= 1, f"embed_dim must be >= 1, got {self.embed_dim}")
         check(
             self.logit_scale_init > 0, f"logit_scale_init must be > 0, got {self.logit_scale_init}"
@@ -225,11 +225,6 @@ class ContrastiveConfig(Config):
             f"logit_scale_max={self.logit_scale_max} must be >= "
             f"logit_scale_init={self.logit_scale_init}",
         )
-        if self.pos_embed == "sincos":
-            check(
-                self.transformer.dim % 4 == 0,
-                f"pos_embed='sincos' needs transformer.dim % 4 == 0, got {self.transformer.dim}",
-            )
 
 
 @dataclass

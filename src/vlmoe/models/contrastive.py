@@ -15,54 +15,42 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from vlmoe.models.base import PretrainedModel
 from vlmoe.models.config import ContrastiveConfig
-from vlmoe.models.embed import ImageEmbed, TokenEmbed, masked_mean, text_modality, valid_mask
+from vlmoe.models.embed import masked_mean
+from vlmoe.models.image_text import IMAGE, ImageTextModel
 from vlmoe.models.outputs import ContrastiveOutput
 from vlmoe.models.transformer import Transformer
 from vlmoe.moe.layer import MoEAux
-from vlmoe.nn.attention import build_attention_mask, positions_from_mask
-
-IMAGE, TEXT = 0, 1
+from vlmoe.nn.attention import build_attention_mask
 
 
-class ContrastiveModel(PretrainedModel):
+class ContrastiveModel(ImageTextModel):
     architecture = "contrastive"
     config_class = ContrastiveConfig
 
     def __init__(self, config: ContrastiveConfig) -> None:
         super().__init__(config)
         dim = config.transformer.dim
-        self.image_embed = ImageEmbed(
-            config.image_size, config.patch_size, config.in_channels, dim, config.pos_embed
-        )
-        self.text_embed = TokenEmbed(config.vocab_size, dim, config.max_seq_len)
-        self.type_embed = nn.Embedding(2, dim)
-        nn.init.normal_(self.type_embed.weight, std=0.02)
         self.transformer = Transformer(config.transformer)
         self.image_proj = nn.Linear(dim, config.embed_dim, bias=False)
         self.text_proj = nn.Linear(dim, config.embed_dim, bias=False)
         self.logit_scale = nn.Parameter(torch.tensor(math.log(config.logit_scale_init)))
 
     def _image_pass(self, images_BCHW: Tensor) -> tuple[Tensor, list[MoEAux], Tensor]:
-        x_BND = self.image_embed(images_BCHW) + self.type_embed.weight[IMAGE]
-        modality_BN = torch.full(x_BND.shape[:2], IMAGE, dtype=torch.long, device=x_BND.device)
+        x_BND, modality_BN = self.embed_image(images_BCHW)
         h_BND, auxes = self.transformer(x_BND, modality_BN)
-        embeds_BE = F.normalize(self.image_proj(h_BND.mean(1)), dim=-1)
+        embeds_BE = F.normalize(self.image_proj(h_BND.mean(1)), dim=-1)  # (B, embed_dim)
         return embeds_BE, auxes, modality_BN == IMAGE
 
     def _text_pass(
         self, input_ids_BL: Tensor, attention_mask: Tensor | None
     ) -> tuple[Tensor, list[MoEAux]]:
-        B, L = input_ids_BL.shape
-        valid_BL = valid_mask(attention_mask, B, L, input_ids_BL.device)
-        x_BLD = (
-            self.text_embed(input_ids_BL, positions_from_mask(valid_BL))
-            + self.type_embed.weight[TEXT]
-        )
+        x_BLD, valid_BL, modality_BL = self.embed_text(input_ids_BL, attention_mask)
+        L = x_BLD.shape[1]
         mask = build_attention_mask(valid_BL, L, L, causal=False, device=x_BLD.device)
-        h_BLD, auxes = self.transformer(x_BLD, text_modality(valid_BL), mask=mask)
-        return F.normalize(self.text_proj(masked_mean(h_BLD, valid_BL)), dim=-1), auxes
+        h_BLD, auxes = self.transformer(x_BLD, modality_BL, mask=mask)
+        embeds_BE = F.normalize(self.text_proj(masked_mean(h_BLD, valid_BL)), dim=-1)
+        return embeds_BE, auxes
 
     def scale(self) -> Tensor:
         """exp(log-temperature), clamped at `logit_scale_max` (CLIP)."""

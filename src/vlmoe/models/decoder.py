@@ -18,7 +18,8 @@ from torch import Tensor, nn
 
 from vlmoe.models.base import PretrainedModel
 from vlmoe.models.config import DecoderConfig
-from vlmoe.models.embed import text_modality, valid_mask
+from vlmoe.models.embed import check_batch_sizes, check_text_length, text_modality, valid_mask
+from vlmoe.models.generation import GenerationMixin
 from vlmoe.models.outputs import DecoderOutput
 from vlmoe.models.text import TextTransformer
 from vlmoe.models.vit import ViT
@@ -32,7 +33,7 @@ def build_projector(kind: str, in_dim: int, out_dim: int) -> nn.Module:
     return nn.Sequential(nn.Linear(in_dim, out_dim), nn.GELU(), nn.Linear(out_dim, out_dim))
 
 
-class Decoder(PretrainedModel):
+class Decoder(GenerationMixin, PretrainedModel):
     architecture = "decoder"
     config_class = DecoderConfig
 
@@ -92,10 +93,19 @@ class Decoder(PretrainedModel):
         """
         if images is None and input_ids is None:
             raise ValueError("pass images, input_ids, or both")
+        check_batch_sizes(images, input_ids)
         vision_aux: list[MoEAux] = []
         grid, img_BND = None, None
         if images is not None:
             img_BND, vision_aux, grid = self.encode_images(images)
+        if input_ids is not None:
+            # `<image>` placeholders stand for image tokens, not text.
+            placeholders = (
+                img_BND.shape[1]
+                if img_BND is not None and self.config.image_token_id is not None
+                else 0
+            )
+            check_text_length(input_ids.shape[-1] - placeholders, self.config.text.max_seq_len)
         if img_BND is not None and self.config.image_token_id is not None:
             x_BSD, valid_BS, modality_BS = self._fill_placeholders(
                 img_BND, input_ids, attention_mask
@@ -128,9 +138,9 @@ class Decoder(PretrainedModel):
             valid.append(torch.ones(B, N, dtype=torch.bool, device=img_BND.device))
             modality.append(torch.zeros(B, N, dtype=torch.long, device=img_BND.device))
         if input_ids is not None:
+            parts.append(self.lm.embed_tokens(input_ids))  # checks the ids first
             B, L = input_ids.shape
             text_valid = valid_mask(attention_mask, B, L, input_ids.device)
-            parts.append(self.lm.embed_tokens(input_ids))
             valid.append(text_valid)
             modality.append(text_modality(text_valid))
         return torch.cat(parts, 1), torch.cat(valid, 1), torch.cat(modality, 1)
@@ -144,6 +154,7 @@ class Decoder(PretrainedModel):
             raise ValueError(
                 f"image_token_id={token} is set: pass input_ids with <image> placeholders"
             )
+        x_BLD = self.lm.embed_tokens(input_ids)  # checks the ids first
         B, L = input_ids.shape
         N = img_BND.shape[1]
         valid_BL = valid_mask(attention_mask, B, L, input_ids.device)
@@ -154,7 +165,6 @@ class Decoder(PretrainedModel):
                 f"every row needs {N} <image> placeholder tokens (id {token}), one per image "
                 f"token; got {counts.tolist()}"
             )
-        x_BLD = self.lm.embed_tokens(input_ids)
         x_BLD = x_BLD.masked_scatter(is_image_BL[..., None], img_BND.to(x_BLD.dtype))
         modality_BL = torch.where(is_image_BL, 0, text_modality(valid_BL))
         return x_BLD, valid_BL, modality_BL
@@ -174,18 +184,6 @@ class Decoder(PretrainedModel):
         if self.config.image_token_id is not None:  # never generate an image placeholder
             logits[:, self.config.image_token_id] = float("-inf")
         return logits
-
-    def generate(
-        self,
-        input_ids: Tensor,
-        attention_mask: Tensor | None = None,
-        images: Tensor | None = None,
-        **kwargs,
-    ) -> Tensor:
-        """Continue left-padded prompts after the image; see `vlmoe.models.generation.generate`."""
-        from vlmoe.models.generation import generate
-
-        return generate(self, input_ids, attention_mask, images=images, **kwargs)
 
 
 def _external_features(out: object) -> Tensor:

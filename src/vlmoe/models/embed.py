@@ -57,13 +57,9 @@ class TokenEmbed(nn.Module):
         self.pos = LearnedPositions(max_seq_len, dim) if max_seq_len else None
 
     def forward(self, input_ids_BL: Tensor, positions_BL: Tensor | None = None) -> Tensor:
-        if input_ids_BL.numel() and (
-            int(input_ids_BL.min()) < 0 or int(input_ids_BL.max()) >= self.vocab_size
-        ):
-            raise ValueError(
-                f"token ids must be in [0, {self.vocab_size}), got range "
-                f"[{int(input_ids_BL.min())}, {int(input_ids_BL.max())}]"
-            )
+        check_token_ids(input_ids_BL, self.vocab_size)
+        if self.pos is not None:
+            check_text_length(input_ids_BL.shape[1], self.pos.weight.shape[0])
         x_BLD = self.tok(input_ids_BL)
         if self.pos is not None:
             if positions_BL is None:
@@ -90,3 +86,44 @@ def valid_mask(attention_mask: Tensor | None, B: int, L: int, device: torch.devi
     if attention_mask.shape != (B, L):
         raise ValueError(f"attention_mask shape {tuple(attention_mask.shape)} must be {(B, L)}")
     return attention_mask.bool()
+
+
+def check_token_ids(input_ids: Tensor, vocab_size: int) -> None:
+    """Raise a ValueError naming the problem unless `input_ids` is an integer (B, L) tensor of ids
+    in [0, vocab_size) (a bad id would otherwise fail deep inside `nn.Embedding`, or on a GPU
+    as an opaque device-side assert)."""
+    if not isinstance(input_ids, Tensor):
+        raise TypeError(f"input_ids must be a tensor (B, L), got {type(input_ids).__name__}")
+    if input_ids.dim() != 2:
+        raise ValueError(f"input_ids must have shape (B, L), got {tuple(input_ids.shape)}")
+    if input_ids.is_floating_point() or input_ids.is_complex() or input_ids.dtype == torch.bool:
+        raise ValueError(f"input_ids must be integer token ids, got dtype {input_ids.dtype}")
+    if input_ids.numel():
+        lo, hi = int(input_ids.min()), int(input_ids.max())
+        if lo < 0 or hi >= vocab_size:
+            raise ValueError(
+                f"token ids must be in [0, vocab_size={vocab_size}), got range [{lo}, {hi}]; "
+                "was the text encoded with a tokenizer of a different vocabulary?"
+            )
+
+
+def check_text_length(length: int, max_seq_len: int) -> None:
+    """Raise a ValueError when a text of `length` tokens exceeds the model's `max_seq_len`."""
+    if length > max_seq_len:
+        raise ValueError(
+            f"the text has {length} tokens, more than the model's max_seq_len={max_seq_len}; "
+            f"truncate it (e.g. Tokenizer.encode_batch(texts, max_len={max_seq_len}))"
+        )
+
+
+def check_batch_sizes(images: Tensor | None, input_ids: Tensor | None) -> None:
+    """Images and texts of one fused sequence must come in equal numbers."""
+    if not (isinstance(images, Tensor) and isinstance(input_ids, Tensor)):
+        return  # nothing to compare; each input's own check names what is wrong with it
+    if images.dim() != 4 or input_ids.dim() != 2:
+        return  # a malformed input gets its own, more precise error
+    if images.shape[0] != input_ids.shape[0]:
+        raise ValueError(
+            f"got {images.shape[0]} image(s) but {input_ids.shape[0]} text(s); "
+            "each image goes with one text (one row of input_ids)"
+        )

@@ -12,29 +12,21 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from vlmoe.models.base import PretrainedModel
 from vlmoe.models.config import FusionConfig
-from vlmoe.models.embed import ImageEmbed, TokenEmbed, masked_mean, text_modality, valid_mask
+from vlmoe.models.embed import check_batch_sizes, masked_mean
+from vlmoe.models.image_text import IMAGE, ImageTextModel
 from vlmoe.models.outputs import FusionOutput
 from vlmoe.models.transformer import Transformer
-from vlmoe.nn.attention import build_attention_mask, positions_from_mask
-
-IMAGE, TEXT = 0, 1
+from vlmoe.nn.attention import build_attention_mask
 
 
-class FusionModel(PretrainedModel):
+class FusionModel(ImageTextModel):
     architecture = "fusion"
     config_class = FusionConfig
 
     def __init__(self, config: FusionConfig) -> None:
         super().__init__(config)
         dim = config.transformer.dim
-        self.image_embed = ImageEmbed(
-            config.image_size, config.patch_size, config.in_channels, dim, config.pos_embed
-        )
-        self.text_embed = TokenEmbed(config.vocab_size, dim, config.max_seq_len)
-        self.type_embed = nn.Embedding(2, dim)
-        nn.init.normal_(self.type_embed.weight, std=0.02)
         self.transformer = Transformer(config.transformer)
         self.class_head = nn.Linear(dim, config.num_classes) if config.num_classes else None
         self.vqa_head = nn.Linear(dim, config.num_answers) if config.num_answers else None
@@ -47,25 +39,20 @@ class FusionModel(PretrainedModel):
         attention_mask: Tensor | None = None,
     ) -> FusionOutput:
         """images (B, C, H, W) and/or input_ids (B, L) with attention_mask (B, L)."""
+        if images is None and input_ids is None:
+            raise ValueError("pass images, input_ids, or both")
+        check_batch_sizes(images, input_ids)
         parts, valid, modality = [], [], []
         if images is not None:
-            x_BND = self.image_embed(images) + self.type_embed.weight[IMAGE]
-            B, N = x_BND.shape[:2]
+            x_BND, modality_BN = self.embed_image(images)
             parts.append(x_BND)
-            valid.append(torch.ones(B, N, dtype=torch.bool, device=x_BND.device))
-            modality.append(torch.full((B, N), IMAGE, dtype=torch.long, device=x_BND.device))
+            valid.append(modality_BN == IMAGE)
+            modality.append(modality_BN)
         if input_ids is not None:
-            B, L = input_ids.shape
-            text_valid = valid_mask(attention_mask, B, L, input_ids.device)
-            x_BLD = (
-                self.text_embed(input_ids, positions_from_mask(text_valid))
-                + self.type_embed.weight[TEXT]
-            )
+            x_BLD, valid_BL, modality_BL = self.embed_text(input_ids, attention_mask)
             parts.append(x_BLD)
-            valid.append(text_valid)
-            modality.append(text_modality(text_valid))
-        if not parts:
-            raise ValueError("pass images, input_ids, or both")
+            valid.append(valid_BL)
+            modality.append(modality_BL)
         x_BSD = torch.cat(parts, dim=1)
         valid_BS, modality_BS = torch.cat(valid, dim=1), torch.cat(modality, dim=1)
         S = x_BSD.shape[1]

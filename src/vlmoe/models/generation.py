@@ -10,7 +10,7 @@ every step.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 import torch
 from torch import Tensor
@@ -26,6 +26,20 @@ class Generator(Protocol):
         images: Tensor | None,
         kv_cache: KVCache | None,
     ) -> Tensor: ...
+
+
+class GenerationMixin:
+    """`model.generate(...)` for any model with `next_token_logits` (text LM, decoder VLM)."""
+
+    def generate(
+        self: Generator,
+        input_ids: Tensor,
+        attention_mask: Tensor | None = None,
+        **kwargs: Any,
+    ) -> Tensor:
+        """Continue left-padded prompts (B, L) -> new tokens (B, T); a decoder takes
+        `images=(B, C, H, W)`. Options as in `vlmoe.models.generation.generate`."""
+        return generate(self, input_ids, attention_mask, **kwargs)
 
 
 def sample_next(

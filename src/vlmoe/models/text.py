@@ -14,7 +14,14 @@ from torch import Tensor, nn
 
 from vlmoe.models.base import PretrainedModel
 from vlmoe.models.config import TextConfig
-from vlmoe.models.embed import masked_mean, text_modality, valid_mask
+from vlmoe.models.embed import (
+    check_text_length,
+    check_token_ids,
+    masked_mean,
+    text_modality,
+    valid_mask,
+)
+from vlmoe.models.generation import GenerationMixin
 from vlmoe.models.outputs import TextOutput
 from vlmoe.models.transformer import Transformer
 from vlmoe.moe.layer import MoEAux
@@ -23,7 +30,7 @@ from vlmoe.nn.embed import LearnedPositions
 from vlmoe.nn.rope import RotaryEmbedding
 
 
-class TextTransformer(PretrainedModel):
+class TextTransformer(GenerationMixin, PretrainedModel):
     architecture = "text"
     config_class = TextConfig
 
@@ -45,12 +52,8 @@ class TextTransformer(PretrainedModel):
         self.lm_head = nn.Linear(t.dim, config.vocab_size, bias=False) if self.causal else None
 
     def embed_tokens(self, input_ids_BL: Tensor) -> Tensor:
-        V = self.config.vocab_size
-        if input_ids_BL.numel() and (int(input_ids_BL.min()) < 0 or int(input_ids_BL.max()) >= V):
-            raise ValueError(
-                f"token ids must be in [0, {V}), "
-                f"got range [{int(input_ids_BL.min())}, {int(input_ids_BL.max())}]"
-            )
+        """Token ids (B, L), checked against vocab_size -> embeddings (B, L, D)."""
+        check_token_ids(input_ids_BL, self.config.vocab_size)
         return self.embed(input_ids_BL)  # (B, L, D)
 
     def hidden(
@@ -98,12 +101,18 @@ class TextTransformer(PretrainedModel):
     ) -> TextOutput:
         """input_ids (B, L) (or inputs_embeds (B, L, D)), attention_mask (B, L) 1 = real token.
 
-        With `kv_cache`, `attention_mask` covers this call's tokens only (the cache remembers
-        which earlier positions were padding).
+        One call takes at most `max_seq_len` token ids (with learned positions, a cached
+        sequence can grow no longer either; RoPE positions continue past it). With `kv_cache`,
+        `attention_mask` covers this call's tokens only (the cache remembers which earlier
+        positions were padding).
         """
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids and inputs_embeds")
-        x_BLD = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds
+        if input_ids is not None:
+            x_BLD = self.embed_tokens(input_ids)
+            check_text_length(input_ids.shape[1], self.config.max_seq_len)
+        else:
+            x_BLD = inputs_embeds
         B, L, _ = x_BLD.shape
         valid_BL = valid_mask(attention_mask, B, L, x_BLD.device)
         modality_BL = text_modality(valid_BL) if modality is None else modality
@@ -126,15 +135,9 @@ class TextTransformer(PretrainedModel):
         """Logits (B, V) for the token after the last position (used by `generate`)."""
         if images is not None:
             raise ValueError("a text transformer takes no images")
-        return self(input_ids, attention_mask, kv_cache=kv_cache).logits[:, -1]
-
-    def generate(self, input_ids: Tensor, attention_mask: Tensor | None = None, **kwargs) -> Tensor:
-        """Continue left-padded prompts; see `vlmoe.models.generation.generate`."""
-        from vlmoe.models.generation import generate
-
         if not self.causal:
             raise ValueError("generate() needs a causal text transformer (attention='causal')")
-        return generate(self, input_ids, attention_mask, **kwargs)
+        return self(input_ids, attention_mask, kv_cache=kv_cache).logits[:, -1]
 
 
 def first_or_last_valid(valid_BL: Tensor, which: Literal["first", "last"]) -> Tensor:

@@ -92,7 +92,10 @@ class _WeightedCombine(torch.autograd.Function):
         if ctx.needs_input_grad[1]:
             rows_TK = inverse_N.view(-1, K)
             grad_w = torch.stack(
-                [(grad_TD.float() * y_ND.index_select(0, rows_TK[:, k]).float()).sum(-1) for k in range(K)],
+                [
+                    (grad_TD.float() * y_ND.index_select(0, rows_TK[:, k]).float()).sum(-1)
+                    for k in range(K)
+                ],
                 dim=1,
             )
         return grad_ND, grad_w, None, None

@@ -40,8 +40,9 @@ Backend = Literal["auto", "loop", "grouped_mm", "bmm"]
 _GMM_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
-def experts_loop(x_ND: Tensor, counts_E: Tensor, w_in_EDI: Tensor, w_out_EHD: Tensor,
-                 activation: Activation) -> Tensor:
+def experts_loop(
+    x_ND: Tensor, counts_E: Tensor, w_in_EDI: Tensor, w_out_EHD: Tensor, activation: Activation
+) -> Tensor:
     """Reference: a Python loop over experts, each on its contiguous slice."""
     y_ND = x_ND.new_zeros(x_ND.shape[0], w_out_EHD.shape[-1])
     start = 0
@@ -135,8 +136,9 @@ def _act_backward(grad_MH: Tensor, h_MI: Tensor, activation: Activation, out_MI:
         torch.mul(grad_MH, F.silu(gate), out=d_up)
         torch.ops.aten.silu_backward.grad_input(grad_MH * up, gate, grad_input=d_gate)
     else:
-        torch.ops.aten.gelu_backward.grad_input(grad_MH, h_MI, approximate="tanh",
-                                                grad_input=out_MI)
+        torch.ops.aten.gelu_backward.grad_input(
+            grad_MH, h_MI, approximate="tanh", grad_input=out_MI
+        )
 
 
 class _GroupedExpertMLP(torch.autograd.Function):
@@ -148,8 +150,16 @@ class _GroupedExpertMLP(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x_ND: Tensor, w_in_EDI: Tensor, w_out_EHD: Tensor, offs_E: Tensor,
-                ends: list[int] | None, total: int | None, activation: Activation) -> Tensor:
+    def forward(
+        ctx,
+        x_ND: Tensor,
+        w_in_EDI: Tensor,
+        w_out_EHD: Tensor,
+        offs_E: Tensor,
+        ends: list[int] | None,
+        total: int | None,
+        activation: Activation,
+    ) -> Tensor:
         N, H = x_ND.shape[0], w_out_EHD.shape[1]
         rows = N if total is None else total
         h_NI = _gmm(x_ND, w_in_EDI, offs_E, ends)  # (N, I), rows >= total uninitialised
@@ -182,8 +192,9 @@ class _GroupedExpertMLP(torch.autograd.Function):
         return grad_x, grad_w_in, grad_w_out, None, None, None, None
 
 
-def experts_grouped_mm(x_ND: Tensor, counts_E: Tensor, w_in_EDI: Tensor, w_out_EHD: Tensor,
-                       activation: Activation) -> Tensor:
+def experts_grouped_mm(
+    x_ND: Tensor, counts_E: Tensor, w_in_EDI: Tensor, w_out_EHD: Tensor, activation: Activation
+) -> Tensor:
     """Grouped-GEMM experts (see the module docstring). Same contract as `experts_loop`."""
     x_ND = x_ND.contiguous()
     offs_E = torch.cumsum(counts_E, 0, dtype=torch.int32)
@@ -193,54 +204,120 @@ def experts_grouped_mm(x_ND: Tensor, counts_E: Tensor, w_in_EDI: Tensor, w_out_E
     if x_ND.device.type == "cpu" or not use_gmm:
         ends = offs_E.tolist()  # free on CPU; elsewhere the fallback needs it anyway
         total = ends[-1] if ends else 0
-    return _GroupedExpertMLP.apply(x_ND, w_in_EDI, w_out_EHD, offs_E, None if use_gmm else ends,
-                                   total, activation)
+    return _GroupedExpertMLP.apply(
+        x_ND, w_in_EDI, w_out_EHD, offs_E, None if use_gmm else ends, total, activation
+    )
 
 
 # ---------------------------------------------------------------------------------------------
 # bmm
 
 
-def experts_bmm(x_ND: Tensor, counts_E: Tensor, w_in_EDI: Tensor, w_out_EHD: Tensor,
-                activation: Activation) -> Tensor:
-    """Padded batched matmul: every expert gets C = max(counts_E) rows, two `bmm` calls.
+def _pad(t_ND: Tensor, counts: list[int], C: int) -> Tensor:
+    """(N, X) rows sorted by expert -> (E, C, X), expert e's rows first, then zeros."""
+    if all(n == C for n in counts) and t_ND.shape[0] == C * len(counts):
+        return t_ND.view(len(counts), C, -1)  # already a padded layout (expert choice, soft)
+    out = t_ND.new_empty(len(counts), C, t_ND.shape[1])
+    start = 0
+    for e, n in enumerate(counts):
+        out[e, :n] = t_ND[start : start + n]
+        out[e, n:] = 0
+        start += n
+    return out
 
-    Padding costs E * C rows of compute and reads every expert's weights, so this pays off only
-    for small inputs where most experts are touched (decode). Same contract as `experts_loop`.
+
+def _unpad(t_ECX: Tensor, counts: list[int], N: int) -> Tensor:
+    """(E, C, X) -> (N, X): the inverse of `_pad`, rows past sum(counts) zero."""
+    E, C, X = t_ECX.shape
+    if all(n == C for n in counts) and N == E * C:
+        return t_ECX.reshape(N, X)
+    out = t_ECX.new_empty(N, X)
+    start = 0
+    for e, n in enumerate(counts):
+        out[start : start + n] = t_ECX[e, :n]
+        start += n
+    out[start:] = 0
+    return out
+
+
+class _PaddedExpertMLP(torch.autograd.Function):
+    """The expert MLP on a padded (E, C, .) layout: every GEMM, forward and backward, is one
+    `bmm`. Padding rows are zero, so their activations, outputs and gradients are zero too
+    (act(0) = 0 for SwiGLU and GELU) and they add nothing to the weight gradients."""
+
+    @staticmethod
+    def forward(
+        ctx,
+        x_ND: Tensor,
+        w_in_EDI: Tensor,
+        w_out_EHD: Tensor,
+        counts: list[int],
+        activation: Activation,
+    ) -> Tensor:
+        C = max(counts)
+        x_ECD = _pad(x_ND, counts, C)
+        h_ECI = torch.bmm(x_ECD, w_in_EDI)
+        a_ECH = x_ND.new_empty(h_ECI.shape[:2] + (w_out_EHD.shape[1],))
+        _act_forward(h_ECI, activation, a_ECH)
+        y_ND = _unpad(torch.bmm(a_ECH, w_out_EHD), counts, x_ND.shape[0])
+        ctx.save_for_backward(x_ECD, h_ECI, a_ECH, w_in_EDI, w_out_EHD)
+        ctx.counts, ctx.activation, ctx.N = counts, activation, x_ND.shape[0]
+        return y_ND
+
+    @staticmethod
+    def backward(ctx, grad_ND: Tensor):
+        x_ECD, h_ECI, a_ECH, w_in_EDI, w_out_EHD = ctx.saved_tensors
+        need_x, need_w_in, need_w_out = ctx.needs_input_grad[:3]
+        grad_ECD = _pad(grad_ND.contiguous(), ctx.counts, x_ECD.shape[1])
+        grad_a = torch.bmm(grad_ECD, w_out_EHD.transpose(1, 2))  # (E, C, H)
+        grad_w_out = torch.bmm(a_ECH.transpose(1, 2), grad_ECD) if need_w_out else None
+        grad_x = grad_w_in = None
+        if need_x or need_w_in:
+            grad_h = torch.empty_like(h_ECI)
+            _act_backward(grad_a, h_ECI, ctx.activation, grad_h)
+            if need_x:
+                grad_x = _unpad(torch.bmm(grad_h, w_in_EDI.transpose(1, 2)), ctx.counts, ctx.N)
+            if need_w_in:
+                grad_w_in = torch.bmm(x_ECD.transpose(1, 2), grad_h)  # (E, D, I)
+        return grad_x, grad_w_in, grad_w_out, None, None
+
+
+def experts_bmm(
+    x_ND: Tensor, counts_E: Tensor, w_in_EDI: Tensor, w_out_EHD: Tensor, activation: Activation
+) -> Tensor:
+    """Padded batched matmul: every expert gets C = max(counts_E) rows; each GEMM is one `bmm`.
+
+    Padding costs (E * C - N) rows of compute and reads every expert's weights, so this pays off
+    where the rows are spread evenly over the experts, and where one call beats E calls:
+    decode-sized inputs, and bf16 GEMMs that oneDNN runs on one thread when split per expert.
+    Same contract as `experts_loop`.
     """
-    N, D = x_ND.shape
-    E = counts_E.shape[0]
     counts = counts_E.tolist()
-    total, C = sum(counts), max(counts, default=0)
-    if total == 0:  # nothing to pad; grouped_mm returns zeros that stay in the graph
+    if sum(counts) == 0:  # nothing to pad; grouped_mm returns zeros that stay in the graph
         return experts_grouped_mm(x_ND, counts_E, w_in_EDI, w_out_EHD, activation)
-    device = x_ND.device
-    expert_n = torch.repeat_interleave(torch.arange(E, device=device), counts_E,
-                                       output_size=total)  # (total,)
-    start_E = torch.cumsum(counts_E, 0) - counts_E
-    slot_n = expert_n * C + torch.arange(total, device=device) - start_E[expert_n]  # (total,)
-    x_pad = x_ND.new_zeros(E * C, D).index_copy(0, slot_n, x_ND[:total])
-    h_ECI = torch.bmm(x_pad.view(E, C, D), w_in_EDI)
-    y_ECD = torch.bmm(activate(h_ECI, activation), w_out_EHD)
-    y_nD = y_ECD.reshape(E * C, -1).index_select(0, slot_n)  # (total, D)
-    if total == N:
-        return y_nD
-    return torch.cat([y_nD, y_nD.new_zeros(N - total, y_nD.shape[1])])
+    return _PaddedExpertMLP.apply(x_ND, w_in_EDI, w_out_EHD, counts, activation)
 
 
 # ---------------------------------------------------------------------------------------------
 # auto
 
 
-def choose_backend(num_rows: int, num_experts: int, dtype: torch.dtype,
-                   device: torch.device) -> Literal["grouped_mm", "bmm"]:
-    """The backend `auto` runs for an input of `num_rows` dispatched rows.
+def choose_backend(counts_E: Tensor, dtype: torch.dtype) -> Literal["grouped_mm", "bmm"]:
+    """The backend `auto` runs for one call, from the rows per expert and the dtype.
 
-    Rule measured on the 2-core CPU this was developed on (see benchmarks/moe_layer.py):
-    `bmm` only for bf16/fp16 inputs with num_rows <= 2 * num_experts (decode); `grouped_mm`
-    otherwise.
+    `bmm` for bf16/fp16 on the CPU when every expert has rows and padding to the largest
+    expert wastes little: E * max(counts) <= 1.25 * N, or N <= 16 * E (decode, where reading
+    the weights costs more than the padded rows). `grouped_mm` otherwise, and always in fp32 and
+    on accelerators (where the counts stay on the device: no host sync to decide).
+    See the module docstring for the measurements behind this.
     """
-    if dtype in (torch.bfloat16, torch.float16) and num_rows <= 2 * num_experts:
+    if dtype not in (torch.bfloat16, torch.float16) or counts_E.device.type != "cpu":
+        return "grouped_mm"
+    counts = counts_E.tolist()
+    E, N = len(counts), sum(counts)
+    if E == 0 or min(counts) == 0:
+        return "grouped_mm"
+    if N <= 16 * E or E * max(counts) <= 1.25 * N:
         return "bmm"
     return "grouped_mm"
 
@@ -251,8 +328,14 @@ _BACKENDS = {"loop": experts_loop, "grouped_mm": experts_grouped_mm, "bmm": expe
 class Experts(nn.Module):
     """E feed-forward experts with stacked weights `w_in` (E, D, I) and `w_out` (E, H, D)."""
 
-    def __init__(self, num_experts: int, dim: int, hidden_dim: int,
-                 activation: Activation = "swiglu", backend: Backend = "auto") -> None:
+    def __init__(
+        self,
+        num_experts: int,
+        dim: int,
+        hidden_dim: int,
+        activation: Activation = "swiglu",
+        backend: Backend = "auto",
+    ) -> None:
         super().__init__()
         if backend not in ("auto", *_BACKENDS):
             raise ValueError(f"backend={backend!r} is not one of {['auto', *_BACKENDS]}")
@@ -272,9 +355,11 @@ class Experts(nn.Module):
     def forward(self, x_ND: Tensor, counts_E: Tensor) -> Tensor:
         backend = self.backend
         if backend == "auto":
-            backend = choose_backend(x_ND.shape[0], self.num_experts, x_ND.dtype, x_ND.device)
+            backend = choose_backend(counts_E, x_ND.dtype)
         return _BACKENDS[backend](x_ND, counts_E, self.w_in, self.w_out, self.activation)
 
     def extra_repr(self) -> str:
-        return (f"num_experts={self.num_experts}, dim={self.dim}, hidden_dim={self.hidden_dim}, "
-                f"activation={self.activation}, backend={self.backend}")
+        return (
+            f"num_experts={self.num_experts}, dim={self.dim}, hidden_dim={self.hidden_dim}, "
+            f"activation={self.activation}, backend={self.backend}"
+        )

@@ -19,19 +19,41 @@ class PatchEmbed(nn.Module):
         super().__init__()
         if image_size % patch_size:
             raise ValueError(f"image_size={image_size} is not divisible by patch_size={patch_size}")
-        self.image_size, self.patch_size = image_size, patch_size
+        self.image_size, self.patch_size, self.in_channels = image_size, patch_size, in_channels
         self.grid_size = (image_size // patch_size, image_size // patch_size)
         self.num_patches = self.grid_size[0] * self.grid_size[1]
         self.proj = nn.Conv2d(in_channels, dim, kernel_size=patch_size, stride=patch_size)
 
     def forward(self, images_BCHW: Tensor) -> Tensor:
-        if images_BCHW.shape[-2:] != (self.image_size, self.image_size):
-            raise ValueError(
-                f"expected {self.image_size}x{self.image_size} images, "
-                f"got {tuple(images_BCHW.shape[-2:])}"
-            )
+        check_images(images_BCHW, self.image_size, self.in_channels)
         images_BCHW = images_BCHW.to(self.proj.weight.dtype)  # e.g. fp32 pixels, bf16 weights
         return self.proj(images_BCHW).flatten(2).transpose(1, 2)  # (B, N, D)
+
+
+def check_images(images: Tensor, image_size: int, in_channels: int) -> None:
+    """Raise a ValueError naming the problem unless `images` is a float (B, C, H, W) batch with
+    C = `in_channels` and H = W = `image_size` (rather than a shape error deep inside torch)."""
+    if not isinstance(images, Tensor):
+        raise TypeError(f"images must be a tensor (B, C, H, W), got {type(images).__name__}")
+    want = f"(B, {in_channels}, {image_size}, {image_size})"
+    if images.dim() != 4:
+        raise ValueError(f"images must be a batch {want}, got shape {tuple(images.shape)}")
+    if images.shape[1] != in_channels:
+        raise ValueError(
+            f"images have {images.shape[1]} channel(s), the model expects in_channels="
+            f"{in_channels}: {want}, got shape {tuple(images.shape)}"
+        )
+    if images.shape[-2:] != (image_size, image_size):
+        raise ValueError(
+            f"expected {image_size}x{image_size} images (image_size={image_size}), "
+            f"got {images.shape[-2]}x{images.shape[-1]}; resize them first "
+            "(vlmoe.data.ImageTransform(image_size=...))"
+        )
+    if not images.is_floating_point():
+        raise ValueError(
+            f"images must be floating point (normalized pixels), got {images.dtype}; "
+            "convert them with vlmoe.data.ImageTransform or vlmoe.data.to_tensor"
+        )
 
 
 def sincos_1d(dim: int, positions: Tensor) -> Tensor:

@@ -132,7 +132,10 @@ def _optimizer_to_files(optimizer: torch.optim.Optimizer) -> tuple[dict[str, tor
                 tensors[f"{idx}.{key}"] = value.detach().contiguous().cpu()
             else:
                 scalars.setdefault(str(idx), {})[key] = value
-    groups = [{k: (list(v) if isinstance(v, tuple) else v) for k, v in g.items()} for g in sd["param_groups"]]
+    groups = [
+        {k: (list(v) if isinstance(v, tuple) else v) for k, v in g.items()}
+        for g in sd["param_groups"]
+    ]
     return tensors, {"param_groups": groups, "scalars": scalars}
 
 
@@ -175,7 +178,9 @@ def restore_rng(tensors: dict[str, torch.Tensor], values: dict[str, Any]) -> Non
         if len(states) == torch.cuda.device_count():
             torch.cuda.set_rng_state_all(states)
     kind, pos, has_gauss, cached = values["numpy"]
-    np.random.set_state((kind, tensors["numpy_keys"].numpy().astype(np.uint32), pos, has_gauss, cached))
+    np.random.set_state(
+        (kind, tensors["numpy_keys"].numpy().astype(np.uint32), pos, has_gauss, cached)
+    )
     version, pystate, gauss = values["python"]
     random.setstate((version, tuple(pystate), gauss))
 
@@ -188,7 +193,11 @@ def checkpoint_dirs(run_dir: str | Path) -> list[Path]:
     root = Path(run_dir) / "checkpoints"
     if not root.is_dir():
         return []
-    found = [(int(m.group(1)), p) for p in root.iterdir() if (m := _STEP_DIR.match(p.name)) and p.is_dir()]
+    found = [
+        (int(m.group(1)), p)
+        for p in root.iterdir()
+        if (m := _STEP_DIR.match(p.name)) and p.is_dir()
+    ]
     return [p for _, p in sorted(found)]
 
 
@@ -249,7 +258,9 @@ def read_trainer_state(path: str | Path) -> dict[str, Any]:
     try:
         return json.loads(path.read_text())
     except FileNotFoundError:
-        raise CheckpointError(f"{path.parent}: not a training checkpoint (no trainer_state.json)") from None
+        raise CheckpointError(
+            f"{path.parent}: not a training checkpoint (no trainer_state.json)"
+        ) from None
     except json.JSONDecodeError as e:
         raise CheckpointError(f"{path}: corrupt ({e})") from None
 

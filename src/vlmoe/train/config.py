@@ -60,7 +60,9 @@ class ScheduleConfig(Config):
     min_lr_ratio: float = 0.1  # final lr = lr * min_lr_ratio
 
     def __post_init__(self) -> None:
-        check(self.warmup_steps >= 0, f"schedule.warmup_steps must be >= 0, got {self.warmup_steps}")
+        check(
+            self.warmup_steps >= 0, f"schedule.warmup_steps must be >= 0, got {self.warmup_steps}"
+        )
         check(
             0 <= self.min_lr_ratio <= 1,
             f"schedule.min_lr_ratio must lie in [0, 1], got {self.min_lr_ratio}",
@@ -81,8 +83,8 @@ class MoELossConfig(Config):
     local_entropy: float = 1e-2
     global_entropy: float = 1e-2
     global_entropy_threshold: float | None = None  # LIMoE's tau; None = plain -H(mean p)
-    entropy_for: list[Literal["fusion", "contrastive", "decoder", "vit", "text"]] = dataclasses.field(
-        default_factory=lambda: ["fusion", "contrastive"]
+    entropy_for: list[Literal["fusion", "contrastive", "decoder", "vit", "text"]] = (
+        dataclasses.field(default_factory=lambda: ["fusion", "contrastive"])
     )
 
     def __post_init__(self) -> None:
@@ -123,6 +125,7 @@ class TrainConfig(Config):
     seed: int = 0
     deterministic: bool = True  # torch.use_deterministic_algorithms where torch allows
     device: str = "auto"  # auto = cuda if available else cpu
+    num_threads: int | None = None  # torch intra-op CPU threads; None = torch's default
     log_every: int = 10
     eval_every: int = 0  # 0 = only at the end
     checkpoint_every: int = 0  # 0 = only at the end
@@ -135,11 +138,15 @@ class TrainConfig(Config):
         for name in ("steps", "batch_size", "grad_accum", "log_every", "keep_last"):
             value = getattr(self, name)
             check(value >= 1, f"train.{name} must be >= 1, got {value}")
+        if self.num_threads is not None:
+            check(self.num_threads >= 1, f"train.num_threads must be >= 1, got {self.num_threads}")
         for name in ("eval_every", "checkpoint_every"):
             value = getattr(self, name)
             check(value >= 0, f"train.{name} must be >= 0, got {value}")
         names = [s.name for s in self.stages]
-        check(len(set(names)) == len(names), f"train.stages: stage names must be unique, got {names}")
+        check(
+            len(set(names)) == len(names), f"train.stages: stage names must be unique, got {names}"
+        )
 
     @property
     def total_steps(self) -> int:
@@ -199,13 +206,17 @@ class EvalConfig(Config):
     """Evaluation during and after training."""
 
     batch_size: int = 64
-    max_examples: int | None = None  # None = the whole held-out split
+    # Periodic evaluations (train.eval_every) use at most this many held-out examples; the
+    # final evaluation always uses all of them.
+    max_examples: int | None = 500
     max_new_tokens: int = 24  # generation length for captioning / open VQA
 
     def __post_init__(self) -> None:
         check(self.batch_size >= 1, f"eval.batch_size must be >= 1, got {self.batch_size}")
         if self.max_examples is not None:
-            check(self.max_examples >= 1, f"eval.max_examples must be >= 1, got {self.max_examples}")
+            check(
+                self.max_examples >= 1, f"eval.max_examples must be >= 1, got {self.max_examples}"
+            )
 
 
 @dataclasses.dataclass
@@ -229,7 +240,11 @@ def parse_value(text: str) -> Any:
     value = _parse_scalar(text)
     if isinstance(value, str):
         try:
-            return float(value) if any(c in value for c in ".eE") or value.lower() in ("inf", "-inf", "nan") else value
+            return (
+                float(value)
+                if any(c in value for c in ".eE") or value.lower() in ("inf", "-inf", "nan")
+                else value
+            )
         except ValueError:
             return value
     return value

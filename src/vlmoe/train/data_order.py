@@ -46,4 +46,6 @@ class DataOrder:
 
     @classmethod
     def from_state(cls, state: dict[str, int]) -> DataOrder:
-        return cls(size=state["size"], seed=state["seed"], epoch=state["epoch"], cursor=state["cursor"])
+        return cls(
+            size=state["size"], seed=state["seed"], epoch=state["epoch"], cursor=state["cursor"]
+        )

@@ -39,28 +39,48 @@ def _tokens(tokenizer: Any, texts: list[str], max_len: int, device: torch.device
     if tokenizer is None:
         raise ValueError("this model has no tokenizer.json, so it cannot read text")
     enc = tokenizer.encode_batch(texts, max_len=max_len or None)
-    return {"input_ids": enc["input_ids"].to(device), "attention_mask": enc["attention_mask"].long().to(device)}
+    return {
+        "input_ids": enc["input_ids"].to(device),
+        "attention_mask": enc["attention_mask"].long().to(device),
+    }
 
 
 def _top(logits: torch.Tensor, names: list[str], k: int) -> list[tuple[str, float]]:
     probs = logits.float().softmax(-1)
     values, ids = probs.topk(min(k, probs.shape[-1]))
-    return [(names[i] if i < len(names) else str(i), float(v)) for v, i in zip(values.tolist(), ids.tolist())]
+    return [
+        (names[i] if i < len(names) else str(i), float(v))
+        for v, i in zip(values.tolist(), ids.tolist())
+    ]
 
 
 @torch.no_grad()
-def predict(model: nn.Module, info: Any, tokenizer: Any, image: np.ndarray, text: str | None = None,
-            candidates: list[str] | None = None, top: int = 3, max_new_tokens: int = 24) -> Prediction:
+def predict(
+    model: nn.Module,
+    info: Any,
+    tokenizer: Any,
+    image: np.ndarray,
+    text: str | None = None,
+    candidates: list[str] | None = None,
+    top: int = 3,
+    max_new_tokens: int = 24,
+) -> Prediction:
     """Run one image (+ question / texts) through a trained model. See the module docstring."""
     model.eval()
     device = next(model.parameters()).device
     images = image_to_tensor(image, info.image_size)[None].to(device)  # (1, 3, S, S)
     task = info.task
     if task == "captioning":
-        caption = generate(model, tokenizer, image, info, prompt=text, max_new_tokens=max_new_tokens)
+        caption = generate(
+            model, tokenizer, image, info, prompt=text, max_new_tokens=max_new_tokens
+        )
         return Prediction("caption", caption)
     if task == "contrastive":
-        options = candidates or ([text] if text else []) or [f"a photo of a {n}" for n in info.label_names]
+        options = (
+            candidates
+            or ([text] if text else [])
+            or [f"a photo of a {n}" for n in info.label_names]
+        )
         if not options:
             raise ValueError("give the texts to match with --text (one or more, separated by '|')")
         out = model(images=images, **_tokens(tokenizer, options, info.max_len, device))
@@ -84,9 +104,18 @@ def predict(model: nn.Module, info: Any, tokenizer: Any, image: np.ndarray, text
 
 
 @torch.no_grad()
-def generate(model: nn.Module, tokenizer: Any, image: np.ndarray, info: Any, prompt: str | None = None,
-             max_new_tokens: int = 24, temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
-             seed: int = 0) -> str:
+def generate(
+    model: nn.Module,
+    tokenizer: Any,
+    image: np.ndarray,
+    info: Any,
+    prompt: str | None = None,
+    max_new_tokens: int = 24,
+    temperature: float = 0.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    seed: int = 0,
+) -> str:
     """Generate text after the image (a caption, or the continuation of `prompt`)."""
     if info.architecture != "decoder":
         raise ValueError(f"generate needs a decoder model; this one is a {info.architecture} model")
@@ -98,7 +127,15 @@ def generate(model: nn.Module, tokenizer: Any, image: np.ndarray, info: Any, pro
     ids = [tokenizer.bos_id] + (tokenizer.encode(prompt, add_special=False) if prompt else [])
     prompt_ids = torch.tensor([ids], dtype=torch.long, device=device)
     g = torch.Generator(device=device).manual_seed(seed) if temperature > 0 else None
-    out = model.generate(prompt_ids, images=images, max_new_tokens=max_new_tokens, temperature=temperature,
-                         top_k=top_k, top_p=top_p, stop_tokens=[tokenizer.eos_id],
-                         pad_token_id=tokenizer.pad_id, generator=g)
+    out = model.generate(
+        prompt_ids,
+        images=images,
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        stop_tokens=[tokenizer.eos_id],
+        pad_token_id=tokenizer.pad_id,
+        generator=g,
+    )
     return tokenizer.decode(out[0].tolist()).strip()

@@ -46,7 +46,10 @@ class MetricsLogger:
     """Appends records to `run_dir/metrics.jsonl` and mirrors scalars to TensorBoard."""
 
     def __init__(
-        self, run_dir: str | Path, resume_step: int | None = None, tensorboard: Literal["auto", "none"] = "auto"
+        self,
+        run_dir: str | Path,
+        resume_step: int | None = None,
+        tensorboard: Literal["auto", "none"] = "auto",
     ) -> None:
         self.path = Path(run_dir) / "metrics.jsonl"
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -55,7 +58,7 @@ class MetricsLogger:
         else:
             kept = [r for r in read_metrics(self.path) if r.get("step", 0) <= resume_step]
             self.path.write_text("".join(json.dumps(r) + "\n" for r in kept))
-        self._file = open(self.path, "a")
+        self._file = open(self.path, "a")  # noqa: SIM115 - closed by close()
         self._tb = None
         if tensorboard == "auto":
             try:
@@ -83,13 +86,30 @@ class MetricsLogger:
 class Progress:
     """A tqdm bar over optimizer steps showing loss and throughput; tqdm supplies the ETA."""
 
-    def __init__(self, total: int, initial: int = 0, mode: Literal["auto", "bar", "none"] = "auto", desc: str = "train"):
+    def __init__(
+        self,
+        total: int,
+        initial: int = 0,
+        mode: Literal["auto", "bar", "none"] = "auto",
+        desc: str = "train",
+    ):
         enabled = mode == "bar" or (mode == "auto" and sys.stderr.isatty())
         self._bar = None
         if enabled:
             from tqdm.auto import tqdm
 
-            self._bar = tqdm(total=total, initial=initial, desc=desc, unit="step", dynamic_ncols=True, leave=False)
+            self._bar = tqdm(
+                total=total,
+                initial=initial,
+                desc=desc,
+                unit="step",
+                dynamic_ncols=True,
+                leave=False,
+            )
+
+    @property
+    def active(self) -> bool:
+        return self._bar is not None
 
     def update(self, loss: float, examples_per_s: float, n: int = 1) -> None:
         if self._bar is not None:

@@ -65,7 +65,7 @@ def uses_balance_bias(model: nn.Module) -> bool:
 
 
 def warn_if_unbalanced(model: nn.Module, cfg: MoELossConfig, use_entropy: bool) -> bool:
-    """Warn when a model with MoE layers would train with no balancing at all. Returns True if so."""
+    """Warn when a model with MoE layers would train with no balancing at all; True if so."""
     if not has_moe_layers(model) or uses_balance_bias(model):
         return False
     coefs = [cfg.load_balance, cfg.z_loss]

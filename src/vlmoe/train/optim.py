@@ -34,7 +34,9 @@ def decay_groups(
     return decay, keep
 
 
-def build_optimizer(model: nn.Module, cfg: OptimizerConfig, lr: float | None = None) -> torch.optim.AdamW:
+def build_optimizer(
+    model: nn.Module, cfg: OptimizerConfig, lr: float | None = None
+) -> torch.optim.AdamW:
     """AdamW over the model's trainable parameters with two groups (decay, no decay)."""
     decay, keep = decay_groups(model.named_parameters(), cfg.no_decay)
     if not decay and not keep:
@@ -58,9 +60,9 @@ def lr_factor(step: int, total_steps: int, cfg: ScheduleConfig) -> float:
         return 1.0
     span = max(1, total_steps - cfg.warmup_steps)
     progress = min(1.0, (step - cfg.warmup_steps) / span)
-    if cfg.kind == "linear":
+    if cfg.kind == "linear":  # noqa: SIM108
         shape = 1.0 - progress
-    else:
+    else:  # cosine
         shape = 0.5 * (1.0 + math.cos(math.pi * progress))
     return cfg.min_lr_ratio + (1.0 - cfg.min_lr_ratio) * shape
 

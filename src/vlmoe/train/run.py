@@ -24,6 +24,7 @@ from torch import nn
 
 from vlmoe.train.checkpoint import CheckpointError, latest_checkpoint
 from vlmoe.train.config import DataSelection, ModelSelection, RunConfig
+from vlmoe.train.metrics import MetricsLogger
 from vlmoe.train.tasks import (
     Collator,
     Examples,
@@ -54,7 +55,9 @@ class TaskInfo:
     answer_vocab: list[str] = dataclasses.field(default_factory=list)
 
     def save(self, directory: str | Path) -> None:
-        (Path(directory) / TASK_FILE).write_text(json.dumps(dataclasses.asdict(self), indent=2) + "\n")
+        (Path(directory) / TASK_FILE).write_text(
+            json.dumps(dataclasses.asdict(self), indent=2) + "\n"
+        )
 
     @classmethod
     def load(cls, directory: str | Path) -> TaskInfo | None:
@@ -77,8 +80,12 @@ def load_datasets(data: DataSelection, image_size: int) -> tuple[Any, Any]:
         from vlmoe.data.shapes import ShapesConfig
         from vlmoe.data.shapes_data import ShapesDataset
 
-        world = ShapesConfig(**{"image_size": max(16, data.image_size or image_size), "seed": data.seed, **opts})
-        return ShapesDataset(world, "train", data.num_train), ShapesDataset(world, "test", data.num_eval)
+        world = ShapesConfig(
+            **{"image_size": max(16, data.image_size or image_size), "seed": data.seed, **opts}
+        )
+        return ShapesDataset(world, "train", data.num_train), ShapesDataset(
+            world, "test", data.num_eval
+        )
     if data.name in ("mnist", "digits"):
         from vlmoe.data.real import DigitsDataset, MnistDataset
 
@@ -134,7 +141,11 @@ def train_tokenizer(dataset: Any, vocab_size: int):
     """A BPE tokenizer trained on the training set's text (captions, questions, answers)."""
     from vlmoe.data.tokenizer import Tokenizer
 
-    texts = list(dataset.texts()) if hasattr(dataset, "texts") else [t for s in dataset for t in s.texts()]
+    texts = (
+        list(dataset.texts())
+        if hasattr(dataset, "texts")
+        else [t for s in dataset for t in s.texts()]
+    )
     if not texts:
         raise ValueError("the training data has no text to train a tokenizer on")
     return Tokenizer.train(texts, vocab_size=vocab_size)
@@ -152,8 +163,14 @@ def _text_fields(architecture: str) -> bool:
     return architecture in ("fusion", "contrastive", "decoder", "text")
 
 
-def build_model(sel: ModelSelection, *, vocab_size: int | None = None, num_classes: int | None = None,
-                num_answers: int | None = None, max_len: int | None = None) -> nn.Module:
+def build_model(
+    sel: ModelSelection,
+    *,
+    vocab_size: int | None = None,
+    num_classes: int | None = None,
+    num_answers: int | None = None,
+    max_len: int | None = None,
+) -> nn.Module:
     """A model from a preset (with data-dependent sizes filled in) or from `init_from`."""
     if sel.init_from:
         from vlmoe.models import load_model
@@ -173,7 +190,10 @@ def build_model(sel: ModelSelection, *, vocab_size: int | None = None, num_class
         auto["num_classes"] = num_classes
     if num_answers and preset.architecture == "fusion":
         auto["num_answers"] = num_answers
-    overrides = {**resolve_overrides(config, auto), **resolve_overrides(config, dict(sel.overrides))}
+    overrides = {
+        **resolve_overrides(config, auto),
+        **resolve_overrides(config, dict(sel.overrides)),
+    }
     config = config.with_overrides(overrides)
     return architectures()[preset.architecture](config)
 
@@ -241,7 +261,12 @@ def prepare(cfg: RunConfig) -> Run:
         model.tokenizer = tokenizer
     info = TaskInfo(task, architecture, image_size, max_len, label_names, answer_vocab)
     return Run(
-        cfg, model, info, tokenizer, train_ex, eval_ex,
+        cfg,
+        model,
+        info,
+        tokenizer,
+        train_ex,
+        eval_ex,
         Collator(train_ex, tokenizer, max_len),
         Collator(eval_ex, tokenizer, max_len) if eval_ex is not None else None,
     )
@@ -260,8 +285,13 @@ def _find(config: Any, name: str) -> Any:
     return None
 
 
-def make_evaluators(run: Run, max_examples: int | None = None, batch_size: int = 64,
-                    max_new_tokens: int = 24, routing: bool = True) -> dict[str, Any]:
+def make_evaluators(
+    run: Run,
+    max_examples: int | None = None,
+    batch_size: int = 64,
+    max_new_tokens: int = 24,
+    routing: bool = True,
+) -> dict[str, Any]:
     """The evaluators of a run's task over its held-out examples (`vlmoe.eval`)."""
     if run.eval_examples is None:
         return {}
@@ -307,26 +337,54 @@ def save_model(run: Run, directory: str | Path) -> Path:
     return directory
 
 
-def train(cfg: RunConfig, run_dir: str | Path, resume: bool | str | Path = False, run: Run | None = None) -> TrainResult:
+def train(
+    cfg: RunConfig, run_dir: str | Path, resume: bool | str | Path = False, run: Run | None = None
+) -> TrainResult:
     """Prepare (unless `run` is given), train, evaluate, and save `run_dir/model` + eval.json."""
     run = run or prepare(cfg)
     run_dir = Path(run_dir)
     ev = cfg.eval
 
     def evaluate_fn(model: nn.Module) -> dict[str, Any]:
-        return evaluate(run, None, max_examples=ev.max_examples, batch_size=ev.batch_size,
-                        max_new_tokens=ev.max_new_tokens, routing=False)
+        return evaluate(
+            run,
+            None,
+            max_examples=ev.max_examples,
+            batch_size=ev.batch_size,
+            max_new_tokens=ev.max_new_tokens,
+            routing=False,
+        )
 
     trainer = Trainer(
-        run.model, make_objective(run.info.task, run.info.architecture), run.train_examples,
-        run.train_collate, cfg, run_dir, arch=run.info.architecture,
+        run.model,
+        make_objective(run.info.task, run.info.architecture),
+        run.train_examples,
+        run.train_collate,
+        cfg,
+        run_dir,
+        arch=run.info.architecture,
         evaluate=evaluate_fn if run.eval_examples is not None else None,
         on_save=run.info.save,
+        eval_at_end=False,
     )
     result = trainer.fit(resume=resume)
     save_model(run, run_dir / MODEL_DIR)
-    final = evaluate(run, run_dir / "eval.json", max_examples=ev.max_examples, batch_size=ev.batch_size,
-                     max_new_tokens=ev.max_new_tokens)
+    # The final evaluation uses every held-out example (periodic ones use eval.max_examples).
+    final = evaluate(
+        run, run_dir / "eval.json", batch_size=ev.batch_size, max_new_tokens=ev.max_new_tokens
+    )
+    if final:
+        metrics = MetricsLogger(run_dir, resume_step=result.steps, tensorboard="none")
+        metrics.log(
+            result.steps,
+            "eval",
+            {
+                k: v
+                for k, v in final.items()
+                if isinstance(v, int | float) and not k.startswith("routing/")
+            },
+        )
+        metrics.close()
     result.eval = final
     return result
 
@@ -349,7 +407,9 @@ def resolve_model_dir(path: str | Path) -> Path:
     ckpt = latest_checkpoint(path)
     if ckpt is not None and (ckpt / "config.json").is_file():
         return ckpt
-    raise CheckpointError(f"{path}: not a model directory (no config.json) nor a run directory (no model/)")
+    raise CheckpointError(
+        f"{path}: not a model directory (no config.json) nor a run directory (no model/)"
+    )
 
 
 def load_trained(path: str | Path) -> tuple[nn.Module, TaskInfo, Any]:
@@ -361,8 +421,12 @@ def load_trained(path: str | Path) -> tuple[nn.Module, TaskInfo, Any]:
     info = TaskInfo.load(directory)
     if info is None:
         arch = model.architecture
-        info = TaskInfo(resolve_task("auto", arch) if arch != "text" else "text", arch,
-                        _image_size(model.config) if arch != "text" else 0, _find(model.config, "max_seq_len") or 0)
+        info = TaskInfo(
+            resolve_task("auto", arch) if arch != "text" else "text",
+            arch,
+            _image_size(model.config) if arch != "text" else 0,
+            _find(model.config, "max_seq_len") or 0,
+        )
     tokenizer = None
     if (directory / "tokenizer.json").is_file():
         from vlmoe.data.tokenizer import Tokenizer
@@ -370,7 +434,6 @@ def load_trained(path: str | Path) -> tuple[nn.Module, TaskInfo, Any]:
         tokenizer = Tokenizer.load(directory)
     model.eval()
     return model, info, tokenizer
-
 
 
 def _run_config_near(directory: Path) -> RunConfig | None:
@@ -393,8 +456,12 @@ def prepare_eval(path: str | Path, data: DataSelection | None = None) -> Run:
     _, eval_set = load_datasets(cfg.data, info.image_size)
     if eval_set is None or not len(eval_set):
         raise ValueError(f"no held-out data to evaluate on (data.name={cfg.data.name!r})")
-    eval_ex = build_examples(eval_set, info.task, info.image_size, "eval", info.answer_vocab, info.label_names)
-    return Run(cfg, model, info, tokenizer, None, eval_ex, None, Collator(eval_ex, tokenizer, info.max_len))
+    eval_ex = build_examples(
+        eval_set, info.task, info.image_size, "eval", info.answer_vocab, info.label_names
+    )
+    return Run(
+        cfg, model, info, tokenizer, None, eval_ex, None, Collator(eval_ex, tokenizer, info.max_len)
+    )
 
 
 def prepare_twin(run: Run, cfg: RunConfig) -> Run:

@@ -53,7 +53,9 @@ def set_trainable(model: nn.Module, trainable: list[str]) -> tuple[int, int]:
     for pattern in trainable:
         hit = _selected(model, pattern)
         if not hit:
-            raise ValueError(f"trainable pattern {pattern!r} matches no parameter of {type(model).__name__}")
+            raise ValueError(
+                f"trainable pattern {pattern!r} matches no parameter of {type(model).__name__}"
+            )
         chosen |= hit
     n_train = n_total = 0
     for p in model.parameters():

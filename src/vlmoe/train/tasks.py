@@ -44,7 +44,9 @@ def resolve_task(task: str, architecture: str) -> str:
     """The task a run trains: `task`, or the architecture's natural one for "auto"."""
     if task == "auto":
         if architecture not in DEFAULT_TASK:
-            raise ValueError(f"no default task for architecture {architecture!r}; set task explicitly")
+            raise ValueError(
+                f"no default task for architecture {architecture!r}; set task explicitly"
+            )
         return DEFAULT_TASK[architecture]
     allowed = {
         "vit": ("classification",),
@@ -53,7 +55,9 @@ def resolve_task(task: str, architecture: str) -> str:
         "contrastive": ("contrastive",),
     }.get(architecture, ())
     if task not in allowed:
-        raise ValueError(f"task {task!r} does not fit a {architecture} model; it can train {list(allowed)}")
+        raise ValueError(
+            f"task {task!r} does not fit a {architecture} model; it can train {list(allowed)}"
+        )
     return task
 
 
@@ -89,9 +93,15 @@ class Examples:
         return self.items[i]
 
 
-def build_examples(samples: Sequence, task: str, image_size: int, split: str,
-                   answer_vocab: Sequence[str] = (), label_names: Sequence[str] = (),
-                   max_images: int | None = None) -> Examples:
+def build_examples(
+    samples: Sequence,
+    task: str,
+    image_size: int,
+    split: str,
+    answer_vocab: Sequence[str] = (),
+    label_names: Sequence[str] = (),
+    max_images: int | None = None,
+) -> Examples:
     """Flatten samples into the task's examples. `split="eval"` keeps one example per image
     for captioning / contrastive (with every caption as a reference) and every question for VQA."""
     answer_index = {a: i for i, a in enumerate(answer_vocab)}
@@ -106,9 +116,16 @@ def build_examples(samples: Sequence, task: str, image_size: int, split: str,
                 items.append({"image": i, "label": label})
         elif task in ("vqa", "vqa+classification"):
             for qa in s.qa:
-                items.append({"image": i, "text": qa.question, "answer": qa.answer,
-                              "answer_id": answer_index.get(qa.answer, -1), "label": label,
-                              "question_type": qa.kind})
+                items.append(
+                    {
+                        "image": i,
+                        "text": qa.question,
+                        "answer": qa.answer,
+                        "answer_id": answer_index.get(qa.answer, -1),
+                        "label": label,
+                        "question_type": qa.kind,
+                    }
+                )
         elif task in ("captioning", "contrastive"):
             if not s.captions:
                 continue
@@ -119,8 +136,10 @@ def build_examples(samples: Sequence, task: str, image_size: int, split: str,
         else:
             raise ValueError(f"unknown task {task!r}; expected one of {TASKS}")
     if not items:
-        raise ValueError(f"the {split} data has no examples for task {task!r} "
-                         "(no labels, questions or captions where the task needs them)")
+        raise ValueError(
+            f"the {split} data has no examples for task {task!r} "
+            "(no labels, questions or captions where the task needs them)"
+        )
     return Examples(torch.stack(images), items, list(label_names), list(answer_vocab))
 
 
@@ -152,10 +171,15 @@ class Collator:
         return batch
 
 
-def batches(examples: Examples, collate: Callable, batch_size: int, limit: int | None = None) -> list[dict]:
+def batches(
+    examples: Examples, collate: Callable, batch_size: int, limit: int | None = None
+) -> list[dict]:
     """Fixed, in-order eval batches (a list, so every evaluator can iterate it again)."""
     n = len(examples) if limit is None else min(limit, len(examples))
-    return [collate([examples[j] for j in range(i, min(i + batch_size, n))]) for i in range(0, n, batch_size)]
+    return [
+        collate([examples[j] for j in range(i, min(i + batch_size, n))])
+        for i in range(0, n, batch_size)
+    ]
 
 
 # ----------------------------------------------------------------------------- losses
@@ -186,13 +210,24 @@ def make_objective(task: str, architecture: str) -> Callable[[nn.Module, dict], 
         return StepOutput(loss, {"acc/train": _acc(logits.detach(), batch["label"])}, out.moe_aux)
 
     def vqa(model, batch):
-        out = model(images=batch["images"], input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+        out = model(
+            images=batch["images"],
+            input_ids=batch["input_ids"],
+            attention_mask=batch["attention_mask"],
+        )
         loss = _ce(out.vqa_logits, batch["answer_id"], "vqa")
-        metrics = {"loss/vqa": loss.detach(), "acc/train_vqa": _acc(out.vqa_logits.detach(), batch["answer_id"])}
+        metrics = {
+            "loss/vqa": loss.detach(),
+            "acc/train_vqa": _acc(out.vqa_logits.detach(), batch["answer_id"]),
+        }
         if task == "vqa+classification":
             cls = _ce(out.class_logits, batch["label"], "classification")
-            metrics.update({"loss/classification": cls.detach(),
-                            "acc/train_cls": _acc(out.class_logits.detach(), batch["label"])})
+            metrics.update(
+                {
+                    "loss/classification": cls.detach(),
+                    "acc/train_cls": _acc(out.class_logits.detach(), batch["label"]),
+                }
+            )
             loss = loss + cls
         return StepOutput(loss, metrics, out.moe_aux)
 
@@ -201,18 +236,29 @@ def make_objective(task: str, architecture: str) -> Callable[[nn.Module, dict], 
         out = model(images=batch["images"], input_ids=ids, attention_mask=mask)
         target = ids[:, 1:].masked_fill(mask[:, 1:] == 0, -1)  # predict token t+1 at t
         logits = out.logits[:, :-1]
-        loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), target.reshape(-1), ignore_index=-1)
+        loss = F.cross_entropy(
+            logits.float().reshape(-1, logits.shape[-1]), target.reshape(-1), ignore_index=-1
+        )
         return StepOutput(loss, {}, out.moe_aux)
 
     def contrastive(model, batch):
-        out = model(images=batch["images"], input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+        out = model(
+            images=batch["images"],
+            input_ids=batch["input_ids"],
+            attention_mask=batch["attention_mask"],
+        )
         logits = out.logits_per_image.float()  # (B, B)
         target = torch.arange(logits.shape[0], device=logits.device)
         loss = (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
         return StepOutput(loss, {"acc/train_i2t": _acc(logits.detach(), target)}, out.moe_aux)
 
-    fns = {"classification": classification, "vqa": vqa, "vqa+classification": vqa,
-           "captioning": captioning, "contrastive": contrastive}
+    fns = {
+        "classification": classification,
+        "vqa": vqa,
+        "vqa+classification": vqa,
+        "captioning": captioning,
+        "contrastive": contrastive,
+    }
     return fns[task]
 
 
@@ -224,15 +270,24 @@ def caption_fn(tokenizer: Any, max_new_tokens: int) -> Callable[[nn.Module, dict
 
     def fn(model: nn.Module, batch: dict) -> list[str]:
         images = batch["images"]
-        prompt = torch.full((images.shape[0], 1), tokenizer.bos_id, dtype=torch.long, device=images.device)
-        out = model.generate(prompt, images=images, max_new_tokens=max_new_tokens,
-                             stop_tokens=[tokenizer.eos_id], pad_token_id=tokenizer.pad_id)
+        prompt = torch.full(
+            (images.shape[0], 1), tokenizer.bos_id, dtype=torch.long, device=images.device
+        )
+        out = model.generate(
+            prompt,
+            images=images,
+            max_new_tokens=max_new_tokens,
+            stop_tokens=[tokenizer.eos_id],
+            pad_token_id=tokenizer.pad_id,
+        )
         return [t.strip() for t in tokenizer.decode_batch(out)]
 
     return fn
 
 
 def iter_answers(model: nn.Module, batch: dict, answer_vocab: Sequence[str]) -> Iterator[str]:
-    out = model(images=batch["images"], input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+    out = model(
+        images=batch["images"], input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
+    )
     for i in out.vqa_logits.argmax(-1).tolist():
         yield answer_vocab[i]

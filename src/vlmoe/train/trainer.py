@@ -35,7 +35,12 @@ from vlmoe.train.checkpoint import (
 from vlmoe.train.config import RunConfig, StageConfig
 from vlmoe.train.data_order import DataOrder
 from vlmoe.train.metrics import MetricsLogger, Progress
-from vlmoe.train.moe_losses import moe_aux_losses, routing_summary, uses_balance_bias, warn_if_unbalanced
+from vlmoe.train.moe_losses import (
+    moe_aux_losses,
+    routing_summary,
+    uses_balance_bias,
+    warn_if_unbalanced,
+)
 from vlmoe.train.optim import build_optimizer, lr_factor, set_lr
 from vlmoe.train.seed import resolve_device, seed_everything
 from vlmoe.train.stages import set_trainable
@@ -77,7 +82,9 @@ class TrainResult:
 
 
 def _stages(cfg: RunConfig) -> list[StageConfig]:
-    return list(cfg.train.stages) or [StageConfig(name="train", steps=cfg.train.steps, trainable=["*"])]
+    return list(cfg.train.stages) or [
+        StageConfig(name="train", steps=cfg.train.steps, trainable=["*"])
+    ]
 
 
 def _to_device(batch: dict, device: torch.device) -> dict:
@@ -134,6 +141,7 @@ class Trainer:
         arch: the model family ("fusion", "contrastive", "decoder", ...) for the entropy losses.
         evaluate: `model -> {name: value}`, called every `train.eval_every` steps and at the end.
         on_save: called with each checkpoint's (temporary) directory to add files to it.
+        eval_at_end: also evaluate after the last step (off when the caller does a fuller one).
     """
 
     def __init__(
@@ -147,12 +155,18 @@ class Trainer:
         arch: str = "",
         evaluate: EvalFn | None = None,
         on_save: Callable[[Path], None] | None = None,
+        eval_at_end: bool = True,
     ) -> None:
-        self.model, self.objective, self.dataset, self.collate_fn = model, objective, dataset, collate_fn
+        self.model, self.objective, self.dataset, self.collate_fn = (
+            model,
+            objective,
+            dataset,
+            collate_fn,
+        )
         self.cfg, self.run_dir, self.arch, self.evaluate = cfg, Path(run_dir), arch, evaluate
         self.device = resolve_device(cfg.train.device)
         self.use_entropy = arch in cfg.losses.entropy_for
-        self.on_save = on_save
+        self.on_save, self.eval_at_end = on_save, eval_at_end
         self.optimizer: torch.optim.Optimizer | None = None
         self._stage_index = -1
 
@@ -165,7 +179,14 @@ class Trainer:
         self.optimizer = build_optimizer(self.model, self.cfg.optim, lr=stage.lr)
         self._stage_index = index
         if len(stages) > 1:
-            log.info("stage %d/%d %r: %d steps, trainable %s", index + 1, len(stages), stage.name, stage.steps, stage.trainable)
+            log.info(
+                "stage %d/%d %r: %d steps, trainable %s",
+                index + 1,
+                len(stages),
+                stage.name,
+                stage.steps,
+                stage.trainable,
+            )
 
     def _autocast(self):
         if self.cfg.train.precision == "bf16":
@@ -197,7 +218,9 @@ class Trainer:
             loss, terms, last_aux = self._forward_loss(batch)
             value = loss.item()
             if not math.isfinite(value):
-                where = locate_nonfinite_forward(self.model, lambda b=batch: self.objective(self.model, b))
+                where = locate_nonfinite_forward(
+                    self.model, lambda b=batch: self.objective(self.model, b)
+                )
                 raise NonFiniteError(
                     f"step {step + 1}: loss is {value}"
                     + (f"; first non-finite value in layer {where}" if where else "")
@@ -230,7 +253,9 @@ class Trainer:
         if not bool(ok):
             name = next(n for n, g in named if not torch.isfinite(g).all())
             layer = name.rsplit(".", 1)[0]
-            raise NonFiniteError(f"step {step + 1}: gradient of {name} holds NaN/Inf (layer {layer})")
+            raise NonFiniteError(
+                f"step {step + 1}: gradient of {name} holds NaN/Inf (layer {layer})"
+            )
 
     # ------------------------------------------------------------------ the loop
 
@@ -239,7 +264,9 @@ class Trainer:
             return None, None
         path = latest_checkpoint(self.run_dir) if resume is True else Path(resume)
         if path is None:
-            raise CheckpointError(f"{self.run_dir}: nothing to resume (no checkpoints/step_* directory)")
+            raise CheckpointError(
+                f"{self.run_dir}: nothing to resume (no checkpoints/step_* directory)"
+            )
         return path, read_trainer_state(path)
 
     def fit(self, resume: bool | str | Path = False) -> TrainResult:
@@ -248,6 +275,8 @@ class Trainer:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         cfg.to_yaml(self.run_dir / "config.yaml")
         seed_everything(cfg.train.seed, cfg.train.deterministic)
+        if cfg.train.num_threads is not None:
+            torch.set_num_threads(cfg.train.num_threads)
         self.model.to(self.device).train()
         warn_if_unbalanced(self.model, cfg.losses, self.use_entropy)
         stages = _stages(cfg)
@@ -265,7 +294,9 @@ class Trainer:
             order = DataOrder.from_state(state["data_order"])
             losses = list(state.get("losses", []))
             log.info("resumed from %s at step %d", ckpt_path, start)
-        metrics = MetricsLogger(self.run_dir, resume_step=start if state else None, tensorboard=cfg.train.tensorboard)
+        metrics = MetricsLogger(
+            self.run_dir, resume_step=start if state else None, tensorboard=cfg.train.tensorboard
+        )
         progress = Progress(total, initial=start, mode=cfg.train.progress)
         t0 = time.perf_counter()
         window: dict[str, float] = {}
@@ -295,16 +326,27 @@ class Trainer:
                     record = {k: v / window_n for k, v in window.items()}
                     record.update(lr=lr, examples_per_s=rate, stage=stage.name)
                     metrics.log(done, "train", record)
-                    log.info("step %d/%d loss %.4f (%.0f ex/s)", done, total, record["loss"], rate)
+                    # With a progress bar on screen the bar shows this; keep the log quiet.
+                    log.log(
+                        logging.DEBUG if progress.active else logging.INFO,
+                        "step %d/%d loss %.4f (%.0f ex/s)",
+                        done,
+                        total,
+                        record["loss"],
+                        rate,
+                    )
                     window, window_n, window_ex, window_t = {}, 0, 0, time.perf_counter()
                 if self.evaluate is not None and (
-                    done == total or (cfg.train.eval_every and done % cfg.train.eval_every == 0)
+                    (done == total and self.eval_at_end)
+                    or (cfg.train.eval_every and done % cfg.train.eval_every == 0 and done != total)
                 ):
                     results = self.evaluate(self.model)
                     self.model.train()
                     metrics.log(done, "eval", results)
                     final_eval = results
-                if done == total or (cfg.train.checkpoint_every and done % cfg.train.checkpoint_every == 0):
+                if done == total or (
+                    cfg.train.checkpoint_every and done % cfg.train.checkpoint_every == 0
+                ):
                     ckpt = save_checkpoint(
                         self.run_dir,
                         done,
@@ -324,7 +366,7 @@ class Trainer:
             progress.close()
             metrics.close()
         seconds = time.perf_counter() - t0
-        if self.evaluate is not None and not final_eval and start >= total:
+        if self.evaluate is not None and self.eval_at_end and not final_eval and start >= total:
             final_eval = self.evaluate(self.model)
         return TrainResult(
             run_dir=self.run_dir,

@@ -15,7 +15,7 @@ import textwrap
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -26,6 +26,9 @@ from vlmoe.moe.layer import MoEAux
 from vlmoe.viz.common import expert_colors, new_figure, save_png
 
 DROPPED_COLOR = (0.0, 0.0, 0.0, 1.0)  # black: in no qualitative palette used for experts
+
+# A PIL image, an (H, W[, C]) array or a (C, H, W) tensor.
+ImageLike = Any
 
 
 def token_top1(aux: MoEAux) -> tuple[Tensor, Tensor]:
@@ -118,7 +121,7 @@ def layer_routing(
     return LayerRouting(name, aux.num_experts, patch_expert, patch_conf, token_expert, token_conf)
 
 
-def _as_rgb(image) -> np.ndarray:
+def _as_rgb(image: ImageLike) -> np.ndarray:
     """PIL image, (H, W[, C]) array or (C, H, W) tensor → (H, W, 3) float in [0, 1]."""
     if isinstance(image, Tensor):
         image = image.detach().float().cpu()
@@ -207,8 +210,15 @@ def _token_rows_inches(token_strings: Sequence[str] | None, width_in: float) -> 
     return 0.15 + 0.3 * lines
 
 
+def _note(ax: Any, text: str, y: float) -> None:
+    """A grey note centred in an empty panel."""
+    ax.text(
+        0.5, y, text, ha="center", va="center", transform=ax.transAxes, fontsize=9, color="gray"
+    )
+
+
 def draw_patch_routing(
-    image,
+    image: ImageLike,
     layers: Sequence[LayerRouting],
     token_strings: Sequence[str] | None,
     out_path: str | Path,
@@ -282,16 +292,7 @@ def draw_patch_routing(
             used.update(int(e) for e in np.unique(layer.patch_expert) if e >= 0)
             any_dropped |= bool((layer.patch_expert < 0).any())
         else:
-            ax.text(
-                0.5,
-                0.5,
-                "no image tokens\nin this layer",
-                ha="center",
-                va="center",
-                transform=ax.transAxes,
-                fontsize=9,
-                color="gray",
-            )
+            _note(ax, "no image tokens\nin this layer", y=0.5)
         if tax is not None and layer.token_expert is not None:
             n = min(len(token_strings), len(layer.token_expert))
             _draw_tokens(
@@ -300,16 +301,7 @@ def draw_patch_routing(
             used.update(int(e) for e in layer.token_expert[:n] if e >= 0)
             any_dropped |= bool((layer.token_expert[:n] < 0).any())
         elif tax is not None:
-            tax.text(
-                0.5,
-                0.6,
-                "no text tokens in this layer",
-                ha="center",
-                va="center",
-                transform=tax.transAxes,
-                fontsize=9,
-                color="gray",
-            )
+            _note(tax, "no text tokens in this layer", y=0.6)
     handles = [
         Patch(color=colors_E4[e], label=f"expert {e}") for e in range(E) if e in used or E <= 16
     ]
@@ -360,7 +352,7 @@ def _draw_patches(
 
 
 def plot_patch_routing(
-    image,
+    image: ImageLike,
     aux_list: Sequence[MoEAux],
     patch_grid: tuple[int, int],
     token_strings: Sequence[str] | None,

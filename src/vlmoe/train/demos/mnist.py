@@ -59,8 +59,12 @@ class DigitClassifier(nn.Module):
     def __init__(self, moe: MoEConfig | None, dim: int = 64, hidden_dim: int = 128) -> None:
         super().__init__()
         self.stem = nn.Sequential(
-            nn.Conv2d(1, 32, 3, padding=1), nn.GELU(), nn.MaxPool2d(2),  # (B, 32, 14, 14)
-            nn.Conv2d(32, dim, 3, padding=1), nn.GELU(), nn.MaxPool2d(2),  # (B, D, 7, 7)
+            nn.Conv2d(1, 32, 3, padding=1),
+            nn.GELU(),
+            nn.MaxPool2d(2),  # (B, 32, 14, 14)
+            nn.Conv2d(32, dim, 3, padding=1),
+            nn.GELU(),
+            nn.MaxPool2d(2),  # (B, D, 7, 7)
         )
         self.pos_embed = nn.Parameter(torch.zeros(1, 49, dim))
         self.norm = nn.LayerNorm(dim)
@@ -172,12 +176,21 @@ def train_one(
         }
     )
     start = time.perf_counter()
-    Trainer(model, _objective, _AugmentedDigits(x_tr, y_tr, True), _collate, cfg, run_dir, arch="vit").fit()
+    Trainer(
+        model, _objective, _AugmentedDigits(x_tr, y_tr, True), _collate, cfg, run_dir, arch="vit"
+    ).fit()
     seconds = time.perf_counter() - start
     res = evaluate(model, x_ev, y_ev)
     total, active = count_parameters(model)
-    return MNISTResult(name, res["accuracy"], total, active, seconds,
-                       res.get("expert_load"), res.get("expert_load_per_class"))
+    return MNISTResult(
+        name,
+        res["accuracy"],
+        total,
+        active,
+        seconds,
+        res.get("expert_load"),
+        res.get("expert_load_per_class"),
+    )
 
 
 def moe_config(dim: int = 64) -> MoEConfig:
@@ -185,7 +198,9 @@ def moe_config(dim: int = 64) -> MoEConfig:
     return MoEConfig(dim=dim, hidden_dim=64, num_experts=8, top_k=2)
 
 
-def run(out_dir: str | Path = "runs/demo-mnist", epochs: int = DEFAULT_EPOCHS, seed: int = 0) -> list[MNISTResult]:
+def run(
+    out_dir: str | Path = "runs/demo-mnist", epochs: int = DEFAULT_EPOCHS, seed: int = 0
+) -> list[MNISTResult]:
     """Train the MoE classifier and its dense twin; return both results (MoE first)."""
     out_dir = Path(out_dir)
     return [
@@ -198,14 +213,21 @@ def format_results(results: list[MNISTResult]) -> str:
     """A plain-text table plus the MoE's expert load."""
     lines = [f"{'model':<28} {'held-out acc':>12} {'active':>9} {'total':>9} {'time':>7}"]
     for r in results:
-        lines.append(f"{r.name:<28} {r.accuracy:>12.2%} {r.active_params:>9,} {r.total_params:>9,} {r.seconds:>6.0f}s")
+        lines.append(
+            f"{r.name:<28} {r.accuracy:>12.2%} {r.active_params:>9,} {r.total_params:>9,} "
+            f"{r.seconds:>6.0f}s"
+        )
     for r in results:
         if r.expert_load:
             lines.append("")
             lines.append(f"expert load of {r.name} (share of routed tokens, 12.5% = even):")
             lines.append("  " + "  ".join(f"e{i}:{v:.1%}" for i, v in enumerate(r.expert_load)))
             if r.expert_load_per_class:
-                lines.append("  top-2 experts per digit: " + ", ".join(
-                    f"{c}->{'/'.join(str(int(e)) for e in torch.tensor(row).topk(2).indices)}"
-                    for c, row in enumerate(r.expert_load_per_class)))
+                lines.append(
+                    "  top-2 experts per digit: "
+                    + ", ".join(
+                        f"{c}->{'/'.join(str(int(e)) for e in torch.tensor(row).topk(2).indices)}"
+                        for c, row in enumerate(r.expert_load_per_class)
+                    )
+                )
     return "\n".join(lines)

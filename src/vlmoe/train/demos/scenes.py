@@ -24,13 +24,14 @@ import dataclasses
 import json
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from vlmoe.train.config import RunConfig, apply_overrides
-from vlmoe.train.run import Run, prepare, prepare_twin, train
+from vlmoe.train.run import prepare, train
 
 log = logging.getLogger(__name__)
 
@@ -51,8 +52,12 @@ class DemoScale:
     hidden_dim: int = 192
 
 
-FULL = DemoScale(num_train=3000, num_eval=200, fusion_steps=500, decoder_steps=400, batch_size=32)
-QUICK = DemoScale(num_train=200, num_eval=30, fusion_steps=30, decoder_steps=25, batch_size=16, num_layers=2)
+FULL = DemoScale(
+    num_train=3000, num_eval=200, fusion_steps=700, decoder_steps=500, batch_size=32, patch_size=4
+)
+QUICK = DemoScale(
+    num_train=300, num_eval=40, fusion_steps=60, decoder_steps=50, batch_size=16, num_layers=2
+)
 
 
 def _tower(s: DemoScale, prefix: str, moe: str) -> dict[str, Any]:
@@ -74,23 +79,60 @@ def _tower(s: DemoScale, prefix: str, moe: str) -> dict[str, Any]:
 def demo_configs(s: DemoScale) -> dict[str, RunConfig]:
     """The four run configs, keyed "fusion-dense", "fusion-moe", "decoder-dense", "decoder-moe"."""
     common = [
-        "data.name=shapes", f"data.num_train={s.num_train}", f"data.num_eval={s.num_eval}",
-        f"data.image_size={max(16, s.image_size)}", f"train.batch_size={s.batch_size}",
-        "train.log_every=10", "train.checkpoint_every=0", "train.keep_last=1",
-        "schedule.warmup_steps=30", "schedule.min_lr_ratio=0.05", "optim.lr=2e-3",
-        "eval.max_new_tokens=20", "data.tokenizer_vocab=256",
+        "data.name=shapes",
+        f"data.num_train={s.num_train}",
+        f"data.num_eval={s.num_eval}",
+        f"data.image_size={max(16, s.image_size)}",
+        f"train.batch_size={s.batch_size}",
+        "train.log_every=10",
+        "train.checkpoint_every=0",
+        "train.keep_last=1",
+        "schedule.warmup_steps=30",
+        "schedule.min_lr_ratio=0.05",
+        "optim.lr=2e-3",
+        "eval.max_new_tokens=20",
+        "data.tokenizer_vocab=256",
+        "eval.max_examples=300",
     ]
     img = {"image_size": s.image_size, "patch_size": s.patch_size}
     vis = {"vision.image_size": s.image_size, "vision.patch_size": s.patch_size}
     out = {}
-    for variant, preset, moe in (("dense", "fusion-debug", "none"), ("moe", "fusion-debug-moe", "modality")):
-        cfg = apply_overrides(RunConfig(), common + [f"model.preset={preset}", "task=vqa+classification",
-                                                     f"train.steps={s.fusion_steps}"])
-        out[f"fusion-{variant}"] = cfg.with_overrides({"model.overrides": {**img, **_tower(s, '', moe)}})
-    for variant, preset, moe in (("dense", "decoder-debug", "none"), ("moe", "decoder-debug-moe", "pool")):
-        cfg = apply_overrides(RunConfig(), common + [f"model.preset={preset}", "task=captioning",
-                                                     f"train.steps={s.decoder_steps}"])
-        over = {**vis, **_tower(s, "text.", moe), **_tower(dataclasses.replace(s, num_layers=2), "vision.", "none")}
+    for variant, preset, moe in (
+        ("dense", "fusion-debug", "none"),
+        ("moe", "fusion-debug-moe", "modality"),
+    ):
+        cfg = apply_overrides(
+            RunConfig(),
+            common
+            + [
+                f"model.preset={preset}",
+                "task=vqa+classification",
+                f"train.steps={s.fusion_steps}",
+                f"train.eval_every={max(1, s.fusion_steps // 5)}",
+            ],
+        )
+        out[f"fusion-{variant}"] = cfg.with_overrides(
+            {"model.overrides": {**img, **_tower(s, "", moe)}}
+        )
+    for variant, preset, moe in (
+        ("dense", "decoder-debug", "none"),
+        ("moe", "decoder-debug-moe", "pool"),
+    ):
+        cfg = apply_overrides(
+            RunConfig(),
+            common
+            + [
+                f"model.preset={preset}",
+                "task=captioning",
+                f"train.steps={s.decoder_steps}",
+                f"train.eval_every={max(1, s.decoder_steps // 5)}",
+            ],
+        )
+        over = {
+            **vis,
+            **_tower(s, "text.", moe),
+            **_tower(dataclasses.replace(s, num_layers=2), "vision.", "none"),
+        }
         out[f"decoder-{variant}"] = cfg.with_overrides({"model.overrides": over})
     return out
 
@@ -115,61 +157,126 @@ def _headline(task: str, ev: dict[str, Any]) -> dict[str, float]:
     return {k: float(ev[k]) for k in keys if k in ev}
 
 
-def run_demo(out_dir: str | Path = "runs/demo", quick: bool = False, precision: str = "fp32",
-             progress: str = "auto") -> dict[str, Any]:
-    """Train and evaluate the four models, draw the plots, write report.md. Returns the results."""
+def _train_one(name: str, cfg_dict: dict[str, Any], out_dir: str, log_level: int) -> dict[str, Any]:
+    """Train and evaluate one demo model (runs in a worker process, one CPU thread)."""
     from vlmoe.models.base import count_parameters
+
+    logging.basicConfig(level=log_level, format=f"[{name}] %(message)s")
+    logging.getLogger("vlmoe").setLevel(log_level)
+    cfg = RunConfig.from_dict(cfg_dict)
+    if cfg.train.num_threads is not None:
+        torch.set_num_threads(cfg.train.num_threads)
+    r = prepare(cfg)
+    result = train(cfg, Path(out_dir) / name, run=r)
+    total, active = count_parameters(r.model)
+    return dataclasses.asdict(
+        ModelResult(
+            name,
+            r.info.task,
+            _headline(r.info.task, result.eval),
+            total,
+            active,
+            result.examples_per_s,
+            result.seconds,
+            result.eval,
+        )
+    )
+
+
+def run_demo(
+    out_dir: str | Path = "runs/demo",
+    quick: bool = False,
+    precision: str = "fp32",
+    workers: int | None = None,
+    log_level: int = logging.WARNING,
+    on_done: Callable[[ModelResult, float], None] | None = None,
+) -> dict[str, Any]:
+    """Train and evaluate the four models, draw the plots, write report.md. Returns a summary.
+
+    The models train in `workers` processes (default: 2, or 1 on a one-core machine) with one
+    CPU thread each: for models this small, two single-threaded runs side by side use two
+    cores far better than one run with two threads, and neither slows the other down.
+    `on_done(result, seconds_since_start)` is called as each model finishes.
+    """
+    import os
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+    from multiprocessing import get_context
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     scale = QUICK if quick else FULL
-    configs = demo_configs(scale)
+    workers = workers or max(1, min(2, os.cpu_count() or 1))
+    configs = {
+        name: cfg.with_overrides(
+            {"train.precision": precision, "train.progress": "none", "train.num_threads": 1}
+        )
+        for name, cfg in demo_configs(scale).items()
+    }
     t0 = time.perf_counter()
-    results: dict[str, ModelResult] = {}
-    base: Run | None = None
-    for name, cfg in configs.items():
-        cfg = cfg.with_overrides({"train.precision": precision, "train.progress": progress})
-        if name.endswith("dense"):
-            log.info("demo: preparing data for %s", name.split("-")[0])
-            base = prepare(cfg)
-            r = base
-        else:
-            r = prepare_twin(base, cfg)
-        log.info("demo: training %s (%d steps)", name, cfg.train.total_steps)
-        torch.manual_seed(cfg.train.seed)
-        result = train(cfg, out_dir / name, run=r)
-        total, active = count_parameters(r.model)
-        results[name] = ModelResult(name, r.info.task, _headline(r.info.task, result.eval), total, active,
-                                    result.examples_per_s, result.seconds, result.eval)
-        log.info("demo: %s %s", name, results[name].metrics)
-    wall = time.perf_counter() - t0
+    # Longest jobs first so that the two workers finish close together.
+    order = ["fusion-moe", "fusion-dense", "decoder-moe", "decoder-dense"]
+    done: dict[str, dict[str, Any]] = {}
+
+    def finished(name: str, result: dict[str, Any]) -> None:
+        done[name] = result
+        if on_done is not None:
+            on_done(ModelResult(**result), time.perf_counter() - t0)
+
+    if workers == 1:
+        for n in order:
+            finished(n, _train_one(n, configs[n].to_dict(), str(out_dir), log_level))
+    else:
+        with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
+            futures = {
+                pool.submit(_train_one, n, configs[n].to_dict(), str(out_dir), log_level): n
+                for n in order
+            }
+            for f in as_completed(futures):
+                finished(futures[f], f.result())
+    results = {n: ModelResult(**done[n]) for n in configs}  # table order: fusion, decoder
+    for name, r in results.items():
+        log.info("demo: %s %s", name, r.metrics)
     plots = draw_plots(out_dir, results)
+    wall = time.perf_counter() - t0
     summary = {
         "quick": quick,
         "precision": precision,
+        "workers": workers,
         "wall_seconds": wall,
         "scale": dataclasses.asdict(scale),
-        "models": {k: {f.name: getattr(v, f.name) for f in dataclasses.fields(v) if f.name != "eval"}
-                   for k, v in results.items()},
+        "models": {
+            k: {f.name: getattr(v, f.name) for f in dataclasses.fields(v) if f.name != "eval"}
+            for k, v in results.items()
+        },
     }
     (out_dir / "results.json").write_text(json.dumps(summary, indent=2) + "\n")
-    report = write_report(out_dir, results, plots, scale, wall, quick, precision)
+    report = write_report(out_dir, results, plots, scale, wall, quick, precision, workers)
     summary["report"] = str(report)
     return summary
 
 
 def draw_plots(out_dir: Path, results: dict[str, ModelResult]) -> dict[str, Path]:
     """Loss/accuracy curves (dense vs MoE), expert-load heatmaps, routing over one image."""
-    from vlmoe.viz import inspect_model, load_from_results, plot_curves, plot_expert_load
+    from vlmoe.viz import load_from_results, plot_curves, plot_expert_load
 
     plots: dict[str, Path] = {}
-    for family, metrics in (("fusion", ["train/loss", "train/loss/vqa", "eval/vqa/accuracy",
-                                        "eval/classification/accuracy"]),
-                            ("decoder", ["train/loss", "train/loss/task", "eval/captioning/bleu4"])):
-        runs = {v: out_dir / f"{family}-{v}" for v in ("dense", "moe") if f"{family}-{v}" in results}
+    for family, metrics in (
+        (
+            "fusion",
+            ["train/loss", "train/loss/vqa", "eval/vqa/accuracy", "eval/classification/accuracy"],
+        ),
+        ("decoder", ["train/loss", "train/loss/task", "eval/captioning/bleu4"]),
+    ):
+        runs = {
+            v: out_dir / f"{family}-{v}" for v in ("dense", "moe") if f"{family}-{v}" in results
+        }
         try:
-            plots[f"{family}_curves"] = plot_curves(runs, out_dir / f"{family}_curves.png", metrics=metrics,
-                                                    title=f"{family}: dense vs MoE (equal active params)")
+            plots[f"{family}_curves"] = plot_curves(
+                runs,
+                out_dir / f"{family}_curves.png",
+                metrics=metrics,
+                title=f"{family}: dense vs MoE (equal active params)",
+            )
         except (ValueError, OSError) as e:
             log.warning("could not draw %s curves: %s", family, e)
         moe = results.get(f"{family}-moe")
@@ -177,8 +284,12 @@ def draw_plots(out_dir: Path, results: dict[str, ModelResult]) -> dict[str, Path
             continue
         try:
             counts, names = load_from_results(moe.eval)
-            plots[f"{family}_load"] = plot_expert_load(counts, out_dir / f"{family}_expert_load.png", names,
-                                                       title=f"{family} MoE: expert load on held-out scenes")
+            plots[f"{family}_load"] = plot_expert_load(
+                counts,
+                out_dir / f"{family}_expert_load.png",
+                names,
+                title=f"{family} MoE: expert load on held-out scenes",
+            )
         except ValueError as e:
             log.warning("no expert load for %s: %s", family, e)
         try:
@@ -201,8 +312,14 @@ def _routing_example(out_dir: Path, family: str) -> Path:
     world = ShapesConfig(image_size=cfg.data.image_size or info.image_size, seed=cfg.data.seed)
     sample = make_sample(world, "test", 0)
     text = sample.qa[0].question if family == "fusion" and sample.qa else None
-    result = inspect_model(model, sample.image, text, out_dir / f"{family}_inspect", tokenizer=tokenizer,
-                           preprocess=lambda rgb: image_to_tensor(rgb, info.image_size))
+    result = inspect_model(
+        model,
+        sample.image,
+        text,
+        out_dir / f"{family}_inspect",
+        tokenizer=tokenizer,
+        preprocess=lambda rgb: image_to_tensor(rgb, info.image_size),
+    )
     target = out_dir / f"{family}_routing.png"
     target.write_bytes(result.routing_png.read_bytes())
     return target
@@ -212,62 +329,93 @@ def _fmt_params(n: int) -> str:
     return f"{n / 1e6:.2f}M" if n >= 1e6 else f"{n / 1e3:.0f}k"
 
 
+def _cell(metrics: dict[str, float], key: str, percent: bool = True) -> str:
+    if key not in metrics:
+        return "–"
+    return f"{metrics[key]:.1%}" if percent else f"{metrics[key]:.1f}"
+
+
 def results_table(results: dict[str, ModelResult]) -> str:
+    """The report's markdown table: one row per model."""
     lines = [
-        "| task | model | VQA acc | class. acc | BLEU-4 | active params | total params | train ex/s | train time |",
+        "| task | model | VQA acc | class. acc | BLEU-4 | active params | total params "
+        "| train ex/s | train time |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for name, r in results.items():
         family, variant = name.split("-", 1)
         task = "VQA + classification" if family == "fusion" else "captioning"
         m = r.metrics
-        cell = lambda k, pct=True: (f"{m[k]:.1%}" if pct else f"{m[k]:.1f}") if k in m else "–"  # noqa: E731
-        lines.append(
-            f"| {task} | {family} {variant} | {cell('vqa/accuracy')} | {cell('classification/accuracy')} | "
-            f"{cell('captioning/bleu4', False)} | {_fmt_params(r.active_params)} | {_fmt_params(r.total_params)} | "
-            f"{r.examples_per_s:.0f} | {r.train_seconds:.0f}s |"
-        )
+        cells = [
+            task,
+            f"{family} {variant}",
+            _cell(m, "vqa/accuracy"),
+            _cell(m, "classification/accuracy"),
+            _cell(m, "captioning/bleu4", percent=False),
+            _fmt_params(r.active_params),
+            _fmt_params(r.total_params),
+            f"{r.examples_per_s:.0f}",
+            f"{r.train_seconds:.0f}s",
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
 def _verdict(results: dict[str, ModelResult]) -> list[str]:
     lines = []
-    for family, key, label in (("fusion", "vqa/accuracy", "VQA accuracy"),
-                               ("fusion", "classification/accuracy", "classification accuracy"),
-                               ("decoder", "captioning/bleu4", "BLEU-4")):
+    for family, key, label in (
+        ("fusion", "vqa/accuracy", "VQA accuracy"),
+        ("fusion", "classification/accuracy", "classification accuracy"),
+        ("decoder", "captioning/bleu4", "BLEU-4"),
+    ):
         d, m = results.get(f"{family}-dense"), results.get(f"{family}-moe")
         if d is None or m is None or key not in d.metrics or key not in m.metrics:
             continue
         dv, mv = d.metrics[key], m.metrics[key]
         word = "beats" if mv > dv else ("ties" if mv == dv else "does not beat")
         fmt = (lambda v: f"{v:.1%}") if "bleu" not in key else (lambda v: f"{v:.1f}")
-        lines.append(f"- {family}: the MoE model {word} its dense twin on {label} ({fmt(mv)} vs {fmt(dv)}).")
+        lines.append(
+            f"- {family}: the MoE model {word} its dense twin on {label} ({fmt(mv)} vs {fmt(dv)})."
+        )
     return lines
 
 
-def write_report(out_dir: Path, results: dict[str, ModelResult], plots: dict[str, Path], scale: DemoScale,
-                 wall: float, quick: bool, precision: str) -> Path:
+QUICK_NOTE = "Quick run (`--quick`): too short to compare models, it checks the pipeline. "
+
+
+def write_report(
+    out_dir: Path,
+    results: dict[str, ModelResult],
+    plots: dict[str, Path],
+    scale: DemoScale,
+    wall: float,
+    quick: bool,
+    precision: str,
+    workers: int = 1,
+) -> Path:
     """`report.md`: what was trained, the results table, what it means, and the plots."""
     rel = {k: p.name for k, p in plots.items()}
     lines = [
         "# vlmoe demo: dense vs sparse MoE on the scene world",
         "",
-        f"{'Quick run (`--quick`): too short to compare models, it checks the pipeline. ' if quick else ''}"
-        f"Trained on {scale.num_train} generated scenes ({scale.image_size}x{scale.image_size} pixels, "
-        f"patch {scale.patch_size}), evaluated on {scale.num_eval} held-out scenes (the `test` split). "
-        f"Precision {precision}; wall time {wall / 60:.1f} min for all four models.",
+        (QUICK_NOTE if quick else "")
+        + f"Trained on {scale.num_train} generated scenes ({scale.image_size}x{scale.image_size} "
+        f"pixels, patch {scale.patch_size}), evaluated on {scale.num_eval} held-out scenes "
+        "(the `test` split). "
+        f"Precision {precision}; wall time {wall / 60:.1f} min for all four models "
+        f"({workers} at a time, one CPU thread each).",
         "",
-        "Each MoE model has 8 experts with top-2 routing in every other block, experts sized so that a "
-        "token uses as many FFN parameters as in the dense model: equal *active* parameters, more "
-        "*total* parameters. MoE losses: load balance 0.01, router z-loss 0.001, and LIMoE entropy "
+        "Each MoE model has 8 experts with top-2 routing in every other block, experts sized so "
+        "that a token uses as many FFN parameters as in the dense model: equal *active* "
+        "parameters, more *total* parameters. MoE losses: load balance 0.01, router z-loss 0.001, and LIMoE entropy "
         "losses 0.01 for the fusion model.",
         "",
         results_table(results),
         "",
         *_verdict(results),
         "",
-        "Throughput is training examples per second on this machine (MoE dispatch has overhead that "
-        "pays off at larger sizes and on GPUs).",
+        "Throughput is training examples per second of one CPU thread on this machine (sparse "
+        "dispatch costs extra at this tiny size; it pays off as experts grow and on GPUs).",
         "",
         "## Plots",
         "",
@@ -276,7 +424,7 @@ def write_report(out_dir: Path, results: dict[str, ModelResult], plots: dict[str
         "fusion_curves": "Fusion model: training loss and held-out accuracy, dense vs MoE",
         "decoder_curves": "Decoder: training loss and held-out BLEU-4, dense vs MoE",
         "fusion_load": "Fusion MoE: share of held-out tokens per expert, per layer, image vs text",
-        "decoder_load": "Decoder MoE: share of held-out tokens per expert, per layer, image vs text",
+        "decoder_load": "Decoder MoE: share of held-out tokens per expert, per layer and modality",
         "fusion_routing": "Fusion MoE: the expert each image patch and question token went to",
         "decoder_routing": "Decoder MoE: the expert each image token and caption token went to",
     }

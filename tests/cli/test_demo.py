@@ -1,0 +1,43 @@
+"""`vlmoe demo --quick` end to end (the test run's big one), and `vlmoe demo mnist --quick`."""
+
+import json
+
+from vlmoe.cli.main import main
+
+
+def test_quick_demo_end_to_end(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "--quick", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert f"Report: {out / 'report.md'}" in printed
+    report = (out / "report.md").read_text()
+    assert (
+        "| VQA + classification | fusion dense |" in report
+        and "| captioning | decoder moe |" in report
+    )
+    for png in (
+        "fusion_curves.png",
+        "decoder_curves.png",
+        "fusion_expert_load.png",
+        "decoder_expert_load.png",
+        "fusion_routing.png",
+        "decoder_routing.png",
+    ):
+        assert (out / png).is_file() and png in report, png
+    summary = json.loads((out / "results.json").read_text())
+    models = summary["models"]
+    assert set(models) == {"fusion-dense", "fusion-moe", "decoder-dense", "decoder-moe"}
+    for name, m in models.items():
+        # equal active parameters (within the router's few weights), more total for MoE
+        twin = models[name.replace("moe", "dense")]
+        assert abs(m["active_params"] - twin["active_params"]) / twin["active_params"] < 0.02
+        if name.endswith("moe"):
+            assert m["total_params"] > 1.3 * twin["total_params"]
+    assert 0.0 <= models["fusion-moe"]["metrics"]["vqa/accuracy"] <= 1.0
+    assert "captioning/bleu4" in models["decoder-moe"]["metrics"]
+
+
+def test_quick_mnist_demo(tmp_path, capsys):
+    assert main(["demo", "mnist", "--quick", "--out", str(tmp_path)]) == 0
+    printed = capsys.readouterr().out
+    assert "moe (top-2 of 8)" in printed and "dense" in printed and "expert load" in printed
