@@ -58,8 +58,11 @@ ALLOCATOR_ENV = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(2**40)}
 def _reexec_with_allocator_env() -> None:
     if all(os.environ.get(k) == v for k, v in ALLOCATOR_ENV.items()):
         return
-    print(f"[moe_layer] re-executing with {' '.join(f'{k}={v}' for k, v in ALLOCATOR_ENV.items())}"
-          " so that freed memory is reused instead of page-faulted anew", flush=True)
+    print(
+        f"[moe_layer] re-executing with {' '.join(f'{k}={v}' for k, v in ALLOCATOR_ENV.items())}"
+        " so that freed memory is reused instead of page-faulted anew",
+        flush=True,
+    )
     os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **ALLOCATOR_ENV})
 
 
@@ -70,12 +73,34 @@ torch = None  # type: ignore[assignment]
 CONFIGS = {"A": (512, 1024), "B": (1024, 2816)}
 NUM_EXPERTS, TOP_K = 8, 2
 TOKENS = (1, 16, 512, 4096, 16384)
-ALL_IMPLS = ("dense", "dense_touched", "naive", "index_loop", "hf_eager", "hf_grouped_mm",
-             "hf_batched_mm", "vlmoe_loop", "vlmoe_grouped_mm", "vlmoe_bmm", "vlmoe_auto")
+ALL_IMPLS = (
+    "dense",
+    "dense_touched",
+    "naive",
+    "index_loop",
+    "hf_eager",
+    "hf_grouped_mm",
+    "hf_batched_mm",
+    "vlmoe_loop",
+    "vlmoe_grouped_mm",
+    "vlmoe_bmm",
+    "vlmoe_auto",
+)
 SLOW_REFERENCES = ("vlmoe_loop", "index_loop", "hf_eager")
-QUICK = dict(configs=("A",), dtypes=("fp32", "bf16"), tokens=(1, 16, 4096),
-             impls=("dense", "dense_touched", "index_loop", "hf_grouped_mm", "vlmoe_grouped_mm",
-                    "vlmoe_bmm", "vlmoe_auto"))
+QUICK = dict(
+    configs=("A",),
+    dtypes=("fp32", "bf16"),
+    tokens=(1, 16, 4096),
+    impls=(
+        "dense",
+        "dense_touched",
+        "index_loop",
+        "hf_grouped_mm",
+        "vlmoe_grouped_mm",
+        "vlmoe_bmm",
+        "vlmoe_auto",
+    ),
+)
 
 
 @dataclass
@@ -100,8 +125,9 @@ class Impls:
 
         torch.manual_seed(seed)
         self.dim, self.hidden, self.dtype, self.tokens = dim, hidden, dtype, tokens
-        cfg = MoEConfig(dim=dim, hidden_dim=hidden, num_experts=NUM_EXPERTS, top_k=TOP_K,
-                        activation="swiglu")
+        cfg = MoEConfig(
+            dim=dim, hidden_dim=hidden, num_experts=NUM_EXPERTS, top_k=TOP_K, activation="swiglu"
+        )
         self.layer = MoELayer(cfg).to(dtype)
         self.x = torch.randn(tokens, dim, dtype=dtype)
         self.grad = torch.randn(tokens, dim, dtype=dtype)
@@ -131,7 +157,7 @@ class Impls:
             block = self._hf_block(impl[3:])
             return block, lambda x: block(x[None])[0]
         if impl.startswith("vlmoe_"):
-            backend = impl[len("vlmoe_"):]
+            backend = impl[len("vlmoe_") :]
 
             def run(x):
                 self.layer.experts.backend = backend
@@ -147,8 +173,12 @@ class Impls:
         from vlmoe.moe.hf import mixtral_state_dict
 
         if implementation not in self._hf:
-            hf_cfg = MixtralConfig(hidden_size=self.dim, intermediate_size=self.hidden,
-                                   num_local_experts=NUM_EXPERTS, num_experts_per_tok=TOP_K)
+            hf_cfg = MixtralConfig(
+                hidden_size=self.dim,
+                intermediate_size=self.hidden,
+                num_local_experts=NUM_EXPERTS,
+                num_experts_per_tok=TOP_K,
+            )
             hf_cfg._experts_implementation = implementation
             block = MixtralSparseMoeBlock(hf_cfg).to(self.dtype)
             block.load_state_dict(mixtral_state_dict(self.layer))
@@ -258,8 +288,15 @@ def matmul_peak_gflops(dtype, n: int = 2048, runs: int = 5) -> float:
     return 2 * n**3 / statistics.median(times) / 1e9
 
 
-def time_cell(cell: Cell, impls: list[str], runs: int, warmup: int, memory: bool,
-              peak: dict[str, float], all_cells: bool = False) -> list[dict]:
+def time_cell(
+    cell: Cell,
+    impls: list[str],
+    runs: int,
+    warmup: int,
+    memory: bool,
+    peak: dict[str, float],
+    all_cells: bool = False,
+) -> list[dict]:
     dim, hidden = CONFIGS[cell.config]
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[cell.dtype]
     bench = Impls(dim, hidden, dtype, cell.tokens)
@@ -288,26 +325,42 @@ def time_cell(cell: Cell, impls: list[str], runs: int, warmup: int, memory: bool
         ms = medians[impl]
         gflops = flops / (ms / 1e3) / 1e9
         touched = medians.get("dense_touched") if cell.tokens <= 16 else None
-        rows.append({
-            "config": cell.config, "dtype": cell.dtype, "mode": cell.mode, "tokens": cell.tokens,
-            "impl": impl, "median_ms": round(ms, 4),
-            "ratio_to_dense": round(ms / medians["dense"], 3) if "dense" in medians else None,
-            "ratio_to_touched": round(ms / touched, 3) if touched else None,
-            "peak_mb": (round(v, 1) if (v := peak_mb(run, module, cell.mode)) is not None
-                        else None) if memory else None,
-            "gflops": round(gflops, 1),
-            "fraction_of_peak": round(gflops / peak[cell.dtype], 3),
-        })
+        mem = peak_mb(run, module, cell.mode) if memory else None
+        rows.append(
+            {
+                "config": cell.config,
+                "dtype": cell.dtype,
+                "mode": cell.mode,
+                "tokens": cell.tokens,
+                "impl": impl,
+                "median_ms": round(ms, 4),
+                "ratio_to_dense": round(ms / medians["dense"], 3) if "dense" in medians else None,
+                "ratio_to_touched": round(ms / touched, 3) if touched else None,
+                "peak_mb": None if mem is None else round(mem, 1),
+                "gflops": round(gflops, 1),
+                "fraction_of_peak": round(gflops / peak[cell.dtype], 3),
+            }
+        )
     for impl in skipped:
         print(f"  (skipped {impl} at T={cell.tokens}: see the module docstring)")
     return rows
 
 
 def print_rows(rows: list[dict]) -> None:
-    cols = ("impl", "median_ms", "ratio_to_dense", "ratio_to_touched", "peak_mb", "gflops",
-            "fraction_of_peak")
+    cols = (
+        "impl",
+        "median_ms",
+        "ratio_to_dense",
+        "ratio_to_touched",
+        "peak_mb",
+        "gflops",
+        "fraction_of_peak",
+    )
     c0 = rows[0]
-    print(f"\n{c0['config']} {c0['dtype']} {c0['mode']} T={c0['tokens']}")
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    print(
+        f"\n{c0['config']} {c0['dtype']} {c0['mode']} T={c0['tokens']}  (load average {load:.1f})"
+    )
     print("  " + "  ".join(f"{c:>16}" for c in cols))
     for r in rows:
         print("  " + "  ".join(f"{'-' if r[c] is None else r[c]!s:>16}" for c in cols), flush=True)
@@ -315,8 +368,9 @@ def print_rows(rows: list[dict]) -> None:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--quick", action="store_true",
-                   help=f"a subset that runs in under 2 minutes: {QUICK}")
+    p.add_argument(
+        "--quick", action="store_true", help=f"a subset that runs in under 2 minutes: {QUICK}"
+    )
     p.add_argument("--json", metavar="PATH", help="also write the rows to PATH as a JSON list")
     p.add_argument("--configs", nargs="+", choices=sorted(CONFIGS))
     p.add_argument("--dtypes", nargs="+", choices=("fp32", "bf16"))
@@ -327,13 +381,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--no-memory", action="store_true", help="skip the peak memory run")
-    p.add_argument("--all-cells", action="store_true",
-                   help="also time the slow references beyond T=4096")
-    p.add_argument("--no-reexec", action="store_true",
-                   help="keep the current allocator settings (do not re-execute)")
+    p.add_argument(
+        "--all-cells", action="store_true", help="also time the slow references beyond T=4096"
+    )
+    p.add_argument(
+        "--no-reexec",
+        action="store_true",
+        help="keep the current allocator settings (do not re-execute)",
+    )
     args = p.parse_args(argv)
-    preset = QUICK if args.quick else dict(configs=tuple(CONFIGS), dtypes=("fp32", "bf16"),
-                                            tokens=TOKENS, impls=ALL_IMPLS)
+    preset = (
+        QUICK
+        if args.quick
+        else dict(configs=tuple(CONFIGS), dtypes=("fp32", "bf16"), tokens=TOKENS, impls=ALL_IMPLS)
+    )
     for key in ("configs", "dtypes", "tokens", "impls"):
         if getattr(args, key) is None:
             setattr(args, key, preset[key])
@@ -352,8 +413,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
     torch = _torch
     torch.set_num_threads(args.threads)
     env = " ".join(f"{k}={os.environ.get(k, '<unset>')}" for k in ALLOCATOR_ENV)
-    print(f"[moe_layer] torch {torch.__version__}, {torch.get_num_threads()} threads, {env}; "
-          f"median of {args.runs} runs after {args.warmup} warm-up, impls timed round-robin")
+    print(
+        f"[moe_layer] torch {torch.__version__}, {torch.get_num_threads()} threads, {env}; "
+        f"median of {args.runs} runs after {args.warmup} warm-up, impls timed round-robin"
+    )
     impls = list(args.impls)
     if "dense" not in impls:
         impls.insert(0, "dense")
@@ -368,15 +431,26 @@ def main(argv: list[str] | None = None) -> list[dict]:
             for tokens in args.tokens:
                 for mode in args.modes:
                     cell_impls = [i for i in impls if i != "dense_touched" or tokens <= 16]
-                    cell_rows = time_cell(Cell(config, dtype, mode, tokens), cell_impls,
-                                          args.runs, args.warmup, not args.no_memory, peak,
-                                          args.all_cells)
+                    cell_rows = time_cell(
+                        Cell(config, dtype, mode, tokens),
+                        cell_impls,
+                        args.runs,
+                        args.warmup,
+                        not args.no_memory,
+                        peak,
+                        args.all_cells,
+                    )
                     print_rows(cell_rows)
                     rows.extend(cell_rows)
                     if args.json:  # written as it goes, so a long run leaves partial results
                         with open(args.json, "w") as f:
                             json.dump(rows, f, indent=1)
     print(f"\n[moe_layer] done in {time.perf_counter() - t_start:.0f} s")
+    if hasattr(os, "getloadavg") and os.getloadavg()[1] > 1.5 * args.threads:
+        print(
+            "[moe_layer] WARNING: the machine was busy during this run (5-min load average "
+            f"{os.getloadavg()[1]:.1f}); 2-thread timings under contention are unreliable"
+        )
     return rows
 
 

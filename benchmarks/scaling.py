@@ -22,12 +22,15 @@ drop rate, per-modality tokens per expert), parameter counts, throughput and est
 to a JSON file, and `benchmarks/scaling_report.py` turns it into a Markdown table and plots.
 
 Sizes (every task; `Sizes` in scaling_tasks.py): transformer dim 64, 4 blocks (MoE in blocks
-1 and 3), 4 heads, dense FFN hidden 256 (SwiGLU); scene images 32x32 with 4x4 patches (64 image
-tokens), MNIST 28x28 with 7x7 patches; BPE vocabulary 256; text up to 32 tokens. The shared
-recipe (`RECIPE`): AdamW lr 1e-3, weight decay 0.05, batch 32, warm-up 10% then cosine,
-grad clip 1, fp32, MoE losses at vlmoe.train's defaults (load balance 1e-2, z-loss 1e-3, LIMoE
-entropy losses 1e-2 for fusion/contrastive). Steps and data per task are in `TASK_STEPS` /
-`TASK_DATA` and apply to every variant alike.
+1 and 3), 4 heads, dense FFN hidden 256 (SwiGLU); scene images 32x32 with 8x8 patches (16 image
+tokens), MNIST 28x28 with 7x7 patches; BPE vocabulary 256; text up to 32 tokens. Dense models
+have 0.27-0.57M parameters; E=16 twins 0.96-1.3M total at the same active count. The shared
+recipe (`RECIPE`, `TASK_STEPS`, `TASK_DATA`): 1000 AdamW steps of batch 32, lr 2e-3 (as the
+demo), weight decay 0.05, warm-up 10% then cosine to 0.1x, grad clip 1, fp32 (bf16 autocast
+measured slower on this CPU: ~205 vs ~116 ms a step for the dense VQA model), MoE losses at
+vlmoe.train's defaults (load balance 1e-2, z-loss 1e-3, LIMoE entropy losses 1e-2 for fusion
+and contrastive); 4000 training scenes (24k questions, 12k captions) and 250 held-out scenes
+from another seed stream; MNIST's fixed 4000 / 1000 split. Every variant gets the same.
 
 Runs: full = 5 tasks x 5 models x 3 seeds + 6 ablations x 3 seeds = 93 runs;
 `--quick` = dense and E=8 top-2 on every task, seed 0 (10 runs, the same recipe, so its runs
@@ -117,12 +120,28 @@ MAIN = (
 ABLATIONS = (
     Variant("e8k2-pool", "E=8 top-2, one shared pool", 8, 2, moe={"expert_groups": "none"}),
     Variant("e8k2-nobal", "E=8 top-2, balance losses off", 8, 2, losses=NO_BALANCE),
-    Variant("e8k2-bias", "E=8 top-2, aux-loss-free bias", 8, 2,
-            moe={"balance_bias": True}, losses=NO_BALANCE),
-    Variant("e8k2-cap1.0", "E=8 top-2, capacity 1.0 (BPR)", 8, 2,
-            moe={"capacity_factor": 1.0, "drop_policy": "score"}),
-    Variant("e8k2-cap1.25", "E=8 top-2, capacity 1.25 (BPR)", 8, 2,
-            moe={"capacity_factor": 1.25, "drop_policy": "score"}),
+    Variant(
+        "e8k2-bias",
+        "E=8 top-2, aux-loss-free bias",
+        8,
+        2,
+        moe={"balance_bias": True},
+        losses=NO_BALANCE,
+    ),
+    Variant(
+        "e8k2-cap1.0",
+        "E=8 top-2, capacity 1.0 (BPR)",
+        8,
+        2,
+        moe={"capacity_factor": 1.0, "drop_policy": "score"},
+    ),
+    Variant(
+        "e8k2-cap1.25",
+        "E=8 top-2, capacity 1.25 (BPR)",
+        8,
+        2,
+        moe={"capacity_factor": 1.25, "drop_policy": "score"},
+    ),
     Variant("e8k1-upcycled", "E=8 top-1, upcycled at half-way", 8, 1, upcycle=True),
 )
 VARIANTS = {v.name: v for v in MAIN + ABLATIONS}
@@ -132,7 +151,7 @@ QUICK_VARIANTS = ("dense", "e8k2")
 # The one recipe. Per-task step counts and data sizes apply to dense and MoE alike.
 RECIPE = {
     "batch_size": 32,
-    "lr": 1e-3,
+    "lr": 2e-3,
     "weight_decay": 0.05,
     "warmup_frac": 0.1,
     "schedule": "cosine",
@@ -141,21 +160,22 @@ RECIPE = {
     "curve_examples": 256,  # held-out examples for the intermediate points
     "eval_batch": 128,
 }
-TASK_STEPS = {"vqa": 600, "caption": 600, "retrieval": 600, "mnist": 600, "comp": 600}
+TASK_STEPS = {"vqa": 1000, "caption": 1000, "retrieval": 1000, "mnist": 1000, "comp": 1000}
 TASK_DATA = {  # shapes: scenes (train, held-out); mnist: its fixed 4000 / 1000 split
-    "vqa": (2000, 250),
-    "caption": (2000, 250),
-    "retrieval": (2000, 250),
+    "vqa": (4000, 250),
+    "caption": (4000, 250),
+    "retrieval": (4000, 250),
     "mnist": (None, None),
-    "comp": (2000, 250),
+    "comp": (4000, 250),
 }
 
 
 # ----------------------------------------------------------------------------- configs
 
 
-def run_config(spec: TaskSpec, variant: Variant, preset: str, seed: int, steps: int,
-               precision: str) -> Any:
+def run_config(
+    spec: TaskSpec, variant: Variant, preset: str, seed: int, steps: int, precision: str
+) -> Any:
     from vlmoe.train.config import DataSelection, RunConfig
 
     num_train, num_eval = TASK_DATA[spec.name]
@@ -227,9 +247,14 @@ def save_record(path: Path, record: dict[str, Any]) -> None:
     with locked(path):
         data = load_results(path)
         data.setdefault("runs", {})[record["key"]] = record
-        data["meta"] = {"recipe": RECIPE, "task_steps": TASK_STEPS, "task_data": TASK_DATA,
-                        "sizes": dataclasses.asdict(Sizes()), "torch": torch.__version__,
-                        "threads": torch.get_num_threads()}
+        data["meta"] = {
+            "recipe": RECIPE,
+            "task_steps": TASK_STEPS,
+            "task_data": TASK_DATA,
+            "sizes": dataclasses.asdict(Sizes()),
+            "torch": torch.__version__,
+            "threads": torch.get_num_threads(),
+        }
         tmp = path.with_suffix(".json.tmp")
         tmp.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
         os.replace(tmp, path)
@@ -253,9 +278,17 @@ def _mean_text_len(run: Any) -> float:
     return sum(len(run.train_collate._ids(it["text"])) for it in items) / max(1, len(items))
 
 
-def train_model(run: Any, cfg: Any, spec: TaskSpec, steps: int, curve: list[dict],
-                flops_per_step: float, step_offset: int = 0, final_point: bool = False,
-                points: int = RECIPE["eval_points"]) -> tuple[Any, float, float]:
+def train_model(
+    run: Any,
+    cfg: Any,
+    spec: TaskSpec,
+    steps: int,
+    curve: list[dict],
+    flops_per_step: float,
+    step_offset: int = 0,
+    final_point: bool = False,
+    points: int = RECIPE["eval_points"],
+) -> tuple[Any, float, float]:
     """Train `run.model` for `steps` with `vlmoe.train.Trainer`; returns (result, train seconds,
     examples/s). Held-out quality at `points` evenly spaced steps goes to `curve` (on
     `curve_examples` examples; the last point is left to the caller's full evaluation unless
@@ -266,11 +299,13 @@ def train_model(run: Any, cfg: Any, spec: TaskSpec, steps: int, curve: list[dict
     from vlmoe.train.trainer import Trainer
 
     every = max(1, steps // points)
-    cfg = cfg.with_overrides({
-        "train.steps": steps,
-        "train.eval_every": every,
-        "schedule.warmup_steps": max(1, round(RECIPE["warmup_frac"] * steps)),
-    })
+    cfg = cfg.with_overrides(
+        {
+            "train.steps": steps,
+            "train.eval_every": every,
+            "schedule.warmup_steps": max(1, round(RECIPE["warmup_frac"] * steps)),
+        }
+    )
     eval_seconds, calls = [0.0], [0]
 
     def evaluate(model: torch.nn.Module) -> dict[str, Any]:
@@ -281,16 +316,27 @@ def train_model(run: Any, cfg: Any, spec: TaskSpec, steps: int, curve: list[dict
         t0 = time.perf_counter()
         evs = build_evaluators(spec, run, RECIPE["eval_batch"], RECIPE["curve_examples"], False)
         res = derived_metrics(spec, run_evaluators(model, evs))
-        curve.append({"step": step + step_offset, "flops": (step + step_offset) * flops_per_step,
-                      "value": res.get(spec.metric)})
+        curve.append(
+            {
+                "step": step + step_offset,
+                "flops": (step + step_offset) * flops_per_step,
+                "value": res.get(spec.metric),
+            }
+        )
         eval_seconds[0] += time.perf_counter() - t0
         return {}
 
     run_dir = Path(tempfile.mkdtemp(prefix=f"scaling-{spec.name}-"))
     try:
         trainer = Trainer(
-            run.model, make_objective(run.info.task, run.info.architecture), run.train_examples,
-            run.train_collate, cfg, run_dir, arch=run.info.architecture, evaluate=evaluate,
+            run.model,
+            make_objective(run.info.task, run.info.architecture),
+            run.train_examples,
+            run.train_collate,
+            cfg,
+            run_dir,
+            arch=run.info.architecture,
+            evaluate=evaluate,
         )
         result = trainer.fit()
         result.train_log = [r for r in read_metrics(run_dir) if r.get("split") == "train"]
@@ -311,20 +357,30 @@ def check_active(spec: TaskSpec, variant: Variant, active: int, base: Any) -> in
 
     dense_active = count_parameters(base.model)[1]
     if abs(active - dense_active) > 0.02 * dense_active:
-        raise AssertionError(f"{spec.name}/{variant.name}: {active} active parameters vs "
-                             f"{dense_active} for dense; the twins are not at equal active size")
+        raise AssertionError(
+            f"{spec.name}/{variant.name}: {active} active parameters vs "
+            f"{dense_active} for dense; the twins are not at equal active size"
+        )
     return dense_active
 
 
-def run_one(spec: TaskSpec, variant: Variant, seed: int, base: Any, presets: dict[str, str],
-            sizes: Sizes, precision: str) -> dict[str, Any]:
+def run_one(
+    spec: TaskSpec,
+    variant: Variant,
+    seed: int,
+    base: Any,
+    presets: dict[str, str],
+    sizes: Sizes,
+    precision: str,
+) -> dict[str, Any]:
     from vlmoe.eval.runner import run_evaluators
     from vlmoe.models import count_parameters, upcycle_model
     from vlmoe.train.run import prepare_twin
 
     steps = TASK_STEPS[spec.name]
-    cfg = run_config(spec, variant, presets["dense" if variant.upcycle else variant.name], seed,
-                     steps, precision)
+    cfg = run_config(
+        spec, variant, presets["dense" if variant.upcycle else variant.name], seed, steps, precision
+    )
     torch.manual_seed(seed)
     run = prepare_twin(base, cfg)
     run, iid = with_eval_split(run, spec, cfg, TASK_DATA[spec.name][1] or 1000)
@@ -336,16 +392,31 @@ def run_one(spec: TaskSpec, variant: Variant, seed: int, base: Any, presets: dic
         # each half gets the recipe's warm-up + cosine, as a fine-tuning stage would.
         half = steps // 2
         _, active = count_parameters(run.model)
-        res1, sec1, _ = train_model(run, cfg, spec, half, curve,
-                                    6 * active * tokens * RECIPE["batch_size"], final_point=True,
-                                    points=RECIPE["eval_points"] // 2)
+        res1, sec1, _ = train_model(
+            run,
+            cfg,
+            spec,
+            half,
+            curve,
+            6 * active * tokens * RECIPE["batch_size"],
+            final_point=True,
+            points=RECIPE["eval_points"] // 2,
+        )
         moe = variant.moe_config(spec, sizes)
         run = dataclasses.replace(run, model=upcycle_model(run.model, moe))
         total, active = count_parameters(run.model)
         check_active(spec, variant, active, base)
         flops_step = 6 * active * tokens * RECIPE["batch_size"]
-        res, sec2, _ = train_model(run, cfg, spec, steps - half, curve, flops_step,
-                                   step_offset=half, points=RECIPE["eval_points"] // 2)
+        res, sec2, _ = train_model(
+            run,
+            cfg,
+            spec,
+            steps - half,
+            curve,
+            flops_step,
+            step_offset=half,
+            points=RECIPE["eval_points"] // 2,
+        )
         train_seconds = sec1 + sec2
         res.losses = res1.losses + res.losses
         throughput = steps * RECIPE["batch_size"] / max(train_seconds, 1e-9)
@@ -355,13 +426,16 @@ def run_one(spec: TaskSpec, variant: Variant, seed: int, base: Any, presets: dic
         flops_step = 6 * active * tokens * RECIPE["batch_size"]
         res, train_seconds, throughput = train_model(run, cfg, spec, steps, curve, flops_step)
     t_eval = time.perf_counter()
-    evs = build_evaluators(spec, run, RECIPE["eval_batch"], None,
-                           routing=variant.num_experts > 0, iid=iid)
+    evs = build_evaluators(
+        spec, run, RECIPE["eval_batch"], None, routing=variant.num_experts > 0, iid=iid
+    )
     results = derived_metrics(spec, run_evaluators(run.model, evs))
     if curve and curve[-1]["step"] == steps:
         curve[-1]["value"] = results.get(spec.metric)  # the last point on the whole split
     else:
-        curve.append({"step": steps, "flops": flops_step * steps, "value": results.get(spec.metric)})
+        curve.append(
+            {"step": steps, "flops": flops_step * steps, "value": results.get(spec.metric)}
+        )
     eval_seconds = time.perf_counter() - t_eval
     last = res.train_log[-1] if res.train_log else {}
     record = {
@@ -425,19 +499,27 @@ def prepare_base(spec: TaskSpec, presets: dict[str, str], precision: str) -> Any
     base = prepare(cfg)
     # Tokenize every text once now: the collators cache token ids, and the twins share them,
     # so no run's throughput pays for tokenization that another run skips.
-    for examples, collate in ((base.train_examples, base.train_collate),
-                              (base.eval_examples, base.eval_collate)):
+    for examples, collate in (
+        (base.train_examples, base.train_collate),
+        (base.eval_examples, base.eval_collate),
+    ):
         if base.tokenizer is not None and examples is not None:
             for item in examples.items:
                 collate._ids(item["text"])
-    log.info("%s: data ready in %.1fs (%d train / %d held-out examples)", spec.name,
-             time.perf_counter() - t0, len(base.train_examples), len(base.eval_examples))
+    log.info(
+        "%s: data ready in %.1fs (%d train / %d held-out examples)",
+        spec.name,
+        time.perf_counter() - t0,
+        len(base.train_examples),
+        len(base.eval_examples),
+    )
     return base
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--quick", action="store_true", help="dense and E=8 top-2, seed 0, all tasks")
     p.add_argument("--tasks", nargs="+", choices=list(TASKS))
     p.add_argument("--seeds", nargs="+", type=int)
@@ -451,8 +533,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--report-only", action="store_true")
     p.add_argument("--dry-run", action="store_true", help="list the runs to do and exit")
     args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s",
-                        datefmt="%H:%M:%S")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(name)s %(message)s", datefmt="%H:%M:%S"
+    )
     logging.getLogger("vlmoe").setLevel(logging.WARNING)
     torch.set_num_threads(args.threads)
     out = args.out or RESULTS / ("scaling_quick.json" if args.quick else "scaling.json")
@@ -474,8 +557,13 @@ def main(argv: list[str] | None = None) -> int:
         if key in done and done[key].get("fingerprint") == fp:
             continue
         pending.append((task, name, seed))
-    log.info("%d runs asked, %d already in %s, %d to do", len(todo), len(todo) - len(pending),
-             out, len(pending))
+    log.info(
+        "%d runs asked, %d already in %s, %d to do",
+        len(todo),
+        len(todo) - len(pending),
+        out,
+        len(pending),
+    )
     if args.dry_run:
         for item in pending:
             print(*item)
@@ -486,18 +574,29 @@ def main(argv: list[str] | None = None) -> int:
         if args.max_runs is not None and n >= args.max_runs:
             break
         spec = TASKS[task]
-        variants = {v.name: v.moe_config(spec, sizes) for v in MAIN + ABLATIONS if v.name != "e8k1-upcycled"}
+        variants = {
+            v.name: v.moe_config(spec, sizes) for v in MAIN + ABLATIONS if v.name != "e8k1-upcycled"
+        }
         presets = register_presets(spec, sizes, variants)
         if task not in bases:
             bases = {task: prepare_base(spec, presets, args.precision)}  # one task's data at a time
         t0 = time.perf_counter()
         record = run_one(spec, VARIANTS[name], seed, bases[task], presets, sizes, args.precision)
         save_record(out, record)
-        log.info("[%d/%d] %s: %s=%.4f  %.0fs (train %.0fs, %.0f ex/s)  params %d/%d  dead %s",
-                 n + 1, len(pending), record["key"], spec.metric, record["metric"] or float("nan"),
-                 time.perf_counter() - t0, record["train_seconds"], record["examples_per_s"],
-                 record["total_params"], record["active_params"],
-                 record["routing"].get("dead_experts", "-"))
+        log.info(
+            "[%d/%d] %s: %s=%.4f  %.0fs (train %.0fs, %.0f ex/s)  params %d/%d  dead %s",
+            n + 1,
+            len(pending),
+            record["key"],
+            spec.metric,
+            record["metric"] or float("nan"),
+            time.perf_counter() - t0,
+            record["train_seconds"],
+            record["examples_per_s"],
+            record["total_params"],
+            record["active_params"],
+            record["routing"].get("dead_experts", "-"),
+        )
     log.info("done in %.1f min", (time.perf_counter() - t_start) / 60)
     scaling_report.write_report(out)
     return 0

@@ -18,8 +18,19 @@ from typing import Any
 
 from scaling_tasks import TASKS
 
-ORDER = ("dense", "e4k2", "e8k2", "e16k2", "e8k1", "e8k2-pool", "e8k2-nobal", "e8k2-bias",
-         "e8k2-cap1.0", "e8k2-cap1.25", "e8k1-upcycled")
+ORDER = (
+    "dense",
+    "e4k2",
+    "e8k2",
+    "e16k2",
+    "e8k1",
+    "e8k2-pool",
+    "e8k2-nobal",
+    "e8k2-bias",
+    "e8k2-cap1.0",
+    "e8k2-cap1.25",
+    "e8k1-upcycled",
+)
 MAIN = ORDER[:5]
 
 
@@ -66,7 +77,7 @@ def verdicts(cells: dict[tuple[str, str], list[dict]]) -> list[str]:
         diff, spread = m[0] - d[0], max(d[1], m[1])
         s = _scale(spec.metric)
         if min(d[2], m[2]) < 2:
-            word = "MoE ahead" if diff > 0 else "MoE behind"
+            word = "MoE ahead" if diff > 0 else "MoE not ahead"
             note = "(one seed: no spread measured)"
         elif diff > spread:
             word, note = "**MoE wins**", f"(by more than the seed spread {spread * s:.1f})"
@@ -74,8 +85,12 @@ def verdicts(cells: dict[tuple[str, str], list[dict]]) -> list[str]:
             word, note = "MoE ahead, within noise", f"(seed spread {spread * s:.1f})"
         else:
             word, note = "**MoE does not win**", f"(seed spread {spread * s:.1f})"
-        line = f"- {spec.title}: E=8 top-2 − dense = {diff * s:+.1f} {spec.metric_label}: {word} {note}"
-        trend = [_stats([r["metric"] for r in cells.get((task, v), [])]) for v in ("e4k2", "e8k2", "e16k2")]
+        gap = f"{diff * s:+.1f} {spec.metric_label}"
+        line = f"- {spec.title}: E=8 top-2 − dense = {gap}: {word} {note}"
+        trend = [
+            _stats([r["metric"] for r in cells.get((task, v), [])])
+            for v in ("e4k2", "e8k2", "e16k2")
+        ]
         if all(t[2] for t in trend):
             vals = ", ".join(f"{t[0] * s:.1f}" for t in trend)
             falls = trend[2][0] < trend[0][0] - max(trend[0][1], trend[2][1])
@@ -85,8 +100,10 @@ def verdicts(cells: dict[tuple[str, str], list[dict]]) -> list[str]:
 
 
 def table(cells: dict[tuple[str, str], list[dict]], variants: tuple[str, ...]) -> list[str]:
-    head = ("| task | model | held-out | other metrics | total params | active params | "
-            "train ex/s | dead experts | load imbalance | router entropy | seeds |")
+    head = (
+        "| task | model | held-out | other metrics | total params | active params | "
+        "train ex/s | dead experts | load imbalance | router entropy | seeds |"
+    )
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for task, spec in TASKS.items():
         for v in variants:
@@ -106,7 +123,7 @@ def table(cells: dict[tuple[str, str], list[dict]], variants: tuple[str, ...]) -
             ent = _stats([r["routing"].get("router_entropy") for r in routed])
             speed = _stats([r["examples_per_s"] for r in rs])
             lines.append(
-                f"| {task} | {rs[0]['label']} | {spec.metric_label} {main} | {'; '.join(extra) or ''} | "
+                f"| {task} | {rs[0]['label']} | {spec.metric_label} {main} | {'; '.join(extra)} | "
                 f"{_params(rs[0]['total_params'])} | {_params(rs[0]['active_params'])} | "
                 f"{speed[0]:.0f} | {_fmt(*dead, scale=1, digits=1) if routed else '—'} | "
                 f"{_fmt(*imb, scale=1, digits=2) if routed else '—'} | "
@@ -135,10 +152,33 @@ def markdown(data: dict[str, Any]) -> str:
         "",
         *(verdicts(cells) or ["- not enough runs yet"]),
     ]
+    out += [
+        "",
+        "## Wall time (this machine, 2 threads)",
+        "",
+        "| task | runs | mean wall s / run | mean train s / run | total min |",
+        "|---|---|---|---|---|",
+    ]
+    for task in TASKS:
+        rs = [r for r in runs.values() if r["task"] == task]
+        if rs:
+            w = [r["wall_seconds"] for r in rs]
+            t = [r["train_seconds"] for r in rs]
+            out.append(
+                f"| {task} | {len(rs)} | {statistics.fmean(w):.0f} | "
+                f"{statistics.fmean(t):.0f} | {sum(w) / 60:.1f} |"
+            )
     ablation = [v for v in ORDER[5:] if any(k[1] == v for k in cells)]
     if ablation:
-        out += ["", "## Task-1 routing ablations (scene VQA, fusion, E=8)", "",
-                *table({k: v for k, v in cells.items() if k[0] == "vqa"}, ("dense", "e8k2", "e8k1", *ablation))]
+        out += [
+            "",
+            "## Task-1 routing ablations (scene VQA, fusion, E=8)",
+            "",
+            *table(
+                {k: v for k, v in cells.items() if k[0] == "vqa"},
+                ("dense", "e8k2", "e8k1", *ablation),
+            ),
+        ]
     return "\n".join(out) + "\n"
 
 
@@ -168,8 +208,9 @@ def plot_experts(cells: dict[tuple[str, str], list[dict]], path: Path) -> None:
             ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, label="MoE top-2")
         st = _stats([r["metric"] for r in cells.get((task, "e8k1"), [])])
         if st[2]:
-            ax.errorbar([8], [st[0] * s], yerr=[st[1] * s], marker="s", capsize=3, ls="",
-                        label="MoE top-1")
+            ax.errorbar(
+                [8], [st[0] * s], yerr=[st[1] * s], marker="s", capsize=3, ls="", label="MoE top-1"
+            )
         ax.set_xscale("log", base=2)
         ax.set_xticks([4, 8, 16], ["4", "8", "16"])
         ax.set_xlabel("experts")

@@ -52,7 +52,7 @@ class Sizes:
     num_heads: int = 4
     hidden_dim: int = 256  # dense FFN hidden width
     image_size: int = 32
-    patch_size: int = 4
+    patch_size: int = 8
     text_len: int = 32
     vocab: int = 256  # BPE vocabulary trained on the task's training text
 
@@ -77,27 +77,55 @@ TASKS: dict[str, TaskSpec] = {
     t.name: t
     for t in (
         TaskSpec(
-            "vqa", "scene VQA (fusion, modality experts)", "fusion", "vqa",
-            "vqa/accuracy", "VQA acc", data={"name": "shapes"}, expert_groups="modality",
+            "vqa",
+            "scene VQA (fusion, modality experts)",
+            "fusion",
+            "vqa",
+            "vqa/accuracy",
+            "VQA acc",
+            data={"name": "shapes"},
+            expert_groups="modality",
         ),
         TaskSpec(
-            "caption", "scene captioning (decoder)", "decoder", "captioning",
-            "caption/bleu4", "BLEU-4", extra=("caption/attr_em",), data={"name": "shapes"},
-        ),
-        TaskSpec(
-            "retrieval", "image-text retrieval (contrastive)", "contrastive", "contrastive",
-            "retrieval/r@1", "R@1 mean", extra=("retrieval/i2t_r@1", "retrieval/t2i_r@1"),
+            "caption",
+            "scene captioning (decoder)",
+            "decoder",
+            "captioning",
+            "caption/bleu4",
+            "BLEU-4",
+            extra=("caption/attr_em",),
             data={"name": "shapes"},
         ),
         TaskSpec(
-            "mnist", "MNIST-5k classification (ViT)", "vit", "classification",
-            "classification/accuracy", "accuracy", data={"name": "mnist"},
+            "retrieval",
+            "image-text retrieval (contrastive)",
+            "contrastive",
+            "contrastive",
+            "retrieval/r@1",
+            "R@1 mean",
+            extra=("retrieval/i2t_r@1", "retrieval/t2i_r@1"),
+            data={"name": "shapes"},
         ),
         TaskSpec(
-            "comp", "compositional VQA, unseen colour-shape pairs (fusion)", "fusion", "vqa",
-            "comp/accuracy", "comp VQA acc", extra=("vqa/accuracy",),
+            "mnist",
+            "MNIST-5k classification (ViT)",
+            "vit",
+            "classification",
+            "classification/accuracy",
+            "accuracy",
+            data={"name": "mnist"},
+        ),
+        TaskSpec(
+            "comp",
+            "compositional VQA, unseen colour-shape pairs (fusion)",
+            "fusion",
+            "vqa",
+            "comp/accuracy",
+            "comp VQA acc",
+            extra=("vqa/accuracy",),
             data={"name": "shapes", "options": {"holdout": [list(p) for p in HOLDOUT]}},
-            eval_split="comp_test", expert_groups="modality",
+            eval_split="comp_test",
+            expert_groups="modality",
         ),
     )
 }
@@ -108,8 +136,13 @@ TASKS: dict[str, TaskSpec] = {
 
 def tower(s: Sizes, moe: MoEConfig | None = None, **kw: Any) -> TransformerConfig:
     return TransformerConfig(
-        dim=s.dim, num_layers=s.num_layers, num_heads=s.num_heads, hidden_dim=s.hidden_dim,
-        moe=moe, moe_every=2, **kw,
+        dim=s.dim,
+        num_layers=s.num_layers,
+        num_heads=s.num_heads,
+        hidden_dim=s.hidden_dim,
+        moe=moe,
+        moe_every=2,
+        **kw,
     )
 
 
@@ -123,8 +156,12 @@ def moe_config(spec: TaskSpec, s: Sizes, num_experts: int, top_k: int, **kw: Any
     if groups == "modality":
         kw.setdefault("num_cross_modal_experts", max(2, num_experts // 4))
     return MoEConfig(
-        dim=s.dim, hidden_dim=s.hidden_dim // top_k, num_experts=num_experts, top_k=top_k,
-        expert_groups=groups, **kw,
+        dim=s.dim,
+        hidden_dim=s.hidden_dim // top_k,
+        num_experts=num_experts,
+        top_k=top_k,
+        expert_groups=groups,
+        **kw,
     )
 
 
@@ -133,26 +170,43 @@ def model_config(spec: TaskSpec, s: Sizes, moe: MoEConfig | None) -> Any:
     counts are filled in from the data by `vlmoe.train.run.build_model`."""
     img = {"image_size": s.image_size, "patch_size": s.patch_size}
     if spec.architecture == "fusion":
-        return FusionConfig(**img, vocab_size=s.vocab, max_seq_len=s.text_len, num_classes=0,
-                            num_answers=32, transformer=tower(s, moe))
+        return FusionConfig(
+            **img,
+            vocab_size=s.vocab,
+            max_seq_len=s.text_len,
+            num_classes=0,
+            num_answers=32,
+            transformer=tower(s, moe),
+        )
     if spec.architecture == "contrastive":
-        return ContrastiveConfig(**img, vocab_size=s.vocab, max_seq_len=s.text_len,
-                                 embed_dim=s.dim, transformer=tower(s, moe))
+        return ContrastiveConfig(
+            **img,
+            vocab_size=s.vocab,
+            max_seq_len=s.text_len,
+            embed_dim=s.dim,
+            transformer=tower(s, moe),
+        )
     if spec.architecture == "decoder":
         # MoE-LLaVA: a dense vision encoder, MoE in the language model only.
         return DecoderConfig(
             vision=ViTConfig(**img, num_classes=0, transformer=tower(s)),
-            text=TextConfig(vocab_size=s.vocab, max_seq_len=s.text_len,
-                            transformer=tower(s, moe, norm="rmsnorm")),
+            text=TextConfig(
+                vocab_size=s.vocab,
+                max_seq_len=s.text_len,
+                transformer=tower(s, moe, norm="rmsnorm"),
+            ),
         )
     if spec.architecture == "vit":
         # MNIST digits are 28x28: patch 7 gives a 4x4 grid (the shapes' 32/4 gives 8x8).
-        return ViTConfig(image_size=28, patch_size=7, in_channels=3, num_classes=10,
-                         transformer=tower(s, moe))
+        return ViTConfig(
+            image_size=28, patch_size=7, in_channels=3, num_classes=10, transformer=tower(s, moe)
+        )
     raise ValueError(f"unknown architecture {spec.architecture!r}")
 
 
-def register_presets(spec: TaskSpec, s: Sizes, variants: dict[str, MoEConfig | None]) -> dict[str, str]:
+def register_presets(
+    spec: TaskSpec, s: Sizes, variants: dict[str, MoEConfig | None]
+) -> dict[str, str]:
     """Register one preset per variant (`scaling-<task>-<variant>`); returns variant -> name.
 
     Presets rather than `model.overrides`, because `vlmoe.train.run.prepare` reads the image
@@ -163,7 +217,9 @@ def register_presets(spec: TaskSpec, s: Sizes, variants: dict[str, MoEConfig | N
     names = {}
     for variant, moe in variants.items():
         name = f"scaling-{spec.name}-{variant}"
-        register_preset(name, spec.architecture, model_config(spec, s, moe), f"scaling study {name}")
+        register_preset(
+            name, spec.architecture, model_config(spec, s, moe), f"scaling study {name}"
+        )
         names[variant] = name
     return names
 
@@ -187,17 +243,16 @@ def comp_eval_examples(world_cfg: Any, num: int, spec: TaskSpec, run: Any) -> An
     from vlmoe.train.tasks import build_examples
 
     ds = ShapesDataset(world_cfg, spec.eval_split, num)
-    return build_examples(ds, run.info.task, run.info.image_size, "eval",
-                          run.info.answer_vocab, run.info.label_names)
+    return build_examples(
+        ds, run.info.task, run.info.image_size, "eval", run.info.answer_vocab, run.info.label_names
+    )
 
 
 # ----------------------------------------------------------------------------- captions
 
 _COLOUR_RE = "|".join(COLOURS)
 _SHAPE_RE = "|".join(SHAPES)
-_MENTION = re.compile(
-    rf"\b(?:(small|large)\s+)?(?:({_COLOUR_RE})\s+)?({_SHAPE_RE})(?:es|s)?\b"
-)
+_MENTION = re.compile(rf"\b(?:(small|large)\s+)?(?:({_COLOUR_RE})\s+)?({_SHAPE_RE})(?:es|s)?\b")
 
 
 def mentions(caption: str) -> list[tuple[str | None, str | None, str]]:
@@ -253,8 +308,14 @@ class CaptionEvaluator:
         yield "num_examples", len(hyps)
 
 
-def build_evaluators(spec: TaskSpec, run: Any, eval_batch: int, max_examples: int | None,
-                     routing: bool, iid: tuple[Any, Any] | None = None) -> dict[str, Any]:
+def build_evaluators(
+    spec: TaskSpec,
+    run: Any,
+    eval_batch: int,
+    max_examples: int | None,
+    routing: bool,
+    iid: tuple[Any, Any] | None = None,
+) -> dict[str, Any]:
     """Evaluators of a task over the run's held-out examples (named as the table expects);
     `iid` = (examples, collate) of in-distribution held-out VQA for the compositional task."""
     from vlmoe.eval.routing import RoutingEvaluator
@@ -295,9 +356,17 @@ def with_eval_split(run: Any, spec: TaskSpec, cfg: Any, num_eval: int) -> Any:
     from vlmoe.train.tasks import Collator
 
     opts = dict(cfg.data.options)
-    world = ShapesConfig(**{"image_size": max(16, cfg.data.image_size or run.info.image_size),
-                            "seed": cfg.data.seed, **opts})
+    world = ShapesConfig(
+        **{
+            "image_size": max(16, cfg.data.image_size or run.info.image_size),
+            "seed": cfg.data.seed,
+            **opts,
+        }
+    )
     examples = comp_eval_examples(world, num_eval, spec, run)
     iid = (run.eval_examples, run.eval_collate)
-    return dataclasses.replace(run, eval_examples=examples,
-                               eval_collate=Collator(examples, run.tokenizer, run.info.max_len)), iid
+    return dataclasses.replace(
+        run,
+        eval_examples=examples,
+        eval_collate=Collator(examples, run.tokenizer, run.info.max_len),
+    ), iid

@@ -34,8 +34,21 @@ def test_caption_attribute_match(scaling):
 
 def test_quick_study_runs_and_resumes(scaling, tmp_path):
     out = tmp_path / "scaling.json"
-    args = ["--tasks", "vqa", "--seeds", "0", "--variants", "dense", "e8k2", "--steps", "2",
-            "--out", str(out), "--threads", "1"]
+    args = [
+        "--tasks",
+        "vqa",
+        "--seeds",
+        "0",
+        "--variants",
+        "dense",
+        "e8k2",
+        "--steps",
+        "2",
+        "--out",
+        str(out),
+        "--threads",
+        "1",
+    ]
     assert scaling.main(args) == 0
     runs = json.loads(out.read_text())["runs"]
     assert set(runs) == {"vqa/dense/seed0", "vqa/e8k2/seed0"}

@@ -119,8 +119,9 @@ def test_grouped_mm_applies():
     E, D, H = 2, 8, 8
     w_in, w_out = torch.randn(E, D, 2 * H), torch.randn(E, H, D)
     assert grouped_mm_applies(torch.randn(5, D), w_in, w_out) == hasattr(torch, "_grouped_mm")
-    assert not grouped_mm_applies(torch.randn(5, D, dtype=torch.float64), w_in.double(),
-                                  w_out.double())
+    assert not grouped_mm_applies(
+        torch.randn(5, D, dtype=torch.float64), w_in.double(), w_out.double()
+    )
     assert not grouped_mm_applies(torch.randn(5, 6), torch.randn(E, 6, 16), torch.randn(E, 8, 6))
     assert not grouped_mm_applies(torch.randn(5, D).bfloat16(), w_in, w_out)  # mixed dtypes
 
@@ -139,8 +140,9 @@ def test_no_grad_and_partial_grads():
     torch.testing.assert_close(w.grad, w_ref.grad)
 
 
-def test_non_contiguous_input():
-    counts, x, w_in, w_out, _ = _case([2, 3], 0, 8, 8, "gelu")
+@pytest.mark.parametrize("counts", [[2, 3], [3, 3]])  # [3, 3]: bmm's no-padding view
+def test_non_contiguous_input(counts):
+    counts, x, w_in, w_out, _ = _case(counts, 0, 8, 8, "gelu")
     x_t = x.float().t().contiguous().t()  # same values, column-major
     ref = experts_loop(x.float(), counts, w_in.float(), w_out.float(), "gelu")
     for fn in FAST.values():
@@ -172,3 +174,16 @@ def test_choose_backend_rule():
     assert pick([1000, 1010, 990, 1020]) == "bmm"  # balanced: little padding
     assert pick([3000, 100, 100, 100]) == "grouped_mm"  # skewed: padding would triple the work
     assert pick([1000, 1010, 990, 1020], torch.float32) == "grouped_mm"
+
+
+@pytest.mark.parametrize("backend", sorted(FAST))
+def test_expanded_output_gradient(backend):
+    """y.sum().backward() hands the backward a stride-0 gradient; grouped GEMMs need real rows."""
+    counts, x, w_in, w_out, _ = _case([2, 0, 3], 1, 8, 8, "swiglu")
+    grads = []
+    for fn in (FAST[backend], experts_loop):
+        leaves = [t.float().detach().requires_grad_() for t in (x, w_in, w_out)]
+        fn(leaves[0], counts, leaves[1], leaves[2], "swiglu").sum().backward()
+        grads.append([leaf.grad for leaf in leaves])
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b)

@@ -79,15 +79,18 @@ class _StderrHandler(logging.StreamHandler):
 
 
 def setup_logging(verbose: int = 0, quiet: bool = False) -> None:
-    """Library logs go to stderr as plain messages: INFO by default, -v debug, -q warnings."""
-    level = logging.WARNING if quiet else (logging.DEBUG if verbose > 1 else logging.INFO)
+    """Library logs go to stderr as plain messages. By default: warnings, plus the trainer's
+    progress lines; -v: everything at INFO; -vv: DEBUG; -q: warnings only."""
+    level = logging.DEBUG if verbose > 1 else logging.INFO if verbose else logging.WARNING
     root = logging.getLogger()
     if not any(isinstance(h, _StderrHandler) for h in root.handlers):
         handler = _StderrHandler()
         handler.setFormatter(logging.Formatter("%(message)s"))
         root.addHandler(handler)
-    root.setLevel(level if verbose else max(level, logging.WARNING))
+    root.setLevel(logging.WARNING)
     logging.getLogger("vlmoe").setLevel(level)
+    progress = logging.WARNING if quiet else min(level, logging.INFO)
+    logging.getLogger("vlmoe.train.trainer").setLevel(progress)
 
 
 def add_common_flags(parser: argparse.ArgumentParser) -> None:

@@ -42,7 +42,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--precision", choices=["fp32", "bf16"], default="fp32", help="fp32, or bf16 autocast"
     )
     p.add_argument(
-        "--epochs", type=int, default=None, help="mnist: training epochs (default 12, quick 1)"
+        "--epochs", type=float, default=None, help="mnist: training epochs (default 12, quick 0.25)"
     )
 
 
@@ -52,9 +52,9 @@ def run(args: argparse.Namespace) -> int:
         from vlmoe.train.demos import mnist
 
         out = args.out or "runs/demo-mnist"
-        epochs = args.epochs or (1 if args.quick else mnist.DEFAULT_EPOCHS)
+        epochs = args.epochs or (0.25 if args.quick else mnist.DEFAULT_EPOCHS)
         print(
-            f"training the MoE digit classifier and its dense twin ({epochs} epochs each) ...",
+            f"training the MoE digit classifier and its dense twin ({epochs:g} epochs each) ...",
             flush=True,
         )
         results = mnist.run(out, epochs=epochs)

@@ -153,22 +153,29 @@ class MNISTResult:
 
 
 def train_one(
-    name: str, moe: MoEConfig | None, run_dir: Path, epochs: int = 12, seed: int = 0
+    name: str,
+    moe: MoEConfig | None,
+    run_dir: Path,
+    epochs: float = DEFAULT_EPOCHS,
+    seed: int = 0,
+    num_threads: int | None = None,
 ) -> MNISTResult:
+    """Train one classifier (MoE when `moe` is given, else dense) and evaluate it."""
     from vlmoe.models.base import count_parameters
 
     (x_tr, y_tr), (x_ev, y_ev) = load_mnist_5k()
     torch.manual_seed(seed)
     model = DigitClassifier(moe)
     batch = 64
-    steps = epochs * len(y_tr) // batch
+    steps = max(1, int(epochs * len(y_tr) // batch))
     cfg = RunConfig().with_overrides(
         {
             "train.steps": steps,
             "train.batch_size": batch,
             "train.seed": seed,
             "train.log_every": 50,
-            "train.progress": "auto",
+            "train.progress": "auto" if num_threads is None else "none",
+            "train.num_threads": num_threads,
             "optim.lr": 3e-3,
             "optim.weight_decay": 0.05,
             "schedule.warmup_steps": 50,
@@ -199,14 +206,27 @@ def moe_config(dim: int = 64) -> MoEConfig:
 
 
 def run(
-    out_dir: str | Path = "runs/demo-mnist", epochs: int = DEFAULT_EPOCHS, seed: int = 0
+    out_dir: str | Path = "runs/demo-mnist", epochs: float = DEFAULT_EPOCHS, seed: int = 0
 ) -> list[MNISTResult]:
-    """Train the MoE classifier and its dense twin; return both results (MoE first)."""
+    """Train the MoE classifier and its dense twin; return both results (MoE first).
+
+    With two or more CPU cores the two models train side by side in two processes of one
+    thread each (faster than one after the other with two threads each, for models this size).
+    """
+    import os
+    from concurrent.futures import ProcessPoolExecutor
+    from multiprocessing import get_context
+
     out_dir = Path(out_dir)
-    return [
-        train_one("moe (top-2 of 8)", moe_config(), out_dir / "moe", epochs, seed),
-        train_one("dense (same active params)", None, out_dir / "dense", epochs, seed),
+    jobs = [
+        ("moe (top-2 of 8)", moe_config(), out_dir / "moe", epochs, seed),
+        ("dense (same active params)", None, out_dir / "dense", epochs, seed),
     ]
+    if (os.cpu_count() or 1) < 2:
+        return [train_one(*job) for job in jobs]
+    with ProcessPoolExecutor(2, mp_context=get_context("spawn")) as pool:
+        futures = [pool.submit(train_one, *job, num_threads=1) for job in jobs]
+        return [f.result() for f in futures]
 
 
 def format_results(results: list[MNISTResult]) -> str:
