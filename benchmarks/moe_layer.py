@@ -11,7 +11,10 @@ grad, gradients reset to None before each run as `zero_grad()` does).
 
 How it measures (printed again at the top of every run):
 
-- Threads: `torch.set_num_threads(2)` (the size of the machine this was written on).
+- Threads: `torch.set_num_threads(2)` (the size of the machine this was written on). Two-thread
+  timings are only meaningful on an otherwise idle machine: under contention OpenMP barriers
+  stall for milliseconds per op. `--wait-idle S` waits (up to S seconds) for an idle CPU
+  before each cell; every cell prints the load average it started at.
 - Timing: per cell, every impl is built once and warmed up, then the impls are timed round-robin
   (run 1 of every impl, run 2 of every impl, ...) so that a burst of load from another process
   hits all of them alike; `median_ms` is the median of `--runs` (>= 10) runs.
@@ -276,6 +279,39 @@ def peak_mb(run: Callable[[], None], module, mode: str) -> float | None:
     return max(0.0, (hwm - before) * 1024 - grads) / 2**20
 
 
+def _cpu_busy(interval: float = 1.0) -> float | None:
+    """Fraction of the machine's CPU time spent busy over `interval` seconds (Linux)."""
+
+    def sample() -> tuple[int, int]:
+        with open("/proc/stat") as f:
+            fields = [int(v) for v in f.readline().split()[1:8]]
+        idle = fields[3] + fields[4]
+        return sum(fields) - idle, sum(fields)
+
+    try:
+        busy0, total0 = sample()
+        time.sleep(interval)
+        busy1, total1 = sample()
+    except OSError:
+        return None
+    return (busy1 - busy0) / max(1, total1 - total0)
+
+
+def wait_idle(max_wait: float, threshold: float = 0.15, streak: int = 3) -> None:
+    """Block until the CPU has been idle (< threshold busy) for `streak` seconds, or max_wait."""
+    if max_wait <= 0:
+        return
+    start, quiet = time.perf_counter(), 0
+    while time.perf_counter() - start < max_wait:
+        busy = _cpu_busy()
+        if busy is None:
+            return
+        quiet = quiet + 1 if busy < threshold else 0
+        if quiet >= streak:
+            return
+    print(f"  (machine still busy after waiting {max_wait:.0f} s; timing anyway)")
+
+
 def matmul_peak_gflops(dtype, n: int = 2048, runs: int = 5) -> float:
     a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
     for _ in range(2):
@@ -382,6 +418,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--no-memory", action="store_true", help="skip the peak memory run")
     p.add_argument(
+        "--wait-idle",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="on a shared machine, wait up to SECONDS before each cell for the CPU to be idle",
+    )
+    p.add_argument(
         "--all-cells", action="store_true", help="also time the slow references beyond T=4096"
     )
     p.add_argument(
@@ -421,6 +464,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     if "dense" not in impls:
         impls.insert(0, "dense")
     peak = {}
+    wait_idle(args.wait_idle)
     for dt in args.dtypes:
         peak[dt] = matmul_peak_gflops({"fp32": torch.float32, "bf16": torch.bfloat16}[dt])
         print(f"[moe_layer] {dt} large square matmul (n=2048): {peak[dt]:.0f} GFLOP/s")
@@ -431,6 +475,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             for tokens in args.tokens:
                 for mode in args.modes:
                     cell_impls = [i for i in impls if i != "dense_touched" or tokens <= 16]
+                    wait_idle(args.wait_idle)
                     cell_rows = time_cell(
                         Cell(config, dtype, mode, tokens),
                         cell_impls,

@@ -516,6 +516,59 @@ def prepare_base(spec: TaskSpec, presets: dict[str, str], precision: str) -> Any
     return base
 
 
+def measure_throughput(
+    tasks: list[str], out: Path, precision: str, steps: int = 40, repeats: int = 3
+) -> None:
+    """Training throughput of every main model, measured back to back (variants interleaved,
+    best of `repeats` windows of 10 steps after a warm-up window), so that the comparison is not
+    skewed by other load on a shared machine as the training runs' own rates may be. Written
+    to the JSON's `throughput` section ({task: {variant: examples/s}})."""
+    from vlmoe.train.metrics import read_metrics
+    from vlmoe.train.run import prepare_twin
+    from vlmoe.train.tasks import make_objective
+    from vlmoe.train.trainer import Trainer
+
+    sizes = Sizes()
+    best: dict[str, dict[str, float]] = {}
+    for task in tasks:
+        spec = TASKS[task]
+        variants = {v.name: v.moe_config(spec, sizes) for v in MAIN}
+        presets = register_presets(spec, sizes, variants)
+        base = prepare_base(spec, presets, precision)
+        for _ in range(repeats):
+            for v in MAIN:
+                cfg = run_config(spec, v, presets[v.name], 0, steps, precision)
+                cfg = cfg.with_overrides({"train.log_every": 10})
+                run = prepare_twin(base, cfg)
+                run_dir = Path(tempfile.mkdtemp(prefix="scaling-speed-"))
+                try:
+                    Trainer(
+                        run.model,
+                        make_objective(run.info.task, run.info.architecture),
+                        run.train_examples,
+                        run.train_collate,
+                        cfg,
+                        run_dir,
+                        arch=run.info.architecture,
+                    ).fit()
+                    rates = [
+                        r["examples_per_s"]
+                        for r in read_metrics(run_dir)
+                        if r.get("split") == "train"
+                    ][1:]
+                finally:
+                    shutil.rmtree(run_dir, ignore_errors=True)
+                cell = best.setdefault(task, {})
+                cell[v.name] = round(max([cell.get(v.name, 0.0), *rates]), 1)
+        log.info("%s throughput (examples/s): %s", task, best[task])
+    with locked(out):
+        data = load_results(out)
+        data.setdefault("throughput", {}).update(best)
+        tmp = out.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
+        os.replace(tmp, out)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
@@ -531,6 +584,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, help="override every task's steps (for smoke tests)")
     p.add_argument("--max-runs", type=int, help="stop after this many new runs")
     p.add_argument("--report-only", action="store_true")
+    p.add_argument(
+        "--throughput",
+        action="store_true",
+        help="only measure every main model's training speed back to back",
+    )
     p.add_argument("--dry-run", action="store_true", help="list the runs to do and exit")
     args = p.parse_args(argv)
     logging.basicConfig(
@@ -545,6 +603,10 @@ def main(argv: list[str] | None = None) -> int:
     import scaling_report
 
     if args.report_only:
+        scaling_report.write_report(out)
+        return 0
+    if args.throughput:
+        measure_throughput(args.tasks or list(TASKS), out, args.precision)
         scaling_report.write_report(out)
         return 0
     sizes = Sizes()

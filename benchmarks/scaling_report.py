@@ -99,7 +99,11 @@ def verdicts(cells: dict[tuple[str, str], list[dict]]) -> list[str]:
     return lines
 
 
-def table(cells: dict[tuple[str, str], list[dict]], variants: tuple[str, ...]) -> list[str]:
+def table(
+    cells: dict[tuple[str, str], list[dict]],
+    variants: tuple[str, ...],
+    speed: dict[str, dict[str, float]] | None = None,
+) -> list[str]:
     head = (
         "| task | model | held-out | other metrics | total params | active params | "
         "train ex/s | dead experts | load imbalance | router entropy | seeds |"
@@ -121,11 +125,13 @@ def table(cells: dict[tuple[str, str], list[dict]], variants: tuple[str, ...]) -
             dead = _stats([r["routing"].get("dead_experts") for r in routed])
             imb = _stats([r["routing"].get("load_imbalance") for r in routed])
             ent = _stats([r["routing"].get("router_entropy") for r in routed])
-            speed = _stats([r["examples_per_s"] for r in rs])
+            rate = (speed or {}).get(task, {}).get(v)
+            if rate is None:
+                rate = _stats([r["examples_per_s"] for r in rs])[0]
             lines.append(
                 f"| {task} | {rs[0]['label']} | {spec.metric_label} {main} | {'; '.join(extra)} | "
                 f"{_params(rs[0]['total_params'])} | {_params(rs[0]['active_params'])} | "
-                f"{speed[0]:.0f} | {_fmt(*dead, scale=1, digits=1) if routed else '—'} | "
+                f"{rate:.0f} | {_fmt(*dead, scale=1, digits=1) if routed else '—'} | "
                 f"{_fmt(*imb, scale=1, digits=2) if routed else '—'} | "
                 f"{_fmt(*ent, scale=1, digits=2) if routed else '—'} | {len(rs)} |"
             )
@@ -144,9 +150,15 @@ def markdown(data: dict[str, Any]) -> str:
         f"(torch {meta.get('torch', '?')}, {meta.get('threads', '?')} threads). "
         "Held-out metric as mean ± std over seeds (percent, BLEU on its 0-100 scale). "
         "Routing columns: held-out evaluation, summed dead experts over MoE layers, "
-        "max/mean load per layer, mean router entropy (nats).",
+        "max/mean load per layer, mean router entropy (nats). Train ex/s: "
+        + (
+            "measured back to back (`--throughput`, best of 3 interleaved windows)"
+            if data.get("throughput")
+            else "median logging window of the training run (noisy on a shared machine)"
+        )
+        + ".",
         "",
-        *table(cells, MAIN),
+        *table(cells, MAIN, data.get("throughput")),
         "",
         "## Does MoE win?",
         "",

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from torch import nn
 
 from vlmoe.train.checkpoint import CheckpointError, latest_checkpoint
@@ -250,6 +251,7 @@ def prepare(cfg: RunConfig) -> Run:
     eval_ex = None
     if eval_set is not None and len(eval_set):
         eval_ex = build_examples(eval_set, task, image_size, "eval", answer_vocab, label_names)
+    torch.manual_seed(cfg.train.seed)  # the initial weights depend on the seed alone
     model = build_model(
         sel,
         vocab_size=tokenizer.vocab_size if tokenizer is not None else None,
@@ -468,6 +470,7 @@ def prepare_twin(run: Run, cfg: RunConfig) -> Run:
     """A Run for another model over the same data, tokenizer and examples as `run` (e.g. the
     MoE twin of a dense model): only the model is built anew, from `cfg.model`."""
     info = run.info
+    torch.manual_seed(cfg.train.seed)
     model = build_model(
         cfg.model,
         vocab_size=run.tokenizer.vocab_size if run.tokenizer is not None else None,

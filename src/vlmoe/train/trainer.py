@@ -76,8 +76,8 @@ class TrainResult:
     steps: int
     losses: list[float]  # total loss of every optimizer step (from step 1)
     eval: dict[str, Any]  # the final evaluation (empty without an eval function)
-    seconds: float  # wall time of this call of `fit`
-    examples_per_s: float  # training throughput of this call
+    seconds: float  # wall time of this call of `fit` (evaluations and checkpoints included)
+    examples_per_s: float  # training throughput of this call (optimizer steps only)
     checkpoint: Path | None
 
 
@@ -301,7 +301,7 @@ class Trainer:
         t0 = time.perf_counter()
         window: dict[str, float] = {}
         window_n, window_ex, window_t = 0, 0, time.perf_counter()
-        run_ex, ckpt, final_eval = 0, None, {}
+        run_ex, ckpt, final_eval, step_seconds = 0, None, {}, 0.0
         try:
             for step in range(start, total):
                 index = stage_of(step)
@@ -312,7 +312,9 @@ class Trainer:
                 base = stage.lr if stage.lr is not None else cfg.optim.lr
                 lr = base * lr_factor(step - stage_start, stage.steps, cfg.schedule)
                 set_lr(self.optimizer, lr)
+                t_step = time.perf_counter()
                 loss, terms, n_ex = self._step(step, order)
+                step_seconds += time.perf_counter() - t_step
                 losses.append(loss)
                 run_ex += n_ex
                 window_n, window_ex = window_n + 1, window_ex + n_ex
@@ -343,6 +345,7 @@ class Trainer:
                     results = self.evaluate(self.model)
                     self.model.train()
                     metrics.log(done, "eval", results)
+                    window_t = time.perf_counter()  # keep evaluation out of the throughput
                     final_eval = results
                 if done == total or (
                     cfg.train.checkpoint_every and done % cfg.train.checkpoint_every == 0
@@ -374,6 +377,6 @@ class Trainer:
             losses=losses,
             eval=final_eval,
             seconds=seconds,
-            examples_per_s=run_ex / max(seconds, 1e-9),
+            examples_per_s=run_ex / max(step_seconds, 1e-9),
             checkpoint=ckpt or latest_checkpoint(self.run_dir),
         )
