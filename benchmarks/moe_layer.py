@@ -30,11 +30,12 @@ How it measures (printed again at the top of every run):
 - gflops: useful expert FLOPs per second, 2*T*K*(D*I + H*D) forward and three times that for
   forward+backward, whatever the impl actually computes. fraction_of_peak: gflops over the rate
   of one large square matmul of the same dtype (n=2048) timed at the start of the run.
-- peak_mb: peak resident memory of one extra run, above the memory held before it, minus the
-  bytes of the parameter gradients (which an MoE holds E/K times as many of as its dense
-  equivalent, by design). Method: gc, `malloc_trim(0)` (so freed heap pages leave the resident
-  set), reset the kernel's high-water mark (`/proc/self/clear_refs` = 5), run, read VmHWM from
-  /proc/self/status. Linux + glibc only; elsewhere peak_mb is null. 4 KiB page granularity.
+- peak_mb: peak bytes held by CPU tensors during one extra run, above what was held before it,
+  counted from the torch profiler's memory events (every CPU tensor allocation and free, in
+  order; independent of the C allocator and of page granularity). For fwd_bwd the gradient
+  buffers already exist (as after `zero_grad(set_to_none=False)`), so the peak counts
+  activations and temporaries, not the gradient storage that an MoE holds E/K times as much of
+  as its dense equivalent by design.
 
 Impls skipped (and said so) where they cannot run or would take most of the run's time: naive
 all-experts beyond T=4096 (it builds E x T x I buffers, several GB), transformers' batched_mm
@@ -45,8 +46,6 @@ index loop, transformers eager) beyond T=4096 unless `--all-cells` is given.
 from __future__ import annotations
 
 import argparse
-import ctypes
-import gc
 import json
 import os
 import statistics
@@ -224,7 +223,7 @@ class Impls:
         if mode == "fwd":
             module.eval()
 
-            def run_fwd() -> None:
+            def run_fwd(keep_grads: bool = False) -> None:
                 with torch.no_grad():
                     fwd(self.x)
 
@@ -232,10 +231,11 @@ class Impls:
         module.train()
         x = self.x.detach().requires_grad_()
 
-        def run_fwd_bwd() -> None:
-            for p in module.parameters():
-                p.grad = None
-            x.grad = None
+        def run_fwd_bwd(keep_grads: bool = False) -> None:
+            if not keep_grads:  # zero_grad(set_to_none=True), as training loops do
+                for p in module.parameters():
+                    p.grad = None
+                x.grad = None
             fwd(x).backward(self.grad)
 
         return run_fwd_bwd, module
@@ -245,38 +245,38 @@ class Impls:
 # measurement
 
 
-def _status_kb(key: str) -> int | None:
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith(key + ":"):
-                    return int(line.split()[1])
-    except OSError:
-        return None
-    return None
+def peak_mb(run: Callable[..., None], module, mode: str) -> float:
+    """Peak bytes held by CPU tensors during one run, above what was held before it.
 
+    Counted from the profiler's memory events (every CPU tensor allocation and free, in order),
+    so it does not depend on the C allocator. For fwd_bwd the gradients of the parameters and of
+    the input are allocated beforehand (as `zero_grad(set_to_none=False)` leaves them), so the
+    peak counts activations and temporaries, not gradient storage, which an MoE holds E/K
+    times as much of as its dense equivalent by design.
+    """
+    from torch.profiler import ProfilerActivity, profile
 
-def peak_mb(run: Callable[[], None], module, mode: str) -> float | None:
-    """Peak resident memory of one run above what was resident before it (see docstring)."""
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        gc.collect()
-        libc.malloc_trim(0)
-        before = _status_kb("VmRSS")
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-    except OSError:
-        return None
-    run()
-    hwm = _status_kb("VmHWM")
-    if before is None or hwm is None:
-        return None
-    grads = 0
+    tensors = list(module.parameters())
     if mode == "fwd_bwd":
-        grads = sum(p.numel() * p.element_size() for p in module.parameters())
-    for p in module.parameters():
+        for p in tensors:
+            p.grad = torch.zeros_like(p)
+    stderr = os.dup(2)  # the profiler's C++ side logs its start and stop on stderr
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+        with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+            run(keep_grads=True)
+    finally:
+        os.dup2(stderr, 2)
+        os.close(stderr)
+    events = [e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"]
+    held = peak = 0
+    for e in sorted(events, key=lambda e: e.start_ns()):
+        held += e.nbytes()
+        peak = max(peak, held)
+    for p in tensors:
         p.grad = None
-    return max(0.0, (hwm - before) * 1024 - grads) / 2**20
+    return peak / 2**20
 
 
 def _cpu_busy(interval: float = 1.0) -> float | None:

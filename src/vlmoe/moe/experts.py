@@ -15,9 +15,9 @@ Backends (all held to `experts_loop` by the tests, in outputs and in gradients):
   the whole expert MLP, through `torch._grouped_mm` where it applies (fp32/bf16/fp16 on CPU,
   bf16 on Hopper+; int32 cumulative offsets read on the device; 16-byte aligned data and row
   strides). The backward is written by hand: dgrad and wgrad are grouped GEMMs too (2d x 3d and
-  2d x 2d), the incoming gradient is made contiguous, and the activation's derivative is
-  recomputed from the saved pre-activation, so the layer keeps x, h and act(h) only (fewer
-  activations than the dense FFN it replaces, which also keeps silu(gate)). Where
+  2d x 2d), the incoming gradient is made contiguous, and the activation is recomputed from
+  the saved pre-activation, so the layer keeps x and h only (I + D values per row, against
+  2I + D for the dense FFN it replaces, which also keeps silu(gate) and act(h)). Where
   `torch._grouped_mm` does not apply (fp64, sizes not a multiple of 16 bytes, old torch) the
   same function runs one `mm` per expert into slices of one output: same results, same memory.
   On CPU `torch._grouped_mm` is itself a loop of `mm` over the groups (it reads the offsets on
@@ -57,6 +57,7 @@ E=8, k=2; medians, machine idle; see benchmarks/moe_layer.py for the whole table
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Literal
 
 import torch
@@ -158,24 +159,42 @@ def _act_forward(h_MI: Tensor, activation: Activation, out_MH: Tensor) -> None:
         torch.ops.aten.gelu.out(h_MI, approximate="tanh", out=out_MH)
 
 
-def _act_backward(grad_MH: Tensor, h_MI: Tensor, activation: Activation, out_MI: Tensor) -> None:
-    """d act / d h given d act, written into `out` (M, I)."""
+def _act_backward(
+    h_MI: Tensor,
+    rows: int,
+    activation: Activation,
+    grad_a: Callable[[], Tensor],
+    grad_w_out: Callable[[Tensor], Tensor] | None,
+) -> tuple[Tensor, Tensor | None]:
+    """(d loss / d h, d loss / d w_out) from the saved pre-activation h alone.
+
+    Only the first `rows` rows are computed (the rest of d h is left uninitialised, never read).
+    The activation a = act(h) is recomputed for the w_out gradient (`grad_w_out(a)`) and freed
+    before the large gradient buffers exist; `grad_a()` returns d loss / d a for those rows.
+    Buffers are reused in place: besides h, the backward holds one (M, H) and one (M, I) buffer.
+    """
+    grad_h = torch.empty_like(h_MI)
+    h, out = h_MI[:rows], grad_h[:rows]
     if activation == "swiglu":
-        gate, up = h_MI.chunk(2, dim=-1)
-        d_gate, d_up = out_MI.chunk(2, dim=-1)
-        torch.mul(grad_MH, F.silu(gate), out=d_up)
-        torch.ops.aten.silu_backward.grad_input(grad_MH * up, gate, grad_input=d_gate)
-    else:
-        torch.ops.aten.gelu_backward.grad_input(
-            grad_MH, h_MI, approximate="tanh", grad_input=out_MI
-        )
+        gate, up = h.chunk(2, dim=-1)
+        silu_gate = F.silu(gate)
+        w_out_grad = grad_w_out(silu_gate * up) if grad_w_out is not None else None
+        g_a = grad_a()
+        d_gate, d_up = out.chunk(2, dim=-1)
+        torch.mul(g_a, silu_gate, out=d_up)
+        del silu_gate
+        torch.ops.aten.silu_backward.grad_input(g_a.mul_(up), gate, grad_input=d_gate)
+        return grad_h, w_out_grad
+    w_out_grad = grad_w_out(F.gelu(h, approximate="tanh")) if grad_w_out is not None else None
+    torch.ops.aten.gelu_backward.grad_input(grad_a(), h, approximate="tanh", grad_input=out)
+    return grad_h, w_out_grad
 
 
 class _GroupedExpertMLP(torch.autograd.Function):
     """y = act(x @ w_in[e]) @ w_out[e] per expert slice, with a hand-written backward.
 
-    Saves x, the pre-activation h and the activation a; the backward recomputes only the
-    activation's derivative from h. Rows past the last slice are never read and come out zero.
+    Saves x and the pre-activation h only; the backward recomputes the activation from h.
+    Rows past the last slice are never read and come out zero.
     `total` is that row count when known on the host (CPU), else None (masked on the device).
     """
 
@@ -197,28 +216,33 @@ class _GroupedExpertMLP(torch.autograd.Function):
         _act_forward(h_NI[:rows], activation, a_NH[:rows])
         y_ND = _gmm(a_NH, w_out_EHD, offs_E, ends)  # (N, D)
         _zero_tail(y_ND, total, offs_E)
-        ctx.save_for_backward(x_ND, h_NI, a_NH, w_in_EDI, w_out_EHD, offs_E)
+        ctx.save_for_backward(x_ND, h_NI, w_in_EDI, w_out_EHD, offs_E)
         ctx.ends, ctx.total, ctx.activation = ends, total, activation
         return y_ND
 
     @staticmethod
     def backward(ctx, grad_ND: Tensor):
-        x_ND, h_NI, a_NH, w_in_EDI, w_out_EHD, offs_E = ctx.saved_tensors
+        x_ND, h_NI, w_in_EDI, w_out_EHD, offs_E = ctx.saved_tensors
         ends, total = ctx.ends, ctx.total
         rows = h_NI.shape[0] if total is None else total
         need_x, need_w_in, need_w_out = ctx.needs_input_grad[:3]
         grad_ND = grad_ND.contiguous()
-        grad_a_NH = _gmm(grad_ND, w_out_EHD.transpose(1, 2), offs_E, ends)  # (N, H)
-        grad_w_out = _gmm(a_NH.t(), grad_ND, offs_E, ends) if need_w_out else None  # (E, H, D)
+
+        def grad_a() -> Tensor:  # (rows, H)
+            return _gmm(grad_ND, w_out_EHD.transpose(1, 2), offs_E, ends)[:rows]
+
+        def grad_w_out_of(a_nH: Tensor) -> Tensor:  # (E, H, D) from the first `rows` rows
+            return _gmm(a_nH.t(), grad_ND[:rows], offs_E, ends)
+
+        grad_h_NI, grad_w_out = _act_backward(
+            h_NI, rows, ctx.activation, grad_a, grad_w_out_of if need_w_out else None
+        )
         grad_x = grad_w_in = None
-        if need_x or need_w_in:
-            grad_h_NI = torch.empty_like(h_NI)
-            _act_backward(grad_a_NH[:rows], h_NI[:rows], ctx.activation, grad_h_NI[:rows])
-            if need_x:
-                grad_x = _gmm(grad_h_NI, w_in_EDI.transpose(1, 2), offs_E, ends)  # (N, D)
-                _zero_tail(grad_x, total, offs_E)
-            if need_w_in:
-                grad_w_in = _gmm(x_ND.t(), grad_h_NI, offs_E, ends)  # (E, D, I)
+        if need_w_in:
+            grad_w_in = _gmm(x_ND.t(), grad_h_NI, offs_E, ends)  # (E, D, I)
+        if need_x:
+            grad_x = _gmm(grad_h_NI, w_in_EDI.transpose(1, 2), offs_E, ends)  # (N, D)
+            _zero_tail(grad_x, total, offs_E)
         return grad_x, grad_w_in, grad_w_out, None, None, None, None
 
 
@@ -290,25 +314,27 @@ class _PaddedExpertMLP(torch.autograd.Function):
         a_ECH = x_ND.new_empty(h_ECI.shape[:2] + (w_out_EHD.shape[1],))
         _act_forward(h_ECI, activation, a_ECH)
         y_ND = _unpad(torch.bmm(a_ECH, w_out_EHD), counts, x_ND.shape[0])
-        ctx.save_for_backward(x_ECD, h_ECI, a_ECH, w_in_EDI, w_out_EHD)
+        ctx.save_for_backward(x_ECD, h_ECI, w_in_EDI, w_out_EHD)
         ctx.counts, ctx.activation, ctx.N = counts, activation, x_ND.shape[0]
         return y_ND
 
     @staticmethod
     def backward(ctx, grad_ND: Tensor):
-        x_ECD, h_ECI, a_ECH, w_in_EDI, w_out_EHD = ctx.saved_tensors
+        x_ECD, h_ECI, w_in_EDI, w_out_EHD = ctx.saved_tensors
         need_x, need_w_in, need_w_out = ctx.needs_input_grad[:3]
         grad_ECD = _pad(grad_ND.contiguous(), ctx.counts, x_ECD.shape[1])
-        grad_a = torch.bmm(grad_ECD, w_out_EHD.transpose(1, 2))  # (E, C, H)
-        grad_w_out = torch.bmm(a_ECH.transpose(1, 2), grad_ECD) if need_w_out else None
+        grad_h, grad_w_out = _act_backward(
+            h_ECI,
+            h_ECI.shape[0],
+            ctx.activation,
+            lambda: torch.bmm(grad_ECD, w_out_EHD.transpose(1, 2)),  # (E, C, H)
+            (lambda a_ECH: torch.bmm(a_ECH.transpose(1, 2), grad_ECD)) if need_w_out else None,
+        )
         grad_x = grad_w_in = None
-        if need_x or need_w_in:
-            grad_h = torch.empty_like(h_ECI)
-            _act_backward(grad_a, h_ECI, ctx.activation, grad_h)
-            if need_x:
-                grad_x = _unpad(torch.bmm(grad_h, w_in_EDI.transpose(1, 2)), ctx.counts, ctx.N)
-            if need_w_in:
-                grad_w_in = torch.bmm(x_ECD.transpose(1, 2), grad_h)  # (E, D, I)
+        if need_w_in:
+            grad_w_in = torch.bmm(x_ECD.transpose(1, 2), grad_h)  # (E, D, I)
+        if need_x:
+            grad_x = _unpad(torch.bmm(grad_h, w_in_EDI.transpose(1, 2)), ctx.counts, ctx.N)
         return grad_x, grad_w_in, grad_w_out, None, None
 
 
