@@ -171,9 +171,10 @@ def test_choose_backend_rule():
 
     assert pick([1, 0, 1, 0]) == "grouped_mm"  # decode touching few experts: read only those
     assert pick([3, 4, 5, 4]) == "bmm"  # decode touching every expert: one call per GEMM
-    assert pick([1000, 1010, 990, 1020]) == "bmm"  # balanced: little padding
-    assert pick([3000, 100, 100, 100]) == "grouped_mm"  # skewed: padding would triple the work
-    assert pick([1000, 1010, 990, 1020], torch.float32) == "grouped_mm"
+    assert pick([120, 130, 125, 135]) == "bmm"  # small and balanced: little padding
+    assert pick([400, 40, 40, 40]) == "grouped_mm"  # skewed: padding would double the work
+    assert pick([1000, 1010, 990, 1020]) == "grouped_mm"  # large: per-expert GEMMs are big
+    assert pick([120, 130, 125, 135], torch.float32) == "grouped_mm"
 
 
 @pytest.mark.parametrize("backend", sorted(FAST))

@@ -26,32 +26,35 @@ Backends (all held to `experts_loop` by the tests, in outputs and in gradients):
 - `bmm`: pads every expert to C = max(counts_E) rows (a view, no copy, when the counts are all
   equal, as after expert-choice or soft routing) and runs each of the six GEMMs of forward and
   backward as one `bmm`, in the same hand-written autograd function shape.
-- `auto`: picks `grouped_mm` or `bmm` per call by `choose_backend`:
-  `bmm` for bf16/fp16 on CPU when every expert has rows and E * max(counts) <= 1.25 N or
-  N <= 16 E; `grouped_mm` otherwise (always for fp32, and on accelerators, where deciding would
-  need a host sync).
+- `auto`: picks `grouped_mm` or `bmm` per call by `choose_backend`: `bmm` for bf16/fp16 on CPU
+  when every expert has rows and N <= 16 E, or N <= 128 E with E * max(counts) <= 1.25 N;
+  `grouped_mm` otherwise (always for fp32, and on accelerators, where deciding would need a
+  host sync).
 
-Why that rule (2-core Xeon with AMX, torch 2.13 + oneDNN 3.12, 2 threads; config d=512, H=1024,
-E=8, k=2; medians, machine idle; see benchmarks/moe_layer.py for the whole table):
+Why that rule (2-core Xeon with AMX, torch 2.13 + oneDNN 3.12 + MKL, 2 threads; config d=512,
+H=1024, E=8, k=2). Idle-machine measurements, experts alone:
 
-- fp32 goes through MKL, whose per-expert GEMMs (M = T*k/E rows) run as fast as the dense FFN's
-  (0.37 TF/s at M=1024 vs 0.29-0.37 at M=4096): experts alone, fwd+bwd at T=4096, 263 ms vs
-  265 ms for the dense equivalent. At T=16, grouped 1.13 ms vs bmm 1.57 ms (bmm computes the
+- fp32 goes through MKL, whose per-expert GEMMs (M = T*k/E rows) run about as fast as the
+  dense FFN's (0.37 TF/s at M=1024 vs 0.29-0.37 at M=4096): fwd+bwd at T=4096, 263 ms vs
+  265 ms for the dense equivalent; at T=16 grouped 1.13 ms vs bmm 1.57 ms (bmm computes the
   padding). So fp32 never pads.
-- bf16 goes through oneDNN's AMX brgemm. Per expert (M=1024 rows at T=4096) four of the six
-  GEMMs run at 1.0-1.4 TF/s (M=1024 with N=512 or K>=1024: shapes oneDNN leaves to one of the
-  two threads; 1-thread rate 1.3 TF/s) against 2.2-2.5 TF/s for the dense FFN's shapes; one
-  batched call splits the experts over the threads instead. Measured per-GEMM at T=4096:
-  x@w_in 7.9 ms, a@w_out 7.0, dgrad 3.9 + 16.7, wgrad 6.2 + 13.8 (sum 55 ms; 41 ms for the
-  dense FFN's six).
-- bf16 decode: every oneDNN call repacks its weight (AMX wants VNNI tiles), so a 1-row
-  (1, 512) @ (512, 2048) product takes 85 us in bf16 against 42 us in fp32 for twice the bytes;
-  per-call cost dominates, and one `bmm` per GEMM beats E `mm` calls once every expert is
-  touched (T=16, N=32: bmm 1.1 ms vs grouped 1.38 ms), while at T=1 reading only the 2 touched
-  experts wins (grouped 0.35 ms vs bmm 1.06 ms, which reads all 8). Converting to fp32 for
-  small T does not pay: the conversion reads and writes more than the repacking
-  (0.19-0.25 ms vs 0.085 ms). What would: weights stored (out, in) like nn.Linear, which makes
-  the 1-row product a weight-streaming W @ x^T (30 us); that needs the (E, I, D) layout.
+- bf16 goes through oneDNN's AMX brgemm, which repacks the weight on every call (AMX wants VNNI
+  tiles): a 1-row (1, 512) @ (512, 2048) product takes 85 us in bf16 against 42 us in fp32 for
+  twice the bytes, and the per-call cost dominates decode. One `bmm` per GEMM beats E `mm`
+  calls once every expert is touched (T=16, N=32: bmm 1.1 ms vs grouped 1.38 ms), while at T=1
+  reading only the 2 touched experts wins (grouped 0.35 ms vs bmm 1.06 ms, which reads all 8).
+  Converting small-T work to fp32 does not pay: the conversion reads and writes more than the
+  repacking (0.19-0.25 ms vs 0.085 ms). What would: weights stored (out, in) like nn.Linear,
+  which turns the 1-row product into a weight-streaming W @ x^T (30 us); that needs an
+  (E, I, D) layout.
+- bf16 at T=4096 (M=1024 per expert): four of the six per-expert GEMMs run at 1.0-1.4 TF/s
+  (N=512 or K>=1024 at M<=1024, shapes oneDNN leaves to one thread: the 1-thread rate is
+  1.3 TF/s) against 2.2-2.5 TF/s for the dense FFN's shapes; per-GEMM at T=4096: x@w_in 7.9 ms,
+  a@w_out 7.0, dgrad 3.9 + 16.7, wgrad 6.2 + 13.8 (sum 55 ms; 41 ms for the dense FFN's six).
+  A padded `bmm` hands the experts to the threads as a batch, but pays the padding copies; on
+  the (busy) machine where this rule was settled, `bmm` won for bf16 up to T=512 (whole layer,
+  fwd+bwd, ratio to dense 2.15 vs 2.39 for grouped; T=16: 3.1 vs 4.1) and lost at T=4096
+  (fwd 1.69 vs 1.46), hence the 128 E bound.
 """
 
 from __future__ import annotations
@@ -361,11 +364,12 @@ def experts_bmm(
 def choose_backend(counts_E: Tensor, dtype: torch.dtype) -> Literal["grouped_mm", "bmm"]:
     """The backend `auto` runs for one call, from the rows per expert and the dtype.
 
-    `bmm` for bf16/fp16 on the CPU when every expert has rows and padding to the largest
-    expert wastes little: E * max(counts) <= 1.25 * N, or N <= 16 * E (decode, where reading
-    the weights costs more than the padded rows). `grouped_mm` otherwise, and always in fp32 and
-    on accelerators (where the counts stay on the device: no host sync to decide).
-    See the module docstring for the measurements behind this.
+    `bmm` for bf16/fp16 on the CPU when every expert has rows and the input is small: N <= 16 E
+    (decode: one call per GEMM instead of E, each of which repacks its weight), or N <= 128 E
+    with E * max(counts) <= 1.25 N (little padding). `grouped_mm` otherwise: large inputs, any
+    fp32 input (MKL runs per-expert GEMMs as fast as the dense one, padding only costs), and
+    accelerators, where the counts stay on the device and deciding would need a host sync.
+    The measurements behind this are in the module docstring.
     """
     if dtype not in (torch.bfloat16, torch.float16) or counts_E.device.type != "cpu":
         return "grouped_mm"
@@ -373,7 +377,7 @@ def choose_backend(counts_E: Tensor, dtype: torch.dtype) -> Literal["grouped_mm"
     E, N = len(counts), sum(counts)
     if E == 0 or min(counts) == 0:
         return "grouped_mm"
-    if N <= 16 * E or E * max(counts) <= 1.25 * N:
+    if N <= 16 * E or (N <= 128 * E and E * max(counts) <= 1.25 * N):
         return "bmm"
     return "grouped_mm"
 

@@ -26,7 +26,6 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from torch import Tensor, nn
 
 from vlmoe.train.trainer import StepOutput
@@ -62,14 +61,13 @@ def resolve_task(task: str, architecture: str) -> str:
 
 
 def image_to_tensor(image: np.ndarray | Tensor, size: int) -> Tensor:
-    """(H, W, 3) uint8 -> (3, size, size) float in [-1, 1] (bilinear resize when needed)."""
+    """(H, W, 3) uint8 -> (3, size, size) float, bilinear resize, scaled to [-1, 1]
+    (`vlmoe.data.transforms`' default mean = std = 0.5, so batches match `vlmoe.data.collate`)."""
+    from vlmoe.data.transforms import resize_image, to_tensor
+
     if isinstance(image, Tensor) and image.dtype != torch.uint8:
         return image  # already transformed
-    a = np.asarray(image)
-    if a.shape[0] != size or a.shape[1] != size:
-        a = np.asarray(Image.fromarray(a).resize((size, size), Image.BILINEAR))
-    t = torch.from_numpy(np.array(a, dtype=np.float32)).permute(2, 0, 1)  # (3, H, W)
-    return t / 127.5 - 1.0
+    return to_tensor(resize_image(np.asarray(image), (size, size)))
 
 
 def tensor_to_image(t: Tensor) -> np.ndarray:
