@@ -453,6 +453,7 @@ def run_one(
         "steps": steps,
         "batch_size": RECIPE["batch_size"],
         "precision": precision,
+        "threads": torch.get_num_threads(),
         "tokens_per_example": tokens,
         "train_flops": flops_step * steps,
         "train_seconds": round(train_seconds, 2),

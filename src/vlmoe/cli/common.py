@@ -10,6 +10,7 @@ shows the traceback instead.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import sys
@@ -110,6 +111,10 @@ def run_guarded(run: Callable[[argparse.Namespace], int], args: argparse.Namespa
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `vlmoe ... | head`: the reader left, which is not an error
+        with contextlib.suppress(OSError):
+            sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - silence the flush at exit
+        return 0
     except _expected_errors() as e:
         if debug:
             traceback.print_exc()
