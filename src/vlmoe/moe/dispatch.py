@@ -86,18 +86,13 @@ class _WeightedCombine(torch.autograd.Function):
         y_ND, w_TK, order_N, inverse_N = ctx.saved_tensors
         K = w_TK.shape[1]
         # Row n of the buffer came from pair p = order_N[n]: token p // K with weight w[p].
-        w_N = w_TK.reshape(-1).index_select(0, order_N).to(grad_TD.dtype)
-        grad_ND = grad_TD.index_select(0, order_N // K) * w_N[:, None]
+        g_ND = grad_TD.index_select(0, order_N // K)  # one gather serves both gradients
         grad_w = None
         if ctx.needs_input_grad[1]:
-            rows_TK = inverse_N.view(-1, K)
-            grad_w = torch.stack(
-                [
-                    (grad_TD.float() * y_ND.index_select(0, rows_TK[:, k]).float()).sum(-1)
-                    for k in range(K)
-                ],
-                dim=1,
-            )
+            grad_w_N = torch.linalg.vecdot(g_ND, y_ND).float()  # (N,), per buffer row
+            grad_w = grad_w_N.index_select(0, inverse_N).view(-1, K)
+        w_N = w_TK.reshape(-1).index_select(0, order_N).to(grad_TD.dtype)
+        grad_ND = g_ND.mul_(w_N[:, None])
         return grad_ND, grad_w, None, None
 
 
