@@ -51,3 +51,20 @@ def test_nested_optional_errors_keep_their_detail():
     with pytest.raises(ConfigError, match=r"moe.top_k: expected an integer, got 'x'"):
         Outer.from_dict({"moe": {"top_k": "x"}})
     assert Outer.from_dict({"moe": None}).moe is None
+
+
+def test_fixed_tuples_and_exponent_floats():
+    import dataclasses
+
+    from vlmoe.config import Config
+
+    @dataclasses.dataclass
+    class Opt(Config):
+        betas: tuple[float, float] = (0.9, 0.95)
+        lr: float = 1e-3
+        name: str = "adamw"
+
+    opt = Opt().with_overrides(["betas=[0.8, 0.99]", "lr=3e-4", "name=sgd"])
+    assert opt.betas == (0.8, 0.99) and opt.lr == 3e-4 and opt.name == "sgd"
+    with pytest.raises(ConfigError, match="expected 2 items"):
+        Opt.from_dict({"betas": [0.9]})
