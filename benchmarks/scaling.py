@@ -109,6 +109,7 @@ class Variant:
 
 
 NO_BALANCE = {"load_balance": 0.0, "local_entropy": 0.0, "global_entropy": 0.0}
+NO_ENTROPY = {"local_entropy": 0.0, "global_entropy": 0.0}
 MAIN = (
     Variant("dense", "dense"),
     Variant("e4k2", "MoE E=4 top-2", 4, 2),
@@ -120,6 +121,8 @@ MAIN = (
 ABLATIONS = (
     Variant("e8k2-pool", "E=8 top-2, one shared pool", 8, 2, moe={"expert_groups": "none"}),
     Variant("e8k2-nobal", "E=8 top-2, balance losses off", 8, 2, losses=NO_BALANCE),
+    # Diagnosis: LIMoE's entropy losses off, the Switch load-balance loss kept.
+    Variant("e8k2-noent", "E=8 top-2, entropy losses off", 8, 2, losses=NO_ENTROPY),
     Variant(
         "e8k2-bias",
         "E=8 top-2, aux-loss-free bias",

@@ -26,12 +26,14 @@ ORDER = (
     "e8k1",
     "e8k2-pool",
     "e8k2-nobal",
+    "e8k2-noent",
     "e8k2-bias",
     "e8k2-cap1.0",
     "e8k2-cap1.25",
     "e8k1-upcycled",
 )
 MAIN = ORDER[:5]
+COLOURS = {"e4k2": "C0", "e8k2": "C1", "e16k2": "C2", "e8k1": "C3", "e8k1-upcycled": "C4"}
 
 
 def _stats(values: list[float]) -> tuple[float, float, int]:
@@ -103,6 +105,7 @@ def table(
     cells: dict[tuple[str, str], list[dict]],
     variants: tuple[str, ...],
     speed: dict[str, dict[str, float]] | None = None,
+    only: str | None = None,
 ) -> list[str]:
     head = (
         "| task | model | held-out | other metrics | total params | active params | "
@@ -110,6 +113,8 @@ def table(
     )
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for task, spec in TASKS.items():
+        if only is not None and task != only:
+            continue
         for v in variants:
             rs = cells.get((task, v))
             if not rs:
@@ -122,6 +127,9 @@ def table(
                 if st[2]:
                     extra.append(f"{key.split('/')[-1]} {_fmt(*st, scale=_scale(key))}")
             routed = [r for r in rs if r["routing"]]
+            drop = _stats([r["routing"].get("drop_rate") for r in routed])
+            if drop[2] and drop[0] > 0:
+                extra.append(f"dropped {_fmt(*drop)}%")
             dead = _stats([r["routing"].get("dead_experts") for r in routed])
             imb = _stats([r["routing"].get("load_imbalance") for r in routed])
             ent = _stats([r["routing"].get("router_entropy") for r in routed])
@@ -166,31 +174,29 @@ def markdown(data: dict[str, Any]) -> str:
     ]
     out += [
         "",
-        "## Wall time (this machine, 2 threads)",
+        "## Wall time (this machine, shared with other jobs; torch threads per run)",
         "",
-        "| task | runs | mean wall s / run | mean train s / run | total min |",
-        "|---|---|---|---|---|",
+        "| task | runs | mean wall s / run | mean train s / run | total min | threads |",
+        "|---|---|---|---|---|---|",
     ]
     for task in TASKS:
         rs = [r for r in runs.values() if r["task"] == task]
         if rs:
             w = [r["wall_seconds"] for r in rs]
             t = [r["train_seconds"] for r in rs]
+            threads = ", ".join(sorted({str(r.get("threads", "?")) for r in rs}))
             out.append(
                 f"| {task} | {len(rs)} | {statistics.fmean(w):.0f} | "
-                f"{statistics.fmean(t):.0f} | {sum(w) / 60:.1f} |"
+                f"{statistics.fmean(t):.0f} | {sum(w) / 60:.1f} | {threads} |"
             )
-    ablation = [v for v in ORDER[5:] if any(k[1] == v for k in cells)]
-    if ablation:
-        out += [
-            "",
-            "## Task-1 routing ablations (scene VQA, fusion, E=8)",
-            "",
-            *table(
-                {k: v for k, v in cells.items() if k[0] == "vqa"},
-                ("dense", "e8k2", "e8k1", *ablation),
-            ),
-        ]
+    for task, spec in TASKS.items():
+        extra = [v for v in ORDER[5:] if (task, v) in cells]
+        if not extra:
+            continue
+        title = (
+            "Task-1 routing ablations" if task == "vqa" else "Diagnostic runs"
+        ) + f" ({spec.title}, E=8)"
+        out += ["", f"## {title}", "", *table(cells, ("dense", "e8k2", "e8k1", *extra), only=task)]
     return "\n".join(out) + "\n"
 
 
@@ -259,11 +265,11 @@ def plot_flops(cells: dict[tuple[str, str], list[dict]], path: Path) -> None:
                     if p["value"] is not None:
                         points[p["step"]].append((p["flops"], p["value"]))
             steps = sorted(points)
-            xs = [statistics.fmean(f for f, _ in points[k]) for k in steps]
+            xs = [statistics.fmean(f for f, _ in points[k]) / 1e12 for k in steps]
             ys = [statistics.fmean(y for _, y in points[k]) * s for k in steps]
-            style = {"dense": dict(color="black", ls="--")}.get(v, {})
+            style = {"dense": dict(color="black", ls="--")}.get(v, {"color": COLOURS.get(v)})
             ax.plot(xs, ys, marker=".", label=rs[0]["label"].replace("MoE ", ""), **style)
-        ax.set_xlabel("training FLOPs (6·active·tokens)")
+        ax.set_xlabel("training TFLOPs (6 x active params x tokens)")
         ax.set_title(task, fontsize=10)
         ax.set_ylabel(spec.metric_label)
     axes[0][0].legend(fontsize=6)
