@@ -521,10 +521,10 @@ def prepare_base(spec: TaskSpec, presets: dict[str, str], precision: str) -> Any
 
 
 def measure_throughput(
-    tasks: list[str], out: Path, precision: str, steps: int = 40, repeats: int = 3
+    tasks: list[str], out: Path, precision: str, steps: int = 30, repeats: int = 2
 ) -> None:
     """Training throughput of every main model, measured back to back (variants interleaved,
-    best of `repeats` windows of 10 steps after a warm-up window), so that the comparison is not
+    best 10-step window over `repeats` rounds, after a warm-up window), so the comparison is not
     skewed by other load on a shared machine as the training runs' own rates may be. Written
     to the JSON's `throughput` section ({task: {variant: examples/s}})."""
     from vlmoe.train.metrics import read_metrics
