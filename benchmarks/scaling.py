@@ -32,11 +32,11 @@ vlmoe.train's defaults (load balance 1e-2, z-loss 1e-3, LIMoE entropy losses 1e-
 and contrastive); 4000 training scenes (24k questions, 12k captions) and 250 held-out scenes
 from another seed stream; MNIST's fixed 4000 / 1000 split. Every variant gets the same.
 
-Runs: full = 5 tasks x 5 models x 3 seeds + 6 ablations x 3 seeds = 93 runs;
+Runs: full = 5 tasks x 5 models x 3 seeds + 7 task-1 variants x 3 seeds = 96 runs (the 7th,
+entropy losses off with the load-balance loss kept, separates the two kinds of aux loss);
 `--quick` = dense and E=8 top-2 on every task, seed 0 (10 runs, the same recipe, so its runs
-are a subset of the full study's and carry over: `--out` both to the same JSON to reuse them).
-Measured on 2 CPU cores (torch.set_num_threads(2)): see "Measured durations" at the end of
-this docstring.
+are a subset of the full study's and carry over: copy scaling_quick.json to scaling.json).
+Durations: see "Measured durations" at the end of this docstring.
 
 Resumable: every finished run is written to the JSON at once (atomically, under a file lock);
 a run whose key and recipe fingerprint are already there is skipped, so the study can be run in
@@ -48,7 +48,14 @@ Usage:
     .venv/bin/python benchmarks/scaling.py --tasks vqa --seeds 0 1  # a piece of it
     .venv/bin/python benchmarks/scaling.py --report-only          # table + plots from the JSON
 
-Measured durations (2 cores): filled in below from the runs in benchmarks/results/.
+Measured durations (2 cores, torch 2.13 CPU), per run including data set-up and evaluation:
+on an idle-ish machine (load < 2) dense VQA 80 s, MoE VQA 50-145 s, captioning 85-120 s,
+retrieval 95-160 s, MNIST 55-105 s, compositional VQA 140-230 s; so `--quick` takes ~15-20 min
+and the full study ~2.5-3 h. With the machine shared by 3-4 other jobs (load 5-7) the same runs
+took 2-5x longer: the `--quick` study here took 47 min of run time (4 runs with 2 threads, 6
+with 1). Under such load use `--threads 1`: two OpenMP threads that keep losing their core to
+other processes wait for each other, and one thread was ~2x faster (367 vs 802 ms a decoder
+step, measured back to back).
 """
 
 from __future__ import annotations

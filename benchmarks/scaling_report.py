@@ -33,6 +33,7 @@ ORDER = (
     "e8k1-upcycled",
 )
 MAIN = ORDER[:5]
+EXTRA_LABELS = {"vqa/accuracy": "test-split acc"}  # the compositional task's in-distribution score
 COLOURS = {"e4k2": "C0", "e8k2": "C1", "e16k2": "C2", "e8k1": "C3", "e8k1-upcycled": "C4"}
 
 
@@ -125,7 +126,8 @@ def table(
             for key in spec.extra:
                 st = _stats([r["metrics"].get(key) for r in rs])
                 if st[2]:
-                    extra.append(f"{key.split('/')[-1]} {_fmt(*st, scale=_scale(key))}")
+                    name = EXTRA_LABELS.get(key, key.split("/")[-1])
+                    extra.append(f"{name} {_fmt(*st, scale=_scale(key))}")
             routed = [r for r in rs if r["routing"]]
             drop = _stats([r["routing"].get("drop_rate") for r in routed])
             if drop[2] and drop[0] > 0:

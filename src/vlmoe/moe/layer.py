@@ -96,7 +96,8 @@ class MoELayer(nn.Module):
             )
         if modality is not None and modality.shape != x.shape[:-1]:
             raise ValueError(
-                f"modality shape {tuple(modality.shape)} must match the tokens' shape {tuple(x.shape[:-1])}"
+                f"modality shape {tuple(modality.shape)} must match the tokens' shape "
+                f"{tuple(x.shape[:-1])}"
             )
         x_TD = x.reshape(-1, D)
         modality_T = None if modality is None else modality.reshape(-1).long()
@@ -132,7 +133,7 @@ class MoELayer(nn.Module):
     def _soft(
         self, x_BLD: Tensor, modality_BL: Tensor | None
     ) -> tuple[Tensor, RouterOutput, Tensor]:
-        """Soft MoE: slots = dispatch-weighted token mixes; outputs = combine-weighted slot mixes."""
+        """Soft MoE: slots are dispatch-weighted token mixes, outputs combine-weighted slot mixes."""
         routing = self.router(x_BLD, modality_BL)
         B, L, D = x_BLD.shape
         E, S = self.cfg.num_experts, self.router.num_slots
