@@ -133,7 +133,7 @@ class MoELayer(nn.Module):
     def _soft(
         self, x_BLD: Tensor, modality_BL: Tensor | None
     ) -> tuple[Tensor, RouterOutput, Tensor]:
-        """Soft MoE: slots are dispatch-weighted token mixes, outputs combine-weighted slot mixes."""
+        """Soft MoE: slots mix tokens by dispatch weight, outputs mix slots by combine weight."""
         routing = self.router(x_BLD, modality_BL)
         B, L, D = x_BLD.shape
         E, S = self.cfg.num_experts, self.router.num_slots
