@@ -43,22 +43,24 @@ a run whose key and recipe fingerprint are already there is skipped, so the stud
 pieces (`--tasks`, `--seeds`, `--variants`) and interrupted at any time.
 
 Usage:
-    .venv/bin/python benchmarks/scaling.py --quick                # ~20 min, 2 cores
-    .venv/bin/python benchmarks/scaling.py                        # the full study, <= 3 h
+    .venv/bin/python benchmarks/scaling.py --quick                # ~10-20 min, 2 cores
+    .venv/bin/python benchmarks/scaling.py                        # the full study, ~2 h
     .venv/bin/python benchmarks/scaling.py --tasks vqa --seeds 0 1  # a piece of it
     .venv/bin/python benchmarks/scaling.py --report-only          # table + plots from the JSON
+    .venv/bin/python benchmarks/scaling.py --throughput           # speeds, back to back
 
 Measured durations (2 cores, torch 2.13 CPU). Idle machine, 2 threads (`--throughput`):
 1000 training steps take 22 s (dense VQA, 1460 examples/s) to 65 s (MoE captioning, 500/s);
 MoE trains at 60-90% of the dense twin's speed at these tiny sizes (routing and dispatch
 overhead). A whole run (data set-up, training, 3 intermediate and 1 full held-out evaluation,
-routing stats) took 25-60 s (MNIST), 50-90 s (VQA, retrieval) and 85-120 s (captioning,
-compositional VQA) with two runs side by side at 1 thread each on a quiet machine: `--quick`
-~10-15 min, the full study ~1.5-2 h. With the machine shared by 3-4 other jobs (load 5-7) the
-same runs took 2-5x longer: the `--quick` study here took 47 min of run time (4 runs with 2
-threads, 6 with 1). Under such load use `--threads 1`: two OpenMP threads that keep losing
-their core to other processes wait for each other, and one thread was ~2x faster (367 vs
-802 ms a decoder step, measured back to back).
+routing stats), measured with two runs side by side at 1 thread each on a quiet machine:
+MNIST 25-35 s, VQA 45-60 s, compositional VQA 40-60 s, retrieval 50-75 s, captioning
+85-145 s (greedy generation). So `--quick` takes ~10 min and the full study (96 runs) ~100
+min of run time (~1 h wall as two pieces side by side, e.g. `--tasks vqa` and the rest). With
+the machine shared by 3-4 other jobs (load 5-7) the same runs took 2-5x longer: the `--quick`
+study here took 47 min of run time (4 runs with 2 threads, 6 with 1). Under such load use
+`--threads 1`: two OpenMP threads that keep losing their core to other processes wait for
+each other, and one thread was ~2x faster (367 vs 802 ms a decoder step, back to back).
 """
 
 from __future__ import annotations
@@ -578,6 +580,12 @@ def measure_throughput(
     with locked(out):
         data = load_results(out)
         data.setdefault("throughput", {}).update(best)
+        data["throughput_meta"] = {
+            "threads": torch.get_num_threads(),
+            "steps": steps,
+            "repeats": repeats,
+            "precision": precision,
+        }
         tmp = out.with_suffix(".json.tmp")
         tmp.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
         os.replace(tmp, out)

@@ -157,12 +157,14 @@ def markdown(data: dict[str, Any]) -> str:
         "# Scaling study: sparse MoE vs dense at equal active parameters",
         "",
         f"{len(runs)} runs, {wall / 60:.0f} min of run time in all "
-        f"(torch {meta.get('torch', '?')}, {meta.get('threads', '?')} threads). "
+        f"(torch {meta.get('torch', '?')}). "
         "Held-out metric as mean ± std over seeds (percent, BLEU on its 0-100 scale). "
         "Routing columns: held-out evaluation, summed dead experts over MoE layers, "
         "max/mean load per layer, mean router entropy (nats). Train ex/s: "
         + (
-            "measured back to back (`--throughput`, best of 3 interleaved windows)"
+            "measured back to back (`--throughput`: best 10-step window over 2 interleaved "
+            f"rounds, {data.get('throughput_meta', {}).get('threads', '?')} threads; ablation "
+            "rows: median window of their own runs)"
             if data.get("throughput")
             else "median logging window of the training run (noisy on a shared machine)"
         )
@@ -198,7 +200,12 @@ def markdown(data: dict[str, Any]) -> str:
         title = (
             "Task-1 routing ablations" if task == "vqa" else "Diagnostic runs"
         ) + f" ({spec.title}, E=8)"
-        out += ["", f"## {title}", "", *table(cells, ("dense", "e8k2", "e8k1", *extra), only=task)]
+        out += [
+            "",
+            f"## {title}",
+            "",
+            *table(cells, ("dense", "e8k2", "e8k1", *extra), data.get("throughput"), task),
+        ]
     return "\n".join(out) + "\n"
 
 
