@@ -233,3 +233,21 @@ def test_router_noise_only_in_training():
         torch.testing.assert_close(a, b)
         layer.train()
         assert not torch.equal(layer.router(x).logits_TE, layer.router(x).logits_TE)
+
+
+def test_balance_bias_update_sums_repeated_passes():
+    from torch import nn
+
+    from vlmoe.moe import update_balance_bias
+
+    cfg = MoEConfig(dim=8, hidden_dim=4, num_experts=4, top_k=1, balance_bias=True,
+                    balance_bias_rate=1.0)
+    model = nn.ModuleList([MoELayer(cfg), MoELayer(cfg)])
+    x_img, x_txt = torch.randn(16, 8), torch.randn(5, 8)
+    auxes = [model[0](x_img)[1], model[1](x_img)[1], model[0](x_txt)[1], model[1](x_txt)[1]]
+    update_balance_bias(model, auxes)
+    for i in range(2):
+        load = (auxes[i].routed_E + auxes[i + 2].routed_E).float()
+        torch.testing.assert_close(model[i].router.expert_bias, torch.sign(load.mean() - load))
+    with pytest.raises(ValueError, match="got 3 MoEAux for 2 MoE layers"):
+        update_balance_bias(model, auxes[:3])

@@ -162,9 +162,18 @@ def moe_layers(model: nn.Module) -> list[MoELayer]:
 
 @torch.no_grad()
 def update_balance_bias(model: nn.Module, auxes: list[MoEAux]) -> None:
-    """Aux-loss-free balancing after the optimizer step: one `MoEAux` per MoE layer, in order."""
+    """Aux-loss-free balancing after the optimizer step, one `MoEAux` per MoE layer in order.
+
+    A model that runs its MoE layers several times a step (e.g. a contrastive tower over images,
+    then texts) returns a whole multiple of the layer count: pass i belongs to layer
+    i % num_layers, and each layer's bias moves once, by its load summed over the passes.
+    """
     layers = moe_layers(model)
-    if len(layers) != len(auxes):
-        raise ValueError(f"got {len(auxes)} MoEAux for {len(layers)} MoE layers")
-    for layer, aux in zip(layers, auxes):
-        layer.update_balance_bias(aux)
+    if not layers or len(auxes) % len(layers):
+        raise ValueError(
+            f"got {len(auxes)} MoEAux for {len(layers)} MoE layers; expected a whole multiple"
+        )
+    for i, layer in enumerate(layers):
+        if isinstance(layer.router, TopKRouter):
+            routed_E = sum(aux.routed_E for aux in auxes[i :: len(layers)])
+            layer.router.update_bias(routed_E)
