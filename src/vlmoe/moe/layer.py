@@ -149,10 +149,12 @@ class MoELayer(nn.Module):
         return y_BLD.reshape(B * L, D), routing, counts_E
 
     @torch.no_grad()
-    def update_balance_bias(self, aux: MoEAux) -> None:
-        """Aux-loss-free balancing step from this layer's last `MoEAux` (no-op when disabled)."""
-        if isinstance(self.router, TopKRouter):
-            self.router.update_bias(aux.routed_E)
+    def update_balance_bias(self, *auxes: MoEAux) -> None:
+        """Aux-loss-free balancing step from this layer's `MoEAux` of the last step (several when
+        the layer ran several times, e.g. over images then texts): the bias moves once, by the
+        load summed over them. A no-op unless `balance_bias` is on."""
+        if isinstance(self.router, TopKRouter) and auxes:
+            self.router.update_bias(sum(aux.routed_E for aux in auxes))
 
 
 def moe_layers(model: nn.Module) -> list[MoELayer]:
@@ -174,6 +176,4 @@ def update_balance_bias(model: nn.Module, auxes: list[MoEAux]) -> None:
             f"got {len(auxes)} MoEAux for {len(layers)} MoE layers; expected a whole multiple"
         )
     for i, layer in enumerate(layers):
-        if isinstance(layer.router, TopKRouter):
-            routed_E = sum(aux.routed_E for aux in auxes[i :: len(layers)])
-            layer.router.update_bias(routed_E)
+        layer.update_balance_bias(*auxes[i :: len(layers)])

@@ -88,7 +88,7 @@ class TopKRouter(nn.Module):
         allowed = modality_expert_mask(cfg)
         self.register_buffer("allowed_ME", allowed, persistent=False)
 
-    def allowed_TE(self, modality_T: Tensor | None, num_tokens: int) -> Tensor | None:
+    def allowed_TE(self, modality_T: Tensor | None) -> Tensor | None:
         """(T, E) bool mask of reachable experts; padding tokens (-1) may reach all."""
         if self.allowed_ME is None:
             return None
@@ -112,7 +112,7 @@ class TopKRouter(nn.Module):
             if self.training and self.noise is not None:
                 scale = F.softplus(F.linear(x, self.noise.weight.float())) + cfg.router_noise_eps
                 logits_TE = logits_TE + torch.randn_like(logits_TE) * scale
-            allowed_TE = self.allowed_TE(modality_T, x.shape[0])
+            allowed_TE = self.allowed_TE(modality_T)
             masked_TE = logits_TE
             if allowed_TE is not None:
                 masked_TE = logits_TE.masked_fill(~allowed_TE, float("-inf"))
