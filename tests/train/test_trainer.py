@@ -46,6 +46,29 @@ def test_loss_goes_down_and_metrics_logged(tmp_path):
     assert RunConfig.from_yaml(tmp_path / "config.yaml").train.steps == 30
 
 
+def test_logged_throughput_counts_training_steps_only(tmp_path):
+    """Evaluations and checkpoints between steps stay out of the logged examples/s: the logged
+    windows add up to exactly the steps' own time, even with an evaluation inside a window."""
+    import time
+
+    def slow_eval(model):
+        time.sleep(0.2)
+        return {"score": 1.0}
+
+    torch.manual_seed(0)
+    cfg = _cfg("train.steps=9", "train.eval_every=3", "train.checkpoint_every=4")
+    trainer = Trainer(
+        ToyMoE(), objective, dataset(), collate, cfg, tmp_path, arch="toy", evaluate=slow_eval
+    )
+    result = trainer.fit()
+    windows = [r for r in read_metrics(tmp_path) if r.get("split") == "train"]
+    sizes = [2 * 8] * 4 + [8]  # log_every=2 of batch 8; the last window holds step 9 alone
+    logged_seconds = sum(n / r["examples_per_s"] for n, r in zip(sizes, windows, strict=True))
+    step_seconds = 9 * 8 / result.examples_per_s
+    assert logged_seconds == pytest.approx(step_seconds, rel=1e-6)
+    assert logged_seconds < 0.2  # none of the three 0.2 s evaluations is in there
+
+
 class InterruptError(Exception):
     pass
 

@@ -300,7 +300,9 @@ class Trainer:
         progress = Progress(total, initial=start, mode=cfg.train.progress)
         t0 = time.perf_counter()
         window: dict[str, float] = {}
-        window_n, window_ex, window_t = 0, 0, time.perf_counter()
+        # Throughput counts the optimizer steps' own time (batching included), so evaluations
+        # and checkpoints between steps never slow the logged rate down.
+        window_n, window_ex, window_s = 0, 0, 0.0
         run_ex, ckpt, final_eval, step_seconds = 0, None, {}, 0.0
         try:
             for step in range(start, total):
@@ -314,15 +316,16 @@ class Trainer:
                 set_lr(self.optimizer, lr)
                 t_step = time.perf_counter()
                 loss, terms, n_ex = self._step(step, order)
-                step_seconds += time.perf_counter() - t_step
+                t_step = time.perf_counter() - t_step
+                step_seconds += t_step
                 losses.append(loss)
                 run_ex += n_ex
-                window_n, window_ex = window_n + 1, window_ex + n_ex
+                window_n, window_ex, window_s = window_n + 1, window_ex + n_ex, window_s + t_step
                 window["loss"] = window.get("loss", 0.0) + loss
                 for k, v in terms.items():
                     window[k] = window.get(k, 0.0) + v
                 done = step + 1
-                rate = window_ex / max(time.perf_counter() - window_t, 1e-9)
+                rate = window_ex / max(window_s, 1e-9)
                 progress.update(loss, rate)
                 if done % cfg.train.log_every == 0 or done == total:
                     record = {k: v / window_n for k, v in window.items()}
@@ -337,7 +340,7 @@ class Trainer:
                         record["loss"],
                         rate,
                     )
-                    window, window_n, window_ex, window_t = {}, 0, 0, time.perf_counter()
+                    window, window_n, window_ex, window_s = {}, 0, 0, 0.0
                 if self.evaluate is not None and (
                     (done == total and self.eval_at_end)
                     or (cfg.train.eval_every and done % cfg.train.eval_every == 0 and done != total)
@@ -345,7 +348,6 @@ class Trainer:
                     results = self.evaluate(self.model)
                     self.model.train()
                     metrics.log(done, "eval", results)
-                    window_t = time.perf_counter()  # keep evaluation out of the throughput
                     final_eval = results
                 if done == total or (
                     cfg.train.checkpoint_every and done % cfg.train.checkpoint_every == 0
