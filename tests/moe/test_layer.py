@@ -240,8 +240,9 @@ def test_balance_bias_update_sums_repeated_passes():
 
     from vlmoe.moe import update_balance_bias
 
-    cfg = MoEConfig(dim=8, hidden_dim=4, num_experts=4, top_k=1, balance_bias=True,
-                    balance_bias_rate=1.0)
+    cfg = MoEConfig(
+        dim=8, hidden_dim=4, num_experts=4, top_k=1, balance_bias=True, balance_bias_rate=1.0
+    )
     model = nn.ModuleList([MoELayer(cfg), MoELayer(cfg)])
     x_img, x_txt = torch.randn(16, 8), torch.randn(5, 8)
     auxes = [model[0](x_img)[1], model[1](x_img)[1], model[0](x_txt)[1], model[1](x_txt)[1]]
