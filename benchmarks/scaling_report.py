@@ -24,6 +24,7 @@ ORDER = (
     "e8k2",
     "e16k2",
     "e8k1",
+    "dense-wide",
     "e8k2-pool",
     "e8k2-nobal",
     "e8k2-noent",
@@ -32,9 +33,17 @@ ORDER = (
     "e8k2-cap1.25",
     "e8k1-upcycled",
 )
-MAIN = ORDER[:5]
+MAIN = ORDER[:6]
+EXTRA = ORDER[6:]
 EXTRA_LABELS = {"vqa/accuracy": "test-split acc"}  # the compositional task's in-distribution score
-COLOURS = {"e4k2": "C0", "e8k2": "C1", "e16k2": "C2", "e8k1": "C3", "e8k1-upcycled": "C4"}
+COLOURS = {
+    "e4k2": "C0",
+    "e8k2": "C1",
+    "e16k2": "C2",
+    "e8k1": "C3",
+    "e8k1-upcycled": "C4",
+    "dense-wide": "C7",
+}
 
 
 def _stats(values: list[float]) -> tuple[float, float, int]:
@@ -98,6 +107,14 @@ def verdicts(cells: dict[tuple[str, str], list[dict]]) -> list[str]:
             vals = ", ".join(f"{t[0] * s:.1f}" for t in trend)
             falls = trend[2][0] < trend[0][0] - max(trend[0][1], trend[2][1])
             line += f"; E=4/8/16: {vals} ({'falls' if falls else 'does not fall'} with E)"
+        wide = _stats([r["metric"] for r in cells.get((task, "dense-wide"), [])])
+        if wide[2]:
+            more = wide[0] - d[0] > max(d[1], wide[1])
+            line += (
+                f"; capacity control (dense with E=8's FFN width, 4x its FFN compute) − dense = "
+                f"{(wide[0] - d[0]) * s:+.1f}: FFN capacity "
+                + ("**binds** here" if more else "does not bind here (within the seed spread)")
+            )
         lines.append(line)
     return lines
 
@@ -128,7 +145,7 @@ def table(
                 if st[2]:
                     name = EXTRA_LABELS.get(key, key.split("/")[-1])
                     extra.append(f"{name} {_fmt(*st, scale=_scale(key))}")
-            routed = [r for r in rs if r["routing"]]
+            routed = [r for r in rs if r["routing"] and r["num_experts"] > 1]
             drop = _stats([r["routing"].get("drop_rate") for r in routed])
             if drop[2] and drop[0] > 0:
                 extra.append(f"dropped {_fmt(*drop)}%")
@@ -194,7 +211,7 @@ def markdown(data: dict[str, Any]) -> str:
                 f"{statistics.fmean(t):.0f} | {sum(w) / 60:.1f} | {threads} |"
             )
     for task, spec in TASKS.items():
-        extra = [v for v in ORDER[5:] if (task, v) in cells]
+        extra = [v for v in EXTRA if (task, v) in cells]
         if not extra:
             continue
         title = (
@@ -237,6 +254,18 @@ def plot_experts(cells: dict[tuple[str, str], list[dict]], path: Path) -> None:
         if st[2]:
             ax.errorbar(
                 [8], [st[0] * s], yerr=[st[1] * s], marker="s", capsize=3, ls="", label="MoE top-1"
+            )
+        st = _stats([r["metric"] for r in cells.get((task, "dense-wide"), [])])
+        if st[2]:
+            ax.errorbar(
+                [8],
+                [st[0] * s],
+                yerr=[st[1] * s],
+                marker="D",
+                color=COLOURS["dense-wide"],
+                capsize=3,
+                ls="",
+                label="dense, E=8-wide FFN",
             )
         ax.set_xscale("log", base=2)
         ax.set_xticks([4, 8, 16], ["4", "8", "16"])
