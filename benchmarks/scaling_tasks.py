@@ -212,8 +212,8 @@ def register_presets(
 ) -> dict[str, str]:
     """Register one preset per variant (`scaling-<task>-<variant>`); returns variant -> name.
 
-    Presets rather than `model.overrides`, because `vlmoe.train.run.prepare` reads the image
-    size and text length from the preset itself.
+    A named preset per model keeps each run's config short and its model easy to rebuild
+    (`vlmoe.registry.preset_config`).
     """
     from vlmoe.registry import register_preset
 

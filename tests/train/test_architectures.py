@@ -97,3 +97,28 @@ def test_same_config_same_losses(tmp_path):
     torch.randn(100)  # disturb the global RNG between runs
     b = train(cfg, tmp_path / "b")
     assert a.losses == b.losses
+
+
+def test_model_overrides_reach_the_data(tmp_path):
+    """Image size and text length overridden on the command line size the data as well as the
+    model (the scenes are rendered at the overridden size, captions cut at the new length)."""
+    from vlmoe.train.run import prepare
+
+    cfg = apply_overrides(
+        RunConfig(),
+        TINY
+        + [
+            "model.preset=decoder-debug-moe",
+            "data.name=shapes",
+            "model.vision.image_size=24",
+            "model.vision.patch_size=8",
+            "model.text.max_seq_len=20",
+        ],
+    )
+    run = prepare(cfg)
+    assert run.info.image_size == 24 and run.info.max_len == 20
+    assert run.model.config.vision.image_size == 24
+    batch = run.train_collate([run.train_examples[i] for i in range(2)])
+    assert tuple(batch["images"].shape[-2:]) == (24, 24)
+    result = train(cfg, tmp_path)
+    assert len(result.losses) == 2
