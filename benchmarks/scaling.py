@@ -114,8 +114,8 @@ class Variant:
     losses: dict[str, Any] = field(default_factory=dict)  # RunConfig.losses overrides
     upcycle: bool = False  # dense for half the steps, then upcycled (same total steps)
     # Expert width = dense hidden * ffn_mult / top_k. ffn_mult != 1 breaks equal active size:
-    # only the capacity control below uses it.
-    ffn_mult: int = 1
+    # only the capacity controls below use it.
+    ffn_mult: float = 1
 
     @property
     def equal_active(self) -> bool:
@@ -137,11 +137,12 @@ MAIN = (
     Variant("e8k2", "MoE E=8 top-2", 8, 2),
     Variant("e16k2", "MoE E=16 top-2", 16, 2),
     Variant("e8k1", "MoE E=8 top-1", 8, 1),
-    # The capacity control: a dense model whose FFNs in the MoE blocks are as wide as all 8
+    # The capacity controls: dense models whose FFNs in the MoE blocks are as wide as all 8
     # experts of the E=8 top-2 twin together (its total parameters, all active: 4x the FFN
-    # compute there). One always-chosen expert is exactly a dense FFN (tested in tests/moe).
-    # If this model does not beat dense, FFN capacity is not what limits the task at this size,
-    # and no MoE (which adds only FFN capacity) can be expected to.
+    # compute there), or a quarter as wide as dense. One always-chosen expert is exactly a dense
+    # FFN (tested in tests/moe). If neither moves away from dense, FFN capacity is not what
+    # limits the task at this size, and no MoE (which adds only FFN capacity) can be expected to
+    # beat dense.
     Variant(
         "dense-wide",
         "dense, FFN as wide as E=8's experts",
@@ -149,6 +150,14 @@ MAIN = (
         1,
         moe={"expert_groups": "none"},
         ffn_mult=4,
+    ),
+    Variant(
+        "dense-narrow",
+        "dense, FFN 1/4 as wide",
+        1,
+        1,
+        moe={"expert_groups": "none"},
+        ffn_mult=0.25,
     ),
 )
 # Task-1 routing ablations, each a change of the E=8 model.
@@ -245,6 +254,8 @@ def _variant_fields(variant: Variant) -> dict[str, Any]:
     fields = dataclasses.asdict(variant)
     if fields["ffn_mult"] == 1:
         del fields["ffn_mult"]  # runs stored before the field existed stay valid
+    elif float(fields["ffn_mult"]).is_integer():
+        fields["ffn_mult"] = int(fields["ffn_mult"])
     return fields
 
 

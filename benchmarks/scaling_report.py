@@ -25,6 +25,7 @@ ORDER = (
     "e16k2",
     "e8k1",
     "dense-wide",
+    "dense-narrow",
     "e8k2-pool",
     "e8k2-nobal",
     "e8k2-noent",
@@ -33,8 +34,8 @@ ORDER = (
     "e8k2-cap1.25",
     "e8k1-upcycled",
 )
-MAIN = ORDER[:6]
-EXTRA = ORDER[6:]
+MAIN = ORDER[:7]
+EXTRA = ORDER[7:]
 EXTRA_LABELS = {"vqa/accuracy": "test-split acc"}  # the compositional task's in-distribution score
 COLOURS = {
     "e4k2": "C0",
@@ -43,6 +44,7 @@ COLOURS = {
     "e8k1": "C3",
     "e8k1-upcycled": "C4",
     "dense-wide": "C7",
+    "dense-narrow": "C8",
 }
 
 
@@ -108,12 +110,17 @@ def verdicts(cells: dict[tuple[str, str], list[dict]]) -> list[str]:
             falls = trend[2][0] < trend[0][0] - max(trend[0][1], trend[2][1])
             line += f"; E=4/8/16: {vals} ({'falls' if falls else 'does not fall'} with E)"
         wide = _stats([r["metric"] for r in cells.get((task, "dense-wide"), [])])
+        narrow = _stats([r["metric"] for r in cells.get((task, "dense-narrow"), [])])
         if wide[2]:
             more = wide[0] - d[0] > max(d[1], wide[1])
             line += (
-                f"; capacity control (dense with E=8's FFN width, 4x its FFN compute) − dense = "
-                f"{(wide[0] - d[0]) * s:+.1f}: FFN capacity "
-                + ("**binds** here" if more else "does not bind here (within the seed spread)")
+                f"; capacity controls: dense with E=8's total FFN width − dense = "
+                f"{(wide[0] - d[0]) * s:+.1f}"
+            )
+            if narrow[2]:
+                line += f", with a 1/4-wide FFN − dense = {(narrow[0] - d[0]) * s:+.1f}"
+            line += ": FFN capacity " + (
+                "**binds** here" if more else "does not bind here (wider is not better)"
             )
         lines.append(line)
     return lines
@@ -255,18 +262,22 @@ def plot_experts(cells: dict[tuple[str, str], list[dict]], path: Path) -> None:
             ax.errorbar(
                 [8], [st[0] * s], yerr=[st[1] * s], marker="s", capsize=3, ls="", label="MoE top-1"
             )
-        st = _stats([r["metric"] for r in cells.get((task, "dense-wide"), [])])
-        if st[2]:
-            ax.errorbar(
-                [8],
-                [st[0] * s],
-                yerr=[st[1] * s],
-                marker="D",
-                color=COLOURS["dense-wide"],
-                capsize=3,
-                ls="",
-                label="dense, E=8-wide FFN",
-            )
+        for v, x, label in (
+            ("dense-wide", 8, "dense, E=8-wide FFN"),
+            ("dense-narrow", 4, "dense, 1/4-wide FFN"),
+        ):
+            st = _stats([r["metric"] for r in cells.get((task, v), [])])
+            if st[2]:
+                ax.errorbar(
+                    [x],
+                    [st[0] * s],
+                    yerr=[st[1] * s],
+                    marker="D" if v == "dense-wide" else "v",
+                    color=COLOURS[v],
+                    capsize=3,
+                    ls="",
+                    label=label,
+                )
         ax.set_xscale("log", base=2)
         ax.set_xticks([4, 8, 16], ["4", "8", "16"])
         ax.set_xlabel("experts")

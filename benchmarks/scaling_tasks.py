@@ -147,7 +147,7 @@ def tower(s: Sizes, moe: MoEConfig | None = None, **kw: Any) -> TransformerConfi
 
 
 def moe_config(
-    spec: TaskSpec, s: Sizes, num_experts: int, top_k: int, ffn_mult: int = 1, **kw: Any
+    spec: TaskSpec, s: Sizes, num_experts: int, top_k: int, ffn_mult: float = 1, **kw: Any
 ) -> MoEConfig:
     """The MoE FFN of a twin: experts of width hidden * ffn_mult / top_k (ffn_mult=1: equal
     active parameters).
@@ -160,7 +160,7 @@ def moe_config(
         kw.setdefault("num_cross_modal_experts", max(2, num_experts // 4))
     return MoEConfig(
         dim=s.dim,
-        hidden_dim=s.hidden_dim * ffn_mult // top_k,
+        hidden_dim=round(s.hidden_dim * ffn_mult) // top_k,
         num_experts=num_experts,
         top_k=top_k,
         expert_groups=groups,

@@ -43,6 +43,7 @@ def test_quick_study_runs_and_resumes(scaling, tmp_path):
         "dense",
         "e8k2",
         "dense-wide",
+        "dense-narrow",
         "--steps",
         "2",
         "--out",
@@ -52,7 +53,12 @@ def test_quick_study_runs_and_resumes(scaling, tmp_path):
     ]
     assert scaling.main(args) == 0
     runs = json.loads(out.read_text())["runs"]
-    assert set(runs) == {"vqa/dense/seed0", "vqa/e8k2/seed0", "vqa/dense-wide/seed0"}
+    assert set(runs) == {
+        "vqa/dense/seed0",
+        "vqa/e8k2/seed0",
+        "vqa/dense-wide/seed0",
+        "vqa/dense-narrow/seed0",
+    }
     dense, moe = runs["vqa/dense/seed0"], runs["vqa/e8k2/seed0"]
     wide = runs["vqa/dense-wide/seed0"]
     assert moe["total_params"] > dense["total_params"]
@@ -60,6 +66,8 @@ def test_quick_study_runs_and_resumes(scaling, tmp_path):
     # The capacity control: all of the MoE's parameters, all active (routers aside).
     assert wide["active_params"] == wide["total_params"]
     assert abs(wide["total_params"] - moe["total_params"]) < 0.01 * moe["total_params"]
+    narrow = runs["vqa/dense-narrow/seed0"]
+    assert narrow["active_params"] == narrow["total_params"] < dense["total_params"]
     assert "dead_experts" in moe["routing"] and not dense["routing"]
     assert (tmp_path / "scaling.md").read_text().startswith("# Scaling study")
     assert (tmp_path / "scaling_experts.png").is_file()
