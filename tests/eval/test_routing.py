@@ -7,6 +7,7 @@ import torch
 
 from vlmoe.config import MoEConfig
 from vlmoe.eval.routing import RoutingStats, layer_sums
+from vlmoe.moe import stats
 from vlmoe.moe.layer import MoEAux, MoELayer
 
 
@@ -21,7 +22,7 @@ def hand_aux() -> MoEAux:
         logits_TE=probs.clamp_min(1e-9).log(),
         probs_TE=probs,
         expert_ids_TK=ids,
-        weights_TK=torch.full((4, 2), 0.5),
+        weights_TK=torch.tensor([[0.5, 0.5], [0.5, 0.5], [0.9, 0.1], [0.5, 0.5]]),
         kept_TK=kept,
         counts_E=torch.tensor([3, 3, 1, 0]),
         modality_T=torch.tensor([0, 0, 1, -1]),
@@ -41,6 +42,17 @@ def test_layer_sums_hand_worked():
     assert s["pairs_M"].tolist() == [4, 2]
     assert s["tokens_M"].tolist() == [2, 1]
     torch.testing.assert_close(s["entropy_sum_M"], torch.tensor([math.log(3), math.log(2)]))
+    # effective top-k: token 0 uses two equal weights (2), token 1 one kept pair (1), token 2
+    # weights 0.9 / 0.1: 1 / (0.81 + 0.01)
+    torch.testing.assert_close(s["eff_k_sum_M"], torch.tensor([3.0, 1 / 0.82]))
+
+
+def test_effective_top_k_per_token():
+    aux = hand_aux()
+    eff = stats.effective_top_k(aux)
+    torch.testing.assert_close(eff, torch.tensor([2.0, 1.0, 1 / 0.82, 2.0]))
+    none_kept = MoEAux(**{**aux.__dict__, "kept_TK": torch.zeros(4, 2, dtype=torch.bool)})
+    assert stats.effective_top_k(none_kept).tolist() == [0.0] * 4
 
 
 def test_routing_stats_accumulates_and_derives_rates():
@@ -56,6 +68,9 @@ def test_routing_stats_accumulates_and_derives_rates():
     assert results["blocks.1.ffn/image/router_entropy"] == pytest.approx(math.log(3) / 2)
     assert results["blocks.1.ffn/text/router_entropy"] == pytest.approx(math.log(2))
     assert results["blocks.1.ffn/router_entropy"] == pytest.approx((math.log(3) + math.log(2)) / 3)
+    assert results["blocks.1.ffn/image/effective_top_k"] == pytest.approx(1.5)
+    assert results["blocks.1.ffn/text/effective_top_k"] == pytest.approx(1 / 0.82)
+    assert results["blocks.1.ffn/effective_top_k"] == pytest.approx((3 + 1 / 0.82) / 3)
     assert results["blocks.1.ffn/dead_experts"] == 1
     assert results["blocks.1.ffn/dead_expert_ids"] == [3]
     # load [4, 4, 2, 0]: max / mean = 4 / 2.5
@@ -91,6 +106,22 @@ def test_routing_stats_on_a_real_layer_match_its_counts():
     assert summary.tokens_M == [18, 12]
     assert 0 < summary.drop_rate < 1
     assert 0 < summary.entropy <= math.log(4)
+    assert 0 < summary.effective_k < 2  # top-2; capacity 0.5 drops pairs, some tokens all
+
+
+def test_effective_top_k_of_a_real_top2_layer():
+    """A fresh router is near uniform: both renormalized top-2 weights near 1/2, so nearly 2;
+    a router made sure of one expert per token uses one."""
+    torch.manual_seed(0)
+    layer = MoELayer(MoEConfig(dim=8, hidden_dim=16, num_experts=4, top_k=2))
+    x = torch.randn(64, 8)
+    with torch.no_grad():
+        layer.router.gate.weight.zero_()
+        _, aux = layer(x)
+        assert stats.effective_top_k(aux).min() == pytest.approx(2.0)
+        layer.router.gate.weight.copy_(torch.eye(4, 8) * 100)
+        _, aux = layer(x)
+    assert stats.effective_top_k(aux).mean() < 1.05
 
 
 @pytest.mark.parametrize(
@@ -110,3 +141,4 @@ def test_routing_stats_for_every_router(router):
     assert sum(image) + sum(text) == kept
     assert 0 <= results["l/drop_rate"] < 1
     assert 0 <= results["l/router_entropy"] <= math.log(4) + 1e-5
+    assert 0 <= results["l/effective_top_k"] <= 4 + 1e-5

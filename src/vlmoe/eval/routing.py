@@ -4,7 +4,9 @@ For every MoE layer, and inside it for every modality (image, text): the token-t
 assignments each expert computed, the fraction of routed pairs that capacity dropped, and the
 mean router entropy; per layer, the experts that received nothing ("dead"). These are the
 diagnostics of V-MoE (Riquelme et al. 2021) and LIMoE (Mustafa et al. 2022), whose per-modality
-expert loads show whether experts specialise by modality.
+expert loads show whether experts specialise by modality. Also the effective number of experts
+a token uses (`vlmoe.moe.stats.effective_top_k`): a top-2 router whose second weight is near 0
+computes two experts but uses one.
 
 The per-batch numbers come from the pure functions of `vlmoe.moe.stats`; `RoutingStats` only
 adds them up on the device (no host sync per step) and derives rates once at the end, so the
@@ -47,6 +49,7 @@ def layer_sums(aux: MoEAux, num_modalities: int = 2) -> dict[str, Tensor]:
         routed_ME: (M, E) pairs routed before capacity drops.
         dropped_M, pairs_M: (M,) dropped and routed pair counts.
         entropy_sum_M, tokens_M: (M,) summed per-token router entropy (nats) and token counts.
+        eff_k_sum_M: (M,) summed per-token effective top-k.
     """
     M = num_modalities
     if aux.modality_T is not None and aux.allowed_ME is not None:
@@ -56,6 +59,7 @@ def layer_sums(aux: MoEAux, num_modalities: int = 2) -> dict[str, Tensor]:
     dropped, pairs = zip(*(stats.dropped_pairs(a) for a in per_m))
     tokens_M = torch.stack([a.valid_T.sum() for a in per_m])
     entropy_M = torch.stack([stats.router_entropy(a) for a in per_m])
+    eff_k_T = stats.effective_top_k(aux)
     return {
         "load_ME": load_ME,
         "routed_ME": torch.stack([stats.routed_per_expert(a) for a in per_m]),
@@ -63,6 +67,7 @@ def layer_sums(aux: MoEAux, num_modalities: int = 2) -> dict[str, Tensor]:
         "pairs_M": torch.stack(pairs),
         "entropy_sum_M": entropy_M * tokens_M,
         "tokens_M": tokens_M,
+        "eff_k_sum_M": torch.stack([(eff_k_T * a.valid_T).sum() for a in per_m]),
     }
 
 
@@ -75,8 +80,10 @@ class LayerSummary:
     drop_rate_M: list[float]
     entropy_M: list[float]
     tokens_M: list[int]
+    effective_k_M: list[float]
     drop_rate: float
     entropy: float
+    effective_k: float
     dead_experts: list[int]
     load_imbalance: float
 
@@ -146,8 +153,10 @@ class RoutingStats:
                     drop_rate_M=(h["dropped_M"] / pairs_M).tolist(),
                     entropy_M=(h["entropy_sum_M"] / tokens_M).tolist(),
                     tokens_M=h["tokens_M"].tolist(),
+                    effective_k_M=(h["eff_k_sum_M"] / tokens_M).tolist(),
                     drop_rate=float(h["dropped_M"].sum() / h["pairs_M"].sum().clamp_min(1)),
                     entropy=float(h["entropy_sum_M"].sum() / h["tokens_M"].sum().clamp_min(1)),
+                    effective_k=float(h["eff_k_sum_M"].sum() / h["tokens_M"].sum().clamp_min(1)),
                     dead_experts=torch.nonzero(stats.dead_experts(load_E)).flatten().tolist(),
                     load_imbalance=float(stats.load_imbalance(load_E)),
                 )
@@ -169,8 +178,10 @@ class RoutingStats:
                 yield f"{s.name}/{mod}/tokens_per_expert", s.load_ME[m]
                 yield f"{s.name}/{mod}/drop_rate", s.drop_rate_M[m]
                 yield f"{s.name}/{mod}/router_entropy", s.entropy_M[m]
+                yield f"{s.name}/{mod}/effective_top_k", s.effective_k_M[m]
             yield f"{s.name}/drop_rate", s.drop_rate
             yield f"{s.name}/router_entropy", s.entropy
+            yield f"{s.name}/effective_top_k", s.effective_k
             yield f"{s.name}/load_imbalance", s.load_imbalance
             yield f"{s.name}/dead_experts", len(s.dead_experts)
             yield f"{s.name}/dead_expert_ids", s.dead_experts
@@ -179,6 +190,7 @@ class RoutingStats:
             yield "num_moe_layers", n
             yield "drop_rate", sum(s.drop_rate for s in summaries) / n
             yield "router_entropy", sum(s.entropy for s in summaries) / n
+            yield "effective_top_k", sum(s.effective_k for s in summaries) / n
             yield "load_imbalance", sum(s.load_imbalance for s in summaries) / n
             yield "dead_experts", sum(len(s.dead_experts) for s in summaries)
 

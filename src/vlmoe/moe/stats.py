@@ -65,6 +65,17 @@ def router_entropy(aux: MoEAux) -> Tensor:
     return (h_T * valid).sum() / valid.sum().clamp_min(1)
 
 
+def effective_top_k(aux: MoEAux) -> Tensor:
+    """(T,) fp32: how many experts each token really uses, (sum w)^2 / sum w^2 over its kept
+    pairs' combine weights: k when its k weights are equal, 1 when one weight carries it all (a
+    top-2 router this sure of itself runs half the FFN width a top-1 expert of the same size
+    would). 0 for tokens with no kept pair (padding, everything dropped)."""
+    keep_TK = aux.kept_TK & (aux.expert_ids_TK >= 0)
+    w_TK = torch.where(keep_TK, aux.weights_TK.float().abs(), 0.0)
+    total_T = w_TK.sum(-1)
+    return total_T.square() / w_TK.square().sum(-1).clamp_min(1e-30)
+
+
 def dead_experts(counts_E: Tensor, threshold: int = 0) -> Tensor:
     """(E,) bool: experts that received at most `threshold` pairs (pass accumulated counts)."""
     return counts_E <= threshold
