@@ -134,7 +134,7 @@ def table(
 ) -> list[str]:
     head = (
         "| task | model | held-out | other metrics | total params | active params | "
-        "train ex/s | dead experts | load imbalance | router entropy | seeds |"
+        "train ex/s | dead experts | load imbalance | router entropy | eff. k | seeds |"
     )
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for task, spec in TASKS.items():
@@ -159,6 +159,7 @@ def table(
             dead = _stats([r["routing"].get("dead_experts") for r in routed])
             imb = _stats([r["routing"].get("load_imbalance") for r in routed])
             ent = _stats([r["routing"].get("router_entropy") for r in routed])
+            eff = _stats([r["routing"].get("effective_top_k") for r in routed])
             rate = (speed or {}).get(task, {}).get(v)
             if rate is None:
                 rate = _stats([r["examples_per_s"] for r in rs])[0]
@@ -167,7 +168,8 @@ def table(
                 f"{_params(rs[0]['total_params'])} | {_params(rs[0]['active_params'])} | "
                 f"{rate:.0f} | {_fmt(*dead, scale=1, digits=1) if routed else '—'} | "
                 f"{_fmt(*imb, scale=1, digits=2) if routed else '—'} | "
-                f"{_fmt(*ent, scale=1, digits=2) if routed else '—'} | {len(rs)} |"
+                f"{_fmt(*ent, scale=1, digits=2) if routed else '—'} | "
+                f"{_fmt(*eff, scale=1, digits=2)} | {len(rs)} |"
             )
     return lines
 
@@ -184,7 +186,9 @@ def markdown(data: dict[str, Any]) -> str:
         f"(torch {meta.get('torch', '?')}). "
         "Held-out metric as mean ± std over seeds (percent, BLEU on its 0-100 scale). "
         "Routing columns: held-out evaluation, summed dead experts over MoE layers, "
-        "max/mean load per layer, mean router entropy (nats). Train ex/s: "
+        "max/mean load per layer, mean router entropy (nats), effective experts per token "
+        "((sum w)^2 / sum w^2 of its combine weights: k when equal, 1 when one weight carries "
+        "it; runs stored before this statistic existed show —). Train ex/s: "
         + (
             "measured back to back (`--throughput`: best 10-step window over 2 interleaved "
             f"rounds, {data.get('throughput_meta', {}).get('threads', '?')} threads; ablation "
