@@ -16,6 +16,13 @@ aux-loss-free bias balancing instead (DeepSeek-V3); capacity 1.0 and 1.25 with b
 prioritized dropping (V-MoE); and E=8 top-1 upcycled from the dense model trained for half the
 steps (Komatsuzaki et al. 2023) vs the same MoE from scratch at equal total steps.
 
+Every task also gets two capacity controls, dense models that break equal active size on
+purpose: `dense-wide`, whose FFNs in the MoE blocks are as wide as all 8 experts of the E=8
+top-2 twin together (that twin's total parameters, all active), and `dense-narrow`, a quarter as
+wide as dense there. An MoE adds only FFN capacity, so it can only be expected to beat dense
+where `dense-wide` does; where neither control moves away from dense, FFN capacity is not what
+limits the task at this size, and the report says so.
+
 Training uses `vlmoe.train` (`prepare`, `prepare_twin`, `Trainer`) and evaluation `vlmoe.eval`;
 each run's held-out metrics, routing statistics (dead experts, load imbalance, router entropy,
 drop rate, per-modality tokens per expert), parameter counts, throughput and estimated FLOPs go
@@ -32,8 +39,9 @@ vlmoe.train's defaults (load balance 1e-2, z-loss 1e-3, LIMoE entropy losses 1e-
 and contrastive); 4000 training scenes (24k questions, 12k captions) and 250 held-out scenes
 from another seed stream; MNIST's fixed 4000 / 1000 split. Every variant gets the same.
 
-Runs: full = 5 tasks x 5 models x 3 seeds + 7 task-1 variants x 3 seeds = 96 runs (the 7th,
-entropy losses off with the load-balance loss kept, separates the two kinds of aux loss);
+Runs: full = 5 tasks x 7 models (5 + the 2 controls) x 3 seeds + 7 task-1 variants x 3 seeds
+= 126 runs (the 7th variant, entropy losses off with the load-balance loss kept, separates the
+two kinds of aux loss);
 `--quick` = dense and E=8 top-2 on every task, seed 0 (10 runs, the same recipe, so its runs
 are a subset of the full study's and carry over: copy scaling_quick.json to scaling.json).
 Durations: see "Measured durations" at the end of this docstring.

@@ -40,8 +40,11 @@ def test_loss_goes_down_and_metrics_logged(tmp_path):
         "loss/moe/z_loss",
         "lr",
         "examples_per_s",
+        "moe/max_load_ratio",
+        "moe/effective_top_k",
     ):
         assert key in records[-1]
+    assert all(1.0 <= r["moe/effective_top_k"] <= 2.0 + 1e-6 for r in records)  # top-2, dropless
     assert (tmp_path / "config.yaml").is_file()
     assert RunConfig.from_yaml(tmp_path / "config.yaml").train.steps == 30
 

@@ -83,11 +83,18 @@ def warn_if_unbalanced(model: nn.Module, cfg: MoELossConfig, use_entropy: bool) 
 
 @torch.no_grad()
 def routing_summary(auxes: Sequence) -> dict[str, float]:
-    """Cheap per-step routing numbers for the log: max expert load / mean, over layers."""
+    """Cheap per-step routing numbers for the log: the worst layer's max expert load / mean,
+    and the effective experts per token averaged over layers (`stats.effective_top_k`: near 1
+    for a top-2 router means the second expert's weight has gone to ~0)."""
+    from vlmoe.moe import stats
+
     if not auxes:
         return {}
-    worst = 0.0
+    worst, eff = 0.0, 0.0
     for a in auxes:
         routed = a.routed_E.float()
         worst = max(worst, (routed.max() / routed.mean().clamp_min(1e-9)).item())
-    return {"moe/max_load_ratio": worst}
+        valid_T = a.valid_T
+        eff_T = stats.effective_top_k(a)
+        eff += ((eff_T * valid_T).sum() / valid_T.sum().clamp_min(1)).item()
+    return {"moe/max_load_ratio": worst, "moe/effective_top_k": eff / len(auxes)}
