@@ -215,6 +215,9 @@ RECIPE = {
     "eval_batch": 128,
 }
 TASK_STEPS = {"vqa": 1000, "caption": 1000, "retrieval": 1000, "mnist": 1000, "comp": 1000}
+# The model sizes of every run; `--size KEY=VALUE` changes them (another regime: write it to
+# another --out, since stored runs only count when their sizes match).
+SIZES = Sizes()
 TASK_DATA = {  # shapes: scenes (train, held-out); mnist: its fixed 4000 / 1000 split
     "vqa": (4000, 250),
     "caption": (4000, 250),
@@ -239,7 +242,7 @@ def run_config(
     overrides = {
         "task": spec.run_task,
         "model.preset": preset,
-        "data": {**DataSelection().to_dict(), "tokenizer_vocab": Sizes().vocab, **data},
+        "data": {**DataSelection().to_dict(), "tokenizer_vocab": SIZES.vocab, **data},
         "optim.lr": RECIPE["lr"],
         "optim.weight_decay": RECIPE["weight_decay"],
         "optim.grad_clip": RECIPE["grad_clip"],
@@ -314,7 +317,7 @@ def save_record(path: Path, record: dict[str, Any]) -> None:
             "recipe": RECIPE,
             "task_steps": TASK_STEPS,
             "task_data": TASK_DATA,
-            "sizes": dataclasses.asdict(Sizes()),
+            "sizes": dataclasses.asdict(SIZES),
             "torch": torch.__version__,
             "threads": torch.get_num_threads(),
         }
@@ -592,7 +595,7 @@ def measure_throughput(
     from vlmoe.train.tasks import make_objective
     from vlmoe.train.trainer import Trainer
 
-    sizes = Sizes()
+    sizes = SIZES
     best: dict[str, dict[str, float]] = {}
     for task in tasks:
         spec = TASKS[task]
@@ -639,6 +642,20 @@ def measure_throughput(
         os.replace(tmp, out)
 
 
+def parse_sizes(items: list[str], parser: argparse.ArgumentParser) -> Sizes:
+    fields = {f.name: f.type for f in dataclasses.fields(Sizes)}
+    changes = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or key not in fields:
+            parser.error(f"--size {item!r}: expected KEY=VALUE with KEY one of {sorted(fields)}")
+        try:
+            changes[key] = int(value)
+        except ValueError:
+            parser.error(f"--size {item!r}: {key} must be an integer, got {value!r}")
+    return dataclasses.replace(Sizes(), **changes)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
@@ -652,6 +669,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--steps", type=int, help="override every task's steps (for smoke tests)")
+    p.add_argument(
+        "--size",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="change a model size of every run, e.g. patch_size=4 (fields of Sizes)",
+    )
     p.add_argument("--max-runs", type=int, help="stop after this many new runs")
     p.add_argument("--report-only", action="store_true")
     p.add_argument(
@@ -670,6 +694,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.steps:
         for k in TASK_STEPS:
             TASK_STEPS[k] = args.steps
+    global SIZES
+    SIZES = parse_sizes(args.size, p)
     import scaling_report
 
     if args.report_only:
@@ -679,7 +705,7 @@ def main(argv: list[str] | None = None) -> int:
         measure_throughput(args.tasks or list(TASKS), out, args.precision)
         scaling_report.write_report(out)
         return 0
-    sizes = Sizes()
+    sizes = SIZES
     todo = plan(args)
     done = load_results(out)["runs"]
     pending = []
