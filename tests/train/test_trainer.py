@@ -117,6 +117,24 @@ def test_grad_accum_matches_big_batch(tmp_path):
     assert a.losses[0] == pytest.approx(b.losses[0], rel=0.05)
 
 
+def test_warns_once_when_top2_routing_acts_as_top1(tmp_path, caplog):
+    """A top-2 router so sure of itself that the second weight is ~0 gets one warning naming
+    the effective experts per token; a fresh (near-uniform) router gets none."""
+    sure = ToyMoE()
+    with torch.no_grad():
+        sure.moe.router.gate.weight.mul_(1e4)
+    with caplog.at_level(logging.WARNING, logger="vlmoe"):
+        _train(tmp_path / "sure", "optim.lr=1e-9", model=sure)
+    warnings = [r for r in caplog.records if "experts per token" in r.getMessage()]
+    assert len(warnings) == 1 and "top-2" in warnings[0].getMessage()
+    records = read_metrics(tmp_path / "sure")
+    assert records[-1]["moe/effective_top_k"] < 1.2
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="vlmoe"):
+        _train(tmp_path / "fresh", "optim.lr=1e-9")
+    assert not any("experts per token" in r.getMessage() for r in caplog.records)
+
+
 def test_nan_names_step_and_layer(tmp_path):
     model = ToyMoE()
     with torch.no_grad():

@@ -83,18 +83,47 @@ def warn_if_unbalanced(model: nn.Module, cfg: MoELossConfig, use_entropy: bool) 
 
 @torch.no_grad()
 def routing_summary(auxes: Sequence) -> dict[str, float]:
-    """Cheap per-step routing numbers for the log: the worst layer's max expert load / mean,
-    and the effective experts per token averaged over layers (`stats.effective_top_k`: near 1
-    for a top-2 router means the second expert's weight has gone to ~0)."""
+    """Cheap per-step routing numbers for the log (one host transfer): the worst layer's max
+    expert load / mean, and the effective experts per token averaged over layers
+    (`stats.effective_top_k`: near 1 for a top-2 router means its second weight went to ~0)."""
     from vlmoe.moe import stats
 
     if not auxes:
         return {}
-    worst, eff = 0.0, 0.0
+    worst, eff = [], []
     for a in auxes:
         routed = a.routed_E.float()
-        worst = max(worst, (routed.max() / routed.mean().clamp_min(1e-9)).item())
+        worst.append(routed.max() / routed.mean().clamp_min(1e-9))
         valid_T = a.valid_T
-        eff_T = stats.effective_top_k(a)
-        eff += ((eff_T * valid_T).sum() / valid_T.sum().clamp_min(1)).item()
-    return {"moe/max_load_ratio": worst, "moe/effective_top_k": eff / len(auxes)}
+        eff.append((stats.effective_top_k(a) * valid_T).sum() / valid_T.sum().clamp_min(1))
+    w, e = torch.stack([torch.stack(worst).max(), torch.stack(eff).mean()]).tolist()
+    return {"moe/max_load_ratio": w, "moe/effective_top_k": e}
+
+
+def max_top_k(model: nn.Module) -> int:
+    """The largest top_k of the model's token-choice MoE layers (0 without any)."""
+    from vlmoe.moe.layer import MoELayer
+
+    ks = [
+        m.cfg.top_k for m in model.modules() if isinstance(m, MoELayer) and m.cfg.router == "topk"
+    ]
+    return max(ks, default=0)
+
+
+def warn_if_top1_in_effect(effective_k: float, top_k: int, step: int) -> bool:
+    """Warn when top-k routers (k >= 2) use barely more than one expert per token; True if so.
+
+    Each token still pays for k experts, but all but one get ~0 weight: the model runs like
+    top-1 with 1/k of the active FFN width. LIMoE's local-entropy loss drives routers there."""
+    if top_k < 2 or effective_k >= 1.2:
+        return False
+    log.warning(
+        "step %d: the top-%d MoE routers use %.2f experts per token on average: the other "
+        "choices' combine weights are ~0, so their compute is spent for nothing. The local "
+        "entropy loss pushes routing this way (losses.local_entropy=0 turns it off); or use "
+        "top_k=1 with wider experts.",
+        step,
+        top_k,
+        effective_k,
+    )
+    return True

@@ -36,9 +36,11 @@ from vlmoe.train.config import RunConfig, StageConfig
 from vlmoe.train.data_order import DataOrder
 from vlmoe.train.metrics import MetricsLogger, Progress
 from vlmoe.train.moe_losses import (
+    max_top_k,
     moe_aux_losses,
     routing_summary,
     uses_balance_bias,
+    warn_if_top1_in_effect,
     warn_if_unbalanced,
 )
 from vlmoe.train.optim import build_optimizer, lr_factor, set_lr
@@ -279,6 +281,7 @@ class Trainer:
             torch.set_num_threads(cfg.train.num_threads)
         self.model.to(self.device).train()
         warn_if_unbalanced(self.model, cfg.losses, self.use_entropy)
+        top_k, warned_top1 = max_top_k(self.model), False
         stages = _stages(cfg)
         bounds = [sum(s.steps for s in stages[: i + 1]) for i in range(len(stages))]
         total = bounds[-1]
@@ -331,6 +334,9 @@ class Trainer:
                     record = {k: v / window_n for k, v in window.items()}
                     record.update(lr=lr, examples_per_s=rate, stage=stage.name)
                     metrics.log(done, "train", record)
+                    eff = record.get("moe/effective_top_k")
+                    if eff is not None and not warned_top1 and done > cfg.schedule.warmup_steps:
+                        warned_top1 = warn_if_top1_in_effect(eff, top_k, done)
                     # With a progress bar on screen the bar shows this; keep the log quiet.
                     log.log(
                         logging.DEBUG if progress.active else logging.INFO,
