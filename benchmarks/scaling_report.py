@@ -266,22 +266,14 @@ def plot_experts(cells: dict[tuple[str, str], list[dict]], path: Path) -> None:
             ax.errorbar(
                 [8], [st[0] * s], yerr=[st[1] * s], marker="s", capsize=3, ls="", label="MoE top-1"
             )
-        for v, x, label in (
-            ("dense-wide", 8, "dense, E=8-wide FFN"),
-            ("dense-narrow", 4, "dense, 1/4-wide FFN"),
+        # The capacity controls have no experts: horizontal lines, like dense.
+        for v, ls, label in (
+            ("dense-wide", "-.", "dense, E=8-wide FFN"),
+            ("dense-narrow", ":", "dense, 1/4-wide FFN"),
         ):
             st = _stats([r["metric"] for r in cells.get((task, v), [])])
             if st[2]:
-                ax.errorbar(
-                    [x],
-                    [st[0] * s],
-                    yerr=[st[1] * s],
-                    marker="D" if v == "dense-wide" else "v",
-                    color=COLOURS[v],
-                    capsize=3,
-                    ls="",
-                    label=label,
-                )
+                ax.axhline(st[0] * s, color=COLOURS[v], ls=ls, lw=1.5, label=label)
         ax.set_xscale("log", base=2)
         ax.set_xticks([4, 8, 16], ["4", "8", "16"])
         ax.set_xlabel("experts")
