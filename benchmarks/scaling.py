@@ -52,7 +52,7 @@ pieces (`--tasks`, `--seeds`, `--variants`) and interrupted at any time.
 
 Usage:
     .venv/bin/python benchmarks/scaling.py --quick                # ~10-20 min, 2 cores
-    .venv/bin/python benchmarks/scaling.py                        # the full study, ~2 h
+    .venv/bin/python benchmarks/scaling.py                        # the full study, ~2-3 h
     .venv/bin/python benchmarks/scaling.py --tasks vqa --seeds 0 1  # a piece of it
     .venv/bin/python benchmarks/scaling.py --report-only          # table + plots from the JSON
     .venv/bin/python benchmarks/scaling.py --throughput           # speeds, back to back
@@ -63,8 +63,10 @@ MoE trains at 60-90% of the dense twin's speed at these tiny sizes (routing and 
 overhead). A whole run (data set-up, training, 3 intermediate and 1 full held-out evaluation,
 routing stats), measured with two runs side by side at 1 thread each on a quiet machine:
 MNIST 25-35 s, VQA 45-60 s, compositional VQA 40-60 s, retrieval 50-75 s, captioning
-85-145 s (greedy generation). So `--quick` takes ~10 min and the full study (96 runs) ~100
-min of run time (~1 h wall as two pieces side by side, e.g. `--tasks vqa` and the rest). With
+85-145 s (greedy generation); the capacity controls, measured the same way, 52-113 s a run
+for `dense-wide` and 19-68 s for `dense-narrow` (their 30 runs: 31 min). So `--quick` takes
+~10 min and the full study (126 runs) ~130 min of run time (~70 min wall as two pieces side by
+side, e.g. `--tasks vqa` and the rest). With
 the machine shared by 3-4 other jobs (load 5-7) the same runs took 2-5x longer: the `--quick`
 study here took 47 min of run time (4 runs with 2 threads, 6 with 1). Under such load use
 `--threads 1`: two OpenMP threads that keep losing their core to other processes wait for
