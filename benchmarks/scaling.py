@@ -272,10 +272,26 @@ def _variant_fields(variant: Variant) -> dict[str, Any]:
     return fields
 
 
+def _local_entropy_rule(spec: TaskSpec, variant: Variant) -> dict[str, str]:
+    """Runs whose top-k (k > 1) routers train with the local entropy loss carry its rule, so
+    runs stored under the earlier rule (plain entropy, pushing top-2 towards one expert) are
+    redone and no other run is."""
+    from vlmoe.train.config import MoELossConfig
+
+    applies = (
+        variant.num_experts > 1
+        and variant.top_k > 1
+        and spec.architecture in MoELossConfig().entropy_for
+        and variant.losses.get("local_entropy", MoELossConfig().local_entropy) > 0
+    )
+    return {"local_entropy_rule": "max(0, H - log k)"} if applies else {}
+
+
 def fingerprint(spec: TaskSpec, variant: Variant, sizes: Sizes, precision: str) -> str:
     """What must match for a stored run to count as done (recipe, sizes, data, model)."""
     blob = json.dumps(
         {
+            **_local_entropy_rule(spec, variant),
             "recipe": RECIPE,
             "steps": TASK_STEPS[spec.name],
             "data": TASK_DATA[spec.name],

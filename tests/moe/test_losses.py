@@ -117,3 +117,16 @@ def test_losses_are_differentiable_through_probs():
     total = load_balance_loss(aux) + z_loss(aux) + sum(entropy_losses(aux).values())
     total.backward()
     assert layer.router.gate.weight.grad.abs().sum() > 0
+
+
+def test_local_entropy_of_a_top2_router_stops_at_two_experts():
+    """For top-k the local term is max(0, H - log k): a token split evenly over its 2 experts
+    (the most a top-2 token can use) costs nothing, like a one-hot one; more spread costs
+    H - log 2. Top-1 keeps LIMoE's plain entropy; expert choice is not clamped."""
+    probs = [[0.5, 0.5, 0, 0], [1, 0, 0, 0], [0.25] * 4]
+    top2 = entropy_losses(make_aux(probs, [[0, 1], [0, 1], [2, 3]]))
+    torch.testing.assert_close(top2["local/all"], torch.tensor(math.log(2) / 3))
+    top1 = entropy_losses(make_aux(probs, [[0], [0], [2]]))
+    torch.testing.assert_close(top1["local/all"], torch.tensor((math.log(2) + math.log(4)) / 3))
+    chosen = entropy_losses(make_aux(probs, [[0, 1], [0, 1], [2, 3]], router="expert_choice"))
+    torch.testing.assert_close(chosen["local/all"], top1["local/all"])

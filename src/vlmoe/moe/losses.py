@@ -8,13 +8,18 @@
 - `entropy_losses`: LIMoE (Mustafa et al. 2022) local and global entropy per modality. Local is
   the mean per-token entropy (minimize: confident routing); global is minus the entropy of the
   modality's mean routing distribution (minimize: use many experts), optionally thresholded at
-  tau: max(0, tau - H(mean p)).
+  tau: max(0, tau - H(mean p)). LIMoE routes top-1; for a top-k token-choice router the local
+  term is max(0, H - log k), the entropy of k equally weighted experts: it stops at a token
+  sure of k experts instead of pushing on to one, where the other k - 1 would get ~0 combine
+  weight and their compute would be spent for nothing (`vlmoe.moe.stats.effective_top_k`).
 
 Padding tokens (modality -1) are left out of all of them. Expert choice and soft MoE are
 balanced by construction, so their load-balance loss is zero.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import Tensor
@@ -98,11 +103,14 @@ def entropy_losses(aux: MoEAux, global_threshold: float | None = None) -> dict[s
     the batch gets zeros (the keys do not depend on the data, and nothing syncs with the host).
     """
     p_TE = _per_token_distribution(aux)
+    local_T = _entropy(p_TE)
+    if aux.router == "topk" and aux.top_k > 1:
+        local_T = torch.clamp(local_T - math.log(aux.top_k), min=0.0)
     out: dict[str, Tensor] = {}
     for m, mask_T, _ in _groups(aux):
         n = mask_T.sum().clamp_min(1)
         name = "all" if m is None else modality_name(m)
-        out[f"local/{name}"] = (_entropy(p_TE) * mask_T).sum() / n
+        out[f"local/{name}"] = (local_T * mask_T).sum() / n
         mean_p_E = (p_TE * mask_T[:, None]).sum(0) / n
         h_global = _entropy(mean_p_E)
         if global_threshold is None:
