@@ -128,7 +128,7 @@ def test_warns_once_when_top2_routing_acts_as_top1(tmp_path, caplog):
     warnings = [r for r in caplog.records if "experts per token" in r.getMessage()]
     assert len(warnings) == 1 and "top-2" in warnings[0].getMessage()
     records = read_metrics(tmp_path / "sure")
-    assert records[-1]["moe/effective_top_k"] < 1.2
+    assert records[-1]["moe/effective_top_k"] < 1.1
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="vlmoe"):
         _train(tmp_path / "fresh", "optim.lr=1e-9")

@@ -114,16 +114,18 @@ def warn_if_top1_in_effect(effective_k: float, top_k: int, step: int) -> bool:
     """Warn when top-k routers (k >= 2) use barely more than one expert per token; True if so.
 
     Each token still pays for k experts, but all but one get ~0 weight: the model runs like
-    top-1 with 1/k of the active FFN width. LIMoE's local-entropy loss drives routers there."""
-    if top_k < 2 or effective_k >= 1.2:
+    top-1 with 1/k of the active FFN width (what LIMoE's plain local-entropy loss did to top-2
+    routers before it stopped at log k)."""
+    if top_k < 2 or effective_k >= 1.1:
         return False
     log.warning(
         "step %d: the top-%d MoE routers use %.2f experts per token on average: the other "
-        "choices' combine weights are ~0, so their compute is spent for nothing. The local "
-        "entropy loss pushes routing this way (losses.local_entropy=0 turns it off); or use "
-        "top_k=1 with wider experts.",
+        "choices' combine weights are ~0, so their compute is spent for nothing. Look at the "
+        "router losses' weights (losses.*); top_k=1 with experts %d times wider spends the same "
+        "compute on one expert.",
         step,
         top_k,
         effective_k,
+        top_k,
     )
     return True
