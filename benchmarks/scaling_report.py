@@ -191,8 +191,8 @@ def markdown(data: dict[str, Any]) -> str:
         "it; runs stored before this statistic existed show —). Train ex/s: "
         + (
             "measured back to back (`--throughput`: best 10-step window over 2 interleaved "
-            f"rounds, {data.get('throughput_meta', {}).get('threads', '?')} threads; ablation "
-            "rows: median window of their own runs)"
+            f"rounds, {data.get('throughput_meta', {}).get('threads', '?')} threads; rows "
+            "measured no such way: median window of their own runs)"
             if data.get("throughput")
             else "median logging window of the training run (noisy on a shared machine)"
         )
