@@ -54,6 +54,8 @@ Usage:
     .venv/bin/python benchmarks/scaling.py --quick                # ~10-20 min, 2 cores
     .venv/bin/python benchmarks/scaling.py                        # the full study, ~2-3 h
     .venv/bin/python benchmarks/scaling.py --tasks vqa --seeds 0 1  # a piece of it
+    .venv/bin/python benchmarks/scaling.py --tasks vqa --size patch_size=4 \
+        --out benchmarks/results/scaling_patch4.json              # another regime, own JSON
     .venv/bin/python benchmarks/scaling.py --report-only          # table + plots from the JSON
     .venv/bin/python benchmarks/scaling.py --throughput           # speeds, back to back
 
