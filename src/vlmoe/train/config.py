@@ -10,7 +10,8 @@ MoE loss defaults (on by default, each logged separately; see `MoELossConfig`):
 - load balance 1e-2 (Switch Transformer, Fedus et al. 2021; GShard),
 - router z-loss 1e-3 (ST-MoE, Zoph et al. 2022),
 - LIMoE local/global entropy 1e-2 each (Mustafa et al. 2022), for the models whose MoE layers
-  see both modalities in one pool or one encoder (contrastive and fusion), not the decoder.
+  see both modalities in one pool or one encoder (contrastive and fusion), not the decoder;
+  for top-k routers the local term stops at log k (`vlmoe.moe.losses.entropy_losses`).
 """
 
 from __future__ import annotations
