@@ -64,7 +64,8 @@ Measured durations (2 cores, torch 2.13 CPU). Idle machine, 2 threads (`--throug
 MoE trains at 60-90% of the dense twin's speed at these tiny sizes (routing and dispatch
 overhead). A later `--throughput` round with all 7 models (stored in results/scaling.json)
 measured every model 20-35% slower (dense VQA 934 examples/s; this virtual machine's speed
-varies between sessions), with the same ratios: compare models within one round only. A whole run (data set-up, training, 3 intermediate and 1 full held-out evaluation,
+varies between sessions), with similar MoE/dense ratios (0.68-0.89): compare models within
+one round only. A whole run (data set-up, training, 3 intermediate and 1 full held-out evaluation,
 routing stats), measured with two runs side by side at 1 thread each on a quiet machine:
 MNIST 25-35 s, VQA 45-60 s, compositional VQA 40-60 s, retrieval 50-75 s, captioning
 85-145 s (greedy generation); the capacity controls, measured the same way, 52-113 s a run
