@@ -272,8 +272,6 @@ def _variant_fields(variant: Variant) -> dict[str, Any]:
     fields = dataclasses.asdict(variant)
     if fields["ffn_mult"] == 1:
         del fields["ffn_mult"]  # runs stored before the field existed stay valid
-    elif float(fields["ffn_mult"]).is_integer():
-        fields["ffn_mult"] = int(fields["ffn_mult"])
     return fields
 
 
@@ -384,8 +382,7 @@ def train_model(
     `final_point`); evaluation time is not counted as training time."""
     from vlmoe.eval.runner import run_evaluators
     from vlmoe.train.metrics import read_metrics
-    from vlmoe.train.tasks import make_objective
-    from vlmoe.train.trainer import Trainer
+    from vlmoe.train.run import make_trainer
 
     every = max(1, steps // points)
     cfg = cfg.with_overrides(
@@ -417,17 +414,7 @@ def train_model(
 
     run_dir = Path(tempfile.mkdtemp(prefix=f"scaling-{spec.name}-"))
     try:
-        trainer = Trainer(
-            run.model,
-            make_objective(run.info.task, run.info.architecture),
-            run.train_examples,
-            run.train_collate,
-            cfg,
-            run_dir,
-            arch=run.info.architecture,
-            evaluate=evaluate,
-        )
-        result = trainer.fit()
+        result = make_trainer(run, cfg, run_dir, evaluate=evaluate).fit()
         result.train_log = [r for r in read_metrics(run_dir) if r.get("split") == "train"]
     finally:
         shutil.rmtree(run_dir, ignore_errors=True)
@@ -614,9 +601,7 @@ def measure_throughput(
     skewed by other load on a shared machine as the training runs' own rates may be. Written
     to the JSON's `throughput` section ({task: {variant: examples/s}})."""
     from vlmoe.train.metrics import read_metrics
-    from vlmoe.train.run import prepare_twin
-    from vlmoe.train.tasks import make_objective
-    from vlmoe.train.trainer import Trainer
+    from vlmoe.train.run import make_trainer, prepare_twin
 
     sizes = SIZES
     best: dict[str, dict[str, float]] = {}
@@ -632,15 +617,7 @@ def measure_throughput(
                 run = prepare_twin(base, cfg)
                 run_dir = Path(tempfile.mkdtemp(prefix="scaling-speed-"))
                 try:
-                    Trainer(
-                        run.model,
-                        make_objective(run.info.task, run.info.architecture),
-                        run.train_examples,
-                        run.train_collate,
-                        cfg,
-                        run_dir,
-                        arch=run.info.architecture,
-                    ).fit()
+                    make_trainer(run, cfg, run_dir).fit()
                     rates = [
                         r["examples_per_s"]
                         for r in read_metrics(run_dir)
@@ -666,7 +643,7 @@ def measure_throughput(
 
 
 def parse_sizes(items: list[str], parser: argparse.ArgumentParser) -> Sizes:
-    fields = {f.name: f.type for f in dataclasses.fields(Sizes)}
+    fields = {f.name for f in dataclasses.fields(Sizes)}
     changes = {}
     for item in items:
         key, sep, value = item.partition("=")

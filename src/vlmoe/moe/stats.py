@@ -68,8 +68,8 @@ def router_entropy(aux: MoEAux) -> Tensor:
 def effective_top_k(aux: MoEAux) -> Tensor:
     """(T,) fp32: how many experts each token really uses, (sum w)^2 / sum w^2 over its kept
     pairs' combine weights: k when its k weights are equal, 1 when one weight carries it all (a
-    top-2 router this sure of itself runs half the FFN width a top-1 expert of the same size
-    would). 0 for tokens with no kept pair (padding, everything dropped)."""
+    top-2 router that sure of itself pays for two experts and uses one). 0 for tokens with no
+    kept pair (padding, everything dropped)."""
     keep_TK = aux.kept_TK & (aux.expert_ids_TK >= 0)
     w_TK = torch.where(keep_TK, aux.weights_TK.float().abs(), 0.0)
     total_T = w_TK.sum(-1)

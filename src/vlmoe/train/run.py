@@ -339,6 +339,21 @@ def save_model(run: Run, directory: str | Path) -> Path:
     return directory
 
 
+def make_trainer(run: Run, cfg: RunConfig, run_dir: str | Path, **kwargs: Any) -> Trainer:
+    """A `Trainer` for a prepared run: its model, the task's objective, its training examples
+    and collator; `kwargs` go to `Trainer` (evaluate, on_save, eval_at_end, ...)."""
+    return Trainer(
+        run.model,
+        make_objective(run.info.task, run.info.architecture),
+        run.train_examples,
+        run.train_collate,
+        cfg,
+        Path(run_dir),
+        arch=run.info.architecture,
+        **kwargs,
+    )
+
+
 def train(
     cfg: RunConfig, run_dir: str | Path, resume: bool | str | Path = False, run: Run | None = None
 ) -> TrainResult:
@@ -357,14 +372,10 @@ def train(
             routing=False,
         )
 
-    trainer = Trainer(
-        run.model,
-        make_objective(run.info.task, run.info.architecture),
-        run.train_examples,
-        run.train_collate,
+    trainer = make_trainer(
+        run,
         cfg,
         run_dir,
-        arch=run.info.architecture,
         evaluate=evaluate_fn if run.eval_examples is not None else None,
         on_save=run.info.save,
         eval_at_end=False,
