@@ -14,7 +14,7 @@ vlmoe demo        trains four small models on a synthetic world of coloured shap
                   encoder answering questions and classifying scenes, and a decoder writing
                   captions, each dense and as a sparse MoE (8 experts, top-2) with the same
                   active parameters; evaluates them on held-out scenes; writes
-                  runs/demo/report.md with the results table and plots. About 10 minutes on
+                  runs/demo/report.md with the results table and plots. About 5-10 minutes on
                   2 CPU cores (--quick: about 2 minutes, too short to compare, checks that
                   everything works).
 vlmoe demo mnist  a top-2-of-8 MoE digit classifier (a real router and balance loss) on the
