@@ -66,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
     out = args.out or "runs/demo"
     print(
         f"training 4 models on the scene world{' (quick)' if args.quick else ''}; "
-        f"this takes about {2 if args.quick else 10} minutes on 2 CPU cores ...",
+        f"this takes about {'2' if args.quick else '5-10'} minutes on 2 CPU cores ...",
         flush=True,
     )
     from vlmoe.train.demos.scenes import ModelResult, results_table
