@@ -63,6 +63,7 @@ def load_datasets(data: DataSelection, image_size: int) -> tuple[Any, Any]:
         )
     if data.name in ("mnist", "digits", "photos"):
         return load_dataset(data.name, "train"), load_dataset(data.name, "test")
+    opts.update(on_error=data.on_error, check=data.check)
     train_set = _file_dataset(data, data.path, opts)
     if data.eval_path:
         return train_set, _file_dataset(data, data.eval_path, opts)

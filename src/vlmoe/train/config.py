@@ -174,6 +174,10 @@ class DataSelection(Config):
     seed: int = 0
     tokenizer_vocab: int | None = None  # None = the model preset's vocab_size
     num_workers: int = 0  # DataLoader worker processes (0 = load in the training process)
+    # Your files: a bad image or line stops the run ("raise", naming file and line) or is left
+    # out and counted ("skip"); "check" reads each image's header up front, or decodes it all.
+    on_error: Literal["raise", "skip"] = "raise"
+    check: Literal["none", "header", "decode"] = "header"
     options: dict[str, Any] = dataclasses.field(default_factory=dict)  # passed to the dataset
 
     def __post_init__(self) -> None:
