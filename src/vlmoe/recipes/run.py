@@ -39,7 +39,7 @@ from vlmoe.models.registry import get_preset, preset_config
 from vlmoe.tasks import Task, TaskDataset, TaskInfo, eval_loader, resolve_task
 from vlmoe.train.checkpoint import latest_checkpoint
 from vlmoe.train.config import DataSelection, ModelSelection, RunConfig
-from vlmoe.train.metrics import MetricsLogger
+from vlmoe.train.metrics import MetricsLogger, ProgressLoader
 from vlmoe.train.trainer import Trainer, TrainResult
 
 log = logging.getLogger(__name__)
@@ -196,8 +196,12 @@ def make_evaluators(
     MoE model."""
     if run.eval_data is None:
         return {}
-    loader = eval_loader(
-        run.eval_data, run.task.collate, batch_size, run.cfg.data.num_workers, max_examples
+    loader = ProgressLoader(
+        eval_loader(
+            run.eval_data, run.task.collate, batch_size, run.cfg.data.num_workers, max_examples
+        ),
+        f"eval {run.task.name}",
+        run.cfg.train.progress,
     )
     out = run.task.evaluators(loader)
     if routing and moe_layer_names(run.model):
@@ -427,8 +431,14 @@ def load_trained(path: str | Path) -> tuple[nn.Module, Task]:
     tokenizer = None
     if (directory / "tokenizer.json").is_file():
         tokenizer = Tokenizer.load(directory)
+    task_cls = resolve_task(info.task, info.architecture)
+    if task_cls.needs_text and tokenizer is None:
+        raise CheckpointError(
+            f"{directory}: no tokenizer.json, but this {info.architecture} model ({info.task}) "
+            "reads text: copy in the tokenizer.json it was trained with"
+        )
     model.eval()
-    return model, resolve_task(info.task, info.architecture)(info, tokenizer)
+    return model, task_cls(info, tokenizer)
 
 
 def _run_config_near(directory: Path) -> RunConfig | None:
