@@ -170,7 +170,9 @@ def test_iter_generate_yields_what_generate_returns(name, temperature):
     kw = dict(images=_images(model, 3)) if model.architecture == "decoder" else {}
     opts = dict(max_new_tokens=9, temperature=temperature, top_p=0.9, stop_tokens=[5, 7], **kw)
     whole = model.generate(ids, mask, generator=torch.Generator().manual_seed(3), **opts)
-    steps = list(iter_generate(model, ids, mask, generator=torch.Generator().manual_seed(3), **opts))
+    steps = list(
+        iter_generate(model, ids, mask, generator=torch.Generator().manual_seed(3), **opts)
+    )
     assert all(s.shape == (3,) for s in steps)
     assert torch.equal(torch.stack(steps, dim=1), whole)
 
