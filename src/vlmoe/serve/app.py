@@ -137,7 +137,13 @@ def create_app(engine: Engine, config: ServeConfig) -> FastAPI:
 
     @app.get("/health")
     async def health() -> dict[str, Any]:
-        return {"status": "ok", "model": config.model_name, "queued": engine.queued}
+        return {
+            "status": "ok",
+            "model": config.model_name,
+            "queued": engine.queued,
+            "batches_run": engine.batches_run,
+            "largest_batch": engine.largest_batch,
+        }
 
     @app.get("/v1/models", response_model=ModelList, dependencies=auth)
     async def models() -> ModelList:

@@ -305,6 +305,7 @@ class Engine:
         self._seconds_per_batch = 0.05  # a running estimate, for Retry-After
         self.batches_run = 0
         self.largest_batch = 0
+        self.jobs_stopped = 0  # cancelled or timed out before finishing
 
     # -- life cycle
 
@@ -380,7 +381,9 @@ class Engine:
             batch = self._next_batch()
             if batch is None:
                 return
-            batch = [job for job in batch if not job.stopped()]
+            live = [job for job in batch if not job.stopped()]
+            self.jobs_stopped += len(batch) - len(live)
+            batch = live
             if not batch:
                 continue
             start = time.perf_counter()
@@ -450,6 +453,7 @@ class Engine:
     def _advance(self, job: GenerateJob, stream: TextStream, token: int) -> None:
         if job.stopped():
             job.done = True
+            self.jobs_stopped += 1
             return
         job.new_ids.append(token)
         if token == self.adapter.tokenizer.eos_id:
