@@ -445,18 +445,23 @@ def _answer_job(engine: Engine, loop, rgb, prompt: str, routing: bool) -> CallJo
 
 
 async def _next_event(request: Request, job: Job) -> tuple[str, Any]:
-    """The job's next event; cancels the job when its client has gone or it timed out."""
+    """The job's next event; cancels the job when its client has gone or it timed out.
+    The client is checked at least every POLL_S, also while events keep coming."""
     while True:
-        remaining = job.deadline - time.monotonic()
+        now = time.monotonic()
+        remaining = job.deadline - now
         if remaining <= 0:
             job.cancel()
             raise timeout_error(job.timeout_s)
+        if now - job.checked_at >= POLL_S:
+            job.checked_at = now
+            if await request.is_disconnected():
+                job.cancel()
+                raise APIError(499, "the client closed the request")
         try:
             return await asyncio.wait_for(job.events.get(), min(POLL_S, remaining))
         except asyncio.TimeoutError:
-            if await request.is_disconnected():
-                job.cancel()
-                raise APIError(499, "the client closed the request") from None
+            continue
 
 
 async def _result(engine: Engine, request: Request, job: CallJob) -> Any:

@@ -179,6 +179,7 @@ class Job:
         self.events: asyncio.Queue = asyncio.Queue()
         self.deadline = time.monotonic() + timeout_s
         self.timeout_s = timeout_s
+        self.checked_at = time.monotonic()  # when the client was last seen connected
         self._cancelled = threading.Event()
 
     def cancel(self) -> None:
