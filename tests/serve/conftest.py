@@ -7,8 +7,6 @@ import base64
 import contextlib
 import io
 import socket
-import threading
-import time
 
 import numpy as np
 import pytest
@@ -89,27 +87,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@contextlib.contextmanager
 def uvicorn_server(app):
     """A real uvicorn on 127.0.0.1 and a free port, in a thread; yields the base URL."""
-    import uvicorn
+    from vlmoe.serve.server import serve_in_background
 
-    port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            raise RuntimeError("uvicorn did not start")
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
+    return serve_in_background(app)
 
 
 @pytest.fixture(scope="session")

@@ -118,10 +118,10 @@ def test_disconnect_cancels_generation(slow_server):
     url, engine = slow_server
     body = {"model": "cap", "messages": _messages(), "max_tokens": 12, "temperature": 0}
     # Streaming: read the role chunk, then hang up.
-    with httpx.Client(timeout=10) as http:
-        with http.stream("POST", url + "/v1/chat/completions", json={**body, "stream": True}) as r:
-            assert r.status_code == 200
-            next(r.iter_lines())
+    stream = {**body, "stream": True}
+    with httpx.stream("POST", url + "/v1/chat/completions", json=stream, timeout=10) as r:
+        assert r.status_code == 200
+        next(r.iter_lines())
     _wait_until(lambda: engine.jobs_stopped == 1)
     # Not streaming: the client gives up after 0.2 s, well before 12 tokens at 50 ms each.
     with pytest.raises(httpx.TimeoutException):
