@@ -369,3 +369,29 @@ def test_access_log_is_one_json_line_per_request(dec, caplog):
     assert [(e["path"], e["status"]) for e in entries] == [("/health", 200), ("/v1/nothing", 404)]
     assert entries[0]["request_id"] == r.headers["x-request-id"]
     assert {"method", "client", "duration_ms", "bytes", "time"} <= set(entries[0])
+
+
+def test_remote_images_only_when_allowed(fusion_dir, tmp_path):
+    import http.server
+    import threading
+
+    from vlmoe.serve import ImageLimits
+
+    (tmp_path / "scene.png").write_bytes(png_bytes(5))
+    handler = lambda *a, **k: http.server.SimpleHTTPRequestHandler(  # noqa: E731
+        *a, directory=str(tmp_path), **k
+    )
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{httpd.server_address[1]}"
+    try:
+        with client_for(fusion_dir) as c:
+            r = c.post("/v1/classify", json={"image": url + "/scene.png"})
+            assert_error(r, 400, "remote image")
+        with client_for(fusion_dir, images=ImageLimits(allow_remote=True)) as c:
+            remote = c.post("/v1/classify", json={"image": url + "/scene.png"}).json()
+            local = c.post("/v1/classify", json={"image": png_url(5)}).json()
+            assert remote["labels"] == local["labels"]
+            assert_error(c.post("/v1/classify", json={"image": url + "/missing.png"}), 400, "fetch")
+    finally:
+        httpd.shutdown()

@@ -202,7 +202,10 @@ class Job:
         return False
 
     def emit(self, kind: str, value: Any = None) -> None:
-        self.loop.call_soon_threadsafe(self.events.put_nowait, (kind, value))
+        try:
+            self.loop.call_soon_threadsafe(self.events.put_nowait, (kind, value))
+        except RuntimeError:  # the request's event loop has closed: nobody is listening
+            self.cancel()
 
 
 def timeout_error(timeout_s: float) -> APIError:
