@@ -100,3 +100,8 @@ def decoder_server(decoder_dir):
 
     with uvicorn_server(build_app(decoder_dir, model_name="cap")) as url:
         yield url
+
+
+@pytest.fixture(scope="session")
+def vit_dir(tmp_path_factory):
+    return _train(tmp_path_factory, "vit-debug-moe")

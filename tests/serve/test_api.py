@@ -395,3 +395,38 @@ def test_remote_images_only_when_allowed(fusion_dir, tmp_path):
             assert_error(c.post("/v1/classify", json={"image": url + "/missing.png"}), 400, "fetch")
     finally:
         httpd.shutdown()
+
+
+def test_vit_classifier(vit_dir):
+    from vlmoe.train.inference import predict
+    from vlmoe.train.run import load_trained
+
+    model, info, tok = load_trained(vit_dir)
+    with client_for(vit_dir, model_name="vit") as c:
+        assert c.get("/v1/models").json()["data"][0]["endpoints"] == ["chat", "classify"]
+        out = c.post("/v1/classify", json={"image": png_url(2), "top_k": 4, "routing": True})
+        out = out.json()
+        expected = predict(model, info, tok, png_array(2), top=4)
+        assert [x["label"] for x in out["labels"]] == [n for n, _ in expected.scores]
+        _check_routing(out["routing"], tokens_expected=False)
+        chat = c.post("/v1/chat/completions", json=chat_body("vit", None, 2)).json()
+        assert chat["choices"][0]["message"]["content"] == expected.text
+        assert chat["usage"]["prompt_tokens"] == 16  # a 4 x 4 patch grid
+        assert_error(c.post("/v1/vqa", json={"image": png_url(), "question": "a"}), 400, "vqa")
+
+
+def test_a_fault_in_the_model_is_a_500_without_traceback(fusion_dir, caplog):
+    with client_for(fusion_dir, model_name="vqa") as c:
+        adapter = c.app_state.engine.adapter
+
+        def broken(*args, **kwargs):
+            raise RuntimeError("boom: secret internals")
+
+        adapter.predict = broken
+        with caplog.at_level(logging.ERROR):
+            r = c.post("/v1/classify", json={"image": png_url()})
+        assert r.status_code == 500 and "secret" not in r.text and "Traceback" not in r.text
+        assert r.json()["error"]["type"] == "server_error"
+        assert any("boom" in (rec.exc_text or "") for rec in caplog.records)
+        del adapter.predict  # the server is still up
+        assert c.post("/v1/classify", json={"image": png_url()}).status_code == 200

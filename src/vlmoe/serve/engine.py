@@ -100,8 +100,14 @@ class ModelAdapter:
 
     @property
     def image_tokens(self) -> int:
+        """Tokens one image becomes (counted in a request's prompt tokens)."""
         n = getattr(self.model, "num_image_tokens", None)
-        return int(n) if isinstance(n, int) else 0
+        if isinstance(n, int):
+            return n
+        cfg = self.model.config
+        vision = getattr(cfg, "vision", None) or cfg
+        size, patch = getattr(vision, "image_size", 0), getattr(vision, "patch_size", 0)
+        return (size // patch) ** 2 if size and patch else 0
 
     def image_tensor(self, rgb: np.ndarray) -> torch.Tensor:
         return image_to_tensor(rgb, self.info.image_size)  # (3, S, S)
