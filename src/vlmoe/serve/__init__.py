@@ -4,8 +4,11 @@ shows which expert each image patch and text token went to.
     from vlmoe.serve import build_app
     app = build_app("runs/my-run")          # a FastAPI app; run it with uvicorn
 
-`engine` holds the model, its queue and batching; `app` the endpoints; `schemas` the request
-and response bodies; `routing` the per-request routing records; `inputs` image decoding.
+`engine` holds the model, its queue and batching; `app` the endpoints and error handling;
+`chat` turns chat requests into engine jobs and their events into responses and server-sent
+events; `schemas` the request and response bodies; `routing` the per-request routing records;
+`inputs` image decoding within limits; `middleware` the body limit and access log; `server`
+runs an app on a background thread; `static/index.html` is the web page.
 """
 
 from __future__ import annotations
