@@ -164,9 +164,7 @@ def create_app(engine: Engine, config: ServeConfig) -> FastAPI:
             p = adapter.predict(rgb, None, body.top_k)
             return p, adapter.routing(rgb) if body.routing else None
 
-        p, routing = await call_result(
-            engine, request, engine.call_job(asyncio.get_running_loop(), work)
-        )
+        p, routing = await call_result(engine, request, work)
         return ClassifyResponse(
             model=config.model_name,
             labels=[Scored(label=n, score=s) for n, s in p.scores],
@@ -184,9 +182,7 @@ def create_app(engine: Engine, config: ServeConfig) -> FastAPI:
             p = adapter.predict(rgb, body.question, body.top_k)
             return p, adapter.routing(rgb, body.question) if body.routing else None
 
-        p, routing = await call_result(
-            engine, request, engine.call_job(asyncio.get_running_loop(), work)
-        )
+        p, routing = await call_result(engine, request, work)
         label = p.extra.get("label")
         return VQAResponse(
             model=config.model_name,
@@ -208,9 +204,7 @@ def create_app(engine: Engine, config: ServeConfig) -> FastAPI:
             probs, sims = adapter.match(rgbs, body.texts)
             return probs, sims, adapter.routing(rgbs[0], body.texts[0]) if body.routing else None
 
-        probs, sims, routing = await call_result(
-            engine, request, engine.call_job(asyncio.get_running_loop(), work)
-        )
+        probs, sims, routing = await call_result(engine, request, work)
         return MatchResponse(
             model=config.model_name,
             scores=probs,
@@ -233,9 +227,7 @@ def create_app(engine: Engine, config: ServeConfig) -> FastAPI:
         engine.submit(job)
         if body.stream:
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
-            events = stream_events(
-                engine, request, job, completion_id, config.model_name, include_usage
-            )
+            events = stream_events(request, job, completion_id, config.model_name, include_usage)
             return StreamingResponse(
                 events,
                 media_type="text/event-stream",

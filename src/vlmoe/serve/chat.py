@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from fastapi import Request
@@ -175,8 +175,9 @@ async def next_event(request: Request, job: Job) -> tuple[str, Any]:
             continue
 
 
-async def call_result(engine: Engine, request: Request, job: CallJob) -> Any:
-    engine.submit(job)
+async def call_result(engine: Engine, request: Request, fn: Callable[[], Any]) -> Any:
+    """Run `fn` on the engine's worker (queued like every job) and return what it returns."""
+    job = engine.submit(engine.call_job(asyncio.get_running_loop(), fn))
     try:
         kind, value = await next_event(request, job)
     except BaseException:
@@ -209,7 +210,6 @@ def _sse(data: dict[str, Any] | str) -> str:
 
 
 async def stream_events(
-    engine: Engine,
     request: Request,
     job: Job,
     completion_id: str,
