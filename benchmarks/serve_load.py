@@ -177,9 +177,11 @@ async def run_clients(
 
 
 def debug_model(directory: Path) -> Path:
-    from vlmoe.train import RunConfig, train
+    from vlmoe.recipes.run import train
+    from vlmoe.train import RunConfig, apply_overrides
 
-    cfg = RunConfig().with_overrides(
+    cfg = apply_overrides(
+        RunConfig(),
         [
             "model.preset=decoder-debug-moe",
             "train.steps=3",
@@ -187,7 +189,7 @@ def debug_model(directory: Path) -> Path:
             "data.num_train=24",
             "data.num_eval=4",
             "eval.max_new_tokens=4",
-        ]
+        ],
     )
     train(cfg, directory)
     return directory
@@ -220,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
         app = build_app(model, model_name="m", engine_config=config)
         print(f"CPU: {cpu_name()}, {os.cpu_count()} cores, torch threads {args.threads}")
         print(
-            f"model: {model} ({app.state.engine.adapter.task}); max_batch {args.max_batch}, "
+            f"model: {model} ({app.state.engine.adapter.task_name}); max_batch {args.max_batch}, "
             f"max_queue {args.max_queue}; {args.max_tokens} new tokens a request, streamed"
         )
         with serve_in_background(app) as url:

@@ -14,10 +14,12 @@ from PIL import Image
 
 
 def _train(tmp_path_factory, preset: str):
-    from vlmoe.train import RunConfig, train
+    from vlmoe.recipes.run import train
+    from vlmoe.train import RunConfig, apply_overrides
 
     out = tmp_path_factory.mktemp("serve-runs") / preset
-    cfg = RunConfig().with_overrides(
+    cfg = apply_overrides(
+        RunConfig(),
         [
             f"model.preset={preset}",
             "train.steps=3",
@@ -25,7 +27,7 @@ def _train(tmp_path_factory, preset: str):
             "data.num_train=24",
             "data.num_eval=4",
             "eval.max_new_tokens=4",
-        ]
+        ],
     )
     train(cfg, out)
     return out

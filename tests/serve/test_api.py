@@ -65,9 +65,9 @@ def test_health_models_and_schemas(dec):
     assert models["object"] == "list"
     (card,) = models["data"]
     assert card["id"] == "cap" and card["object"] == "model"
-    assert card["architecture"] == "decoder" and card["endpoints"] == ["chat"]
+    assert card["architecture"] == "decoder" and card["endpoints"] == ["chat", "predict"]
     paths = dec.get("/openapi.json").json()["paths"]
-    for path in ("/v1/chat/completions", "/v1/classify", "/v1/vqa", "/v1/match"):
+    for path in ("/v1/chat/completions", "/v1/classify", "/v1/vqa", "/v1/match", "/v1/predict"):
         assert "requestBody" in paths[path]["post"], path
 
 
@@ -84,10 +84,9 @@ def test_page_is_self_contained(dec):
 
 
 def test_chat_equals_library_generate(dec, decoder_dir):
-    from vlmoe.train.inference import generate
-    from vlmoe.train.run import load_trained
+    from vlmoe.recipes.run import load_trained
 
-    model, info, tok = load_trained(decoder_dir)
+    model, task = load_trained(decoder_dir)
     for seed, prompt in [(0, "a"), (1, None), (2, "the red")]:
         r = dec.post(
             "/v1/chat/completions", json=chat_body("cap", prompt, seed, temperature=0, max_tokens=6)
@@ -96,7 +95,9 @@ def test_chat_equals_library_generate(dec, decoder_dir):
         out = r.json()
         assert out["object"] == "chat.completion" and out["id"].startswith("chatcmpl-")
         (choice,) = out["choices"]
-        expected = generate(model, tok, png_array(seed), info, prompt=prompt, max_new_tokens=6)
+        ids = task.generate(model, png_array(seed), prompt, max_new_tokens=6)
+        prompt_len = 1 + len(task.tokenizer.encode(prompt, add_special=False) if prompt else [])
+        expected = task.tokenizer.decode(ids[prompt_len:]).strip()  # the completion only
         assert choice["message"]["content"].strip() == expected
         assert choice["finish_reason"] in ("stop", "length")
         usage = out["usage"]
@@ -182,24 +183,28 @@ def test_routing_in_chat_and_stream(dec):
 
 
 def test_fusion_vqa_classify_and_chat(fus, fusion_dir):
-    from vlmoe.train.inference import predict
-    from vlmoe.train.run import load_trained
+    from vlmoe.recipes.run import load_trained
 
-    model, info, tok = load_trained(fusion_dir)
+    model, task = load_trained(fusion_dir)
     image, q = png_url(7), "what colour?"
     vqa = fus.post("/v1/vqa", json={"image": image, "question": q, "top_k": 3, "routing": True})
     assert vqa.status_code == 200, vqa.text
     vqa = vqa.json()
-    expected = predict(model, info, tok, png_array(7), q, top=3)
+    expected = task.predict(model, png_array(7), q, top=3)
     assert vqa["answer"] == expected.text
     assert [a["label"] for a in vqa["answers"]] == [n for n, _ in expected.scores]
-    assert vqa["label"]["label"] in info.label_names
+    assert vqa["label"]["label"] in task.info.label_names
     _check_routing(vqa["routing"])
     labels = fus.post("/v1/classify", json={"image": image, "top_k": 2}).json()["labels"]
     assert len(labels) == 2 and labels[0]["score"] >= labels[1]["score"]
     chat = fus.post("/v1/chat/completions", json=chat_body("vqa", q, 7)).json()
     assert chat["choices"][0]["message"]["content"] == vqa["answer"]
-    assert fus.get("/v1/models").json()["data"][0]["endpoints"] == ["chat", "classify", "vqa"]
+    assert fus.get("/v1/models").json()["data"][0]["endpoints"] == [
+        "chat",
+        "classify",
+        "vqa",
+        "predict",
+    ]
 
 
 def test_contrastive_match(con):
@@ -398,15 +403,14 @@ def test_remote_images_only_when_allowed(fusion_dir, tmp_path):
 
 
 def test_vit_classifier(vit_dir):
-    from vlmoe.train.inference import predict
-    from vlmoe.train.run import load_trained
+    from vlmoe.recipes.run import load_trained
 
-    model, info, tok = load_trained(vit_dir)
+    model, task = load_trained(vit_dir)
     with client_for(vit_dir, model_name="vit") as c:
-        assert c.get("/v1/models").json()["data"][0]["endpoints"] == ["chat", "classify"]
+        assert c.get("/v1/models").json()["data"][0]["endpoints"] == ["chat", "classify", "predict"]
         out = c.post("/v1/classify", json={"image": png_url(2), "top_k": 4, "routing": True})
         out = out.json()
-        expected = predict(model, info, tok, png_array(2), top=4)
+        expected = task.predict(model, png_array(2), top=4)
         assert [x["label"] for x in out["labels"]] == [n for n, _ in expected.scores]
         _check_routing(out["routing"], tokens_expected=False)
         chat = c.post("/v1/chat/completions", json=chat_body("vit", None, 2)).json()
@@ -430,3 +434,22 @@ def test_a_fault_in_the_model_is_a_500_without_traceback(fusion_dir, caplog):
         assert any("boom" in (rec.exc_text or "") for rec in caplog.records)
         del adapter.predict  # the server is still up
         assert c.post("/v1/classify", json={"image": png_url()}).status_code == 200
+
+
+def test_predict_serves_any_task(fus, dec, con, fusion_dir):
+    from vlmoe.recipes.run import load_trained
+
+    model, task = load_trained(fusion_dir)
+    r = fus.post("/v1/predict", json={"image": png_url(4), "text": "what colour?", "routing": True})
+    assert r.status_code == 200, r.text
+    out, expected = r.json(), task.predict(model, png_array(4), "what colour?", top=5)
+    assert (out["kind"], out["text"]) == ("answer", expected.text)
+    assert out["extra"]["label"] == list(expected.extra["label"])  # a (name, score) pair
+    _check_routing(out["routing"])
+    label = fus.post("/v1/predict", json={"image": png_url(4)}).json()
+    assert label["kind"] == "label" and label["routing"] is None
+    caption = dec.post("/v1/predict", json={"image": png_url(4), "max_tokens": 3}).json()
+    assert caption["kind"] == "caption"
+    match = con.post("/v1/predict", json={"image": png_url(4), "candidates": ["a", "b b"]}).json()
+    assert match["kind"] == "match" and {s["label"] for s in match["scores"]} == {"a", "b b"}
+    assert_error(dec.post("/v1/predict", json={"image": png_url(), "max_tokens": 10**6}), 400)

@@ -17,7 +17,7 @@ from vlmoe.serve.errors import APIError
 
 @pytest.fixture(scope="module")
 def adapter(decoder_dir):
-    from vlmoe.train.run import load_trained
+    from vlmoe.recipes.run import load_trained
 
     return ModelAdapter(*load_trained(decoder_dir))
 

@@ -138,7 +138,7 @@ def run(args: argparse.Namespace) -> int:
         logging.getLogger("vlmoe.serve.access").setLevel(logging.INFO)
     name = app.state.config.model_name
     shown = f"[{args.host}]" if ":" in args.host else args.host
-    print(f"serving {name!r} ({app.state.engine.adapter.task}) at http://{shown}:{args.port}/")
+    print(f"serving {name!r} ({app.state.engine.adapter.task_name}) at http://{shown}:{args.port}/")
     uvicorn.run(
         app,
         host=args.host,

@@ -32,11 +32,11 @@ def build_app(
 ):
     """Load the model of a run / model / checkpoint directory and build its FastAPI app.
     `serve_options` are `ServeConfig` fields (api_key, max_body_bytes, images, ...)."""
-    from vlmoe.train.run import load_trained, resolve_model_dir
+    from vlmoe.recipes.run import load_trained, resolve_model_dir
 
-    model, info, tokenizer = load_trained(path)
+    model, task = load_trained(path)
     name = model_name or _default_name(resolve_model_dir(path))
-    engine = Engine(ModelAdapter(model, info, tokenizer), engine_config)
+    engine = Engine(ModelAdapter(model, task), engine_config)
     return create_app(engine, ServeConfig(model_name=name, **serve_options))
 
 

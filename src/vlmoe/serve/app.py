@@ -7,6 +7,7 @@
     POST /v1/classify           top-k labels with scores
     POST /v1/vqa                answer a question about an image (fusion VQA models)
     POST /v1/match              zero-shot / retrieval scores of texts against images
+    POST /v1/predict            any task's prediction (`Task.predict`), e.g. a plugin task's
 
 Every bad request gets a 4xx JSON error in the OpenAI shape (`vlmoe.serve.errors`), never a
 traceback. With an API key set, `/v1/*` needs `Authorization: Bearer KEY` (compared in
@@ -47,6 +48,8 @@ from vlmoe.serve.schemas import (
     MatchResponse,
     ModelCard,
     ModelList,
+    PredictRequest,
+    PredictResponse,
     Scored,
     Usage,
     VQARequest,
@@ -118,7 +121,7 @@ def create_app(engine: Engine, config: ServeConfig) -> FastAPI:
     def check_endpoint(name: str) -> None:
         if name not in adapter.endpoints:
             raise bad_request(
-                f"this {adapter.architecture} model (task {adapter.task}) does not serve "
+                f"this {adapter.architecture} model (task {adapter.task_name}) does not serve "
                 f"/{name}; it serves: " + ", ".join(adapter.endpoints),
                 code="unsupported_endpoint",
             )
@@ -148,7 +151,7 @@ def create_app(engine: Engine, config: ServeConfig) -> FastAPI:
         card = ModelCard(
             id=config.model_name,
             created=created,
-            task=adapter.task,
+            task=adapter.task_name,
             architecture=adapter.architecture,
             endpoints=list(adapter.endpoints),
         )
@@ -161,8 +164,7 @@ def create_app(engine: Engine, config: ServeConfig) -> FastAPI:
         rgb = await asyncio.to_thread(image, body.image, "image")
 
         def work():
-            p = adapter.predict(rgb, None, body.top_k)
-            return p, adapter.routing(rgb) if body.routing else None
+            return adapter.predict(rgb, None, body.routing, top=body.top_k)
 
         p, routing = await call_result(engine, request, work)
         return ClassifyResponse(
@@ -179,8 +181,7 @@ def create_app(engine: Engine, config: ServeConfig) -> FastAPI:
         rgb = await asyncio.to_thread(image, body.image, "image")
 
         def work():
-            p = adapter.predict(rgb, body.question, body.top_k)
-            return p, adapter.routing(rgb, body.question) if body.routing else None
+            return adapter.predict(rgb, body.question, body.routing, top=body.top_k)
 
         p, routing = await call_result(engine, request, work)
         label = p.extra.get("label")
@@ -202,7 +203,10 @@ def create_app(engine: Engine, config: ServeConfig) -> FastAPI:
 
         def work():
             probs, sims = adapter.match(rgbs, body.texts)
-            return probs, sims, adapter.routing(rgbs[0], body.texts[0]) if body.routing else None
+            routing = None
+            if body.routing:  # the first image with the first text
+                _, routing = adapter.predict(rgbs[0], None, True, candidates=body.texts[:1])
+            return probs, sims, routing
 
         probs, sims, routing = await call_result(engine, request, work)
         return MatchResponse(
@@ -210,6 +214,38 @@ def create_app(engine: Engine, config: ServeConfig) -> FastAPI:
             scores=probs,
             similarities=sims,
             best=[max(range(len(row)), key=row.__getitem__) for row in probs],
+            routing=routing,
+        )
+
+    @app.post("/v1/predict", response_model=PredictResponse, dependencies=auth)
+    async def predict(body: PredictRequest, request: Request) -> PredictResponse:
+        """Any task's prediction for one image (+ text), as the task's `predict` gives it."""
+        check_model(body.model)
+        if body.text is not None:
+            check_text_length(adapter, body.text, "text", config.max_prompt_chars)
+        if body.max_tokens is not None and body.max_tokens > engine.config.max_tokens:
+            raise bad_request(
+                f"max_tokens: {body.max_tokens} exceeds this server's limit of "
+                f"{engine.config.max_tokens}",
+                "max_tokens",
+            )
+        rgb = await asyncio.to_thread(image, body.image, "image")
+        options: dict[str, Any] = {"top": body.top_k}
+        if body.candidates:
+            options["candidates"] = body.candidates
+        if body.max_tokens is not None:
+            options["max_new_tokens"] = body.max_tokens
+
+        def work():
+            return adapter.predict(rgb, body.text, body.routing, **options)
+
+        p, routing = await call_result(engine, request, work)
+        return PredictResponse(
+            model=config.model_name,
+            kind=p.kind,
+            text=p.text,
+            scores=[Scored(label=n, score=s) for n, s in p.scores],
+            extra=plain(p.extra),
             routing=routing,
         )
 
@@ -257,6 +293,17 @@ def create_app(engine: Engine, config: ServeConfig) -> FastAPI:
 
 
 # ----------------------------------------------------------------------------- errors
+
+
+def plain(value: Any) -> Any:
+    """JSON-ready copy of a task's `extra` (tuples, numpy arrays and tensors become lists)."""
+    if isinstance(value, dict):
+        return {str(k): plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [plain(v) for v in value]
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    return value
 
 
 def _error_response(e: APIError) -> JSONResponse:

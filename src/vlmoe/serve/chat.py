@@ -136,7 +136,7 @@ def _answer_job(engine: Engine, loop, rgb, prompt: str, routing: bool) -> CallJo
         )
 
     def work() -> dict[str, Any]:
-        p = adapter.predict(rgb, prompt or None, 1)
+        p, captured = adapter.predict(rgb, prompt or None, routing, top=1)
         tok = adapter.tokenizer
         info: dict[str, Any] = {
             "finish_reason": "stop",
@@ -145,8 +145,8 @@ def _answer_job(engine: Engine, loop, rgb, prompt: str, routing: bool) -> CallJo
             + adapter.image_tokens,
             "completion_tokens": len(tok.encode(p.text, add_special=False)) if tok else 1,
         }
-        if routing:
-            info["routing"] = adapter.routing(rgb, prompt or None)
+        if captured is not None:
+            info["routing"] = captured
         return info
 
     return engine.call_job(loop, work)

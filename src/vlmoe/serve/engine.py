@@ -32,9 +32,7 @@ import torch
 from vlmoe.models.generation import iter_generate
 from vlmoe.serve.errors import APIError, bad_request
 from vlmoe.serve.routing import capture_routing
-from vlmoe.train.inference import Prediction, predict
-from vlmoe.train.tasks import image_to_tensor
-from vlmoe.viz.inspect import tokenize
+from vlmoe.tasks import Prediction, Task
 
 log = logging.getLogger(__name__)
 
@@ -58,45 +56,45 @@ class EngineConfig:
 
 # ----------------------------------------------------------------------------- the model
 
+# The typed endpoints of the built-in tasks. Every task, a plugin task too, also serves
+# `/v1/predict` (its `Prediction` as JSON), so a new task needs no change here to be served.
+TASK_ENDPOINTS: dict[str, tuple[str, ...]] = {
+    "classification": ("chat", "classify"),
+    "vqa": ("chat", "vqa"),
+    "vqa+classification": ("chat", "classify", "vqa"),
+    "captioning": ("chat",),
+    "contrastive": ("match",),
+}
+
 
 class ModelAdapter:
-    """What the server does with a trained model (`vlmoe.train.run.load_trained`'s triple).
+    """What the server does with a trained model and its task (`vlmoe.tasks.Task`): predict
+    through `Task.predict`, generate token by token, match texts, and capture the routing of
+    the forward pass a prediction made (`Prediction.output`)."""
 
-    Which endpoints a model serves follows from its task: `chat` (decoder: generation; VQA and
-    classification models: their top answer or label), `classify`, `vqa`, `match`.
-    """
-
-    def __init__(self, model: torch.nn.Module, info: Any, tokenizer: Any) -> None:
-        self.model, self.info, self.tokenizer = model.eval(), info, tokenizer
-        self.architecture, self.task = info.architecture, info.task
+    def __init__(self, model: torch.nn.Module, task: Task) -> None:
+        self.model, self.task = model.eval(), task
+        self.info, self.tokenizer = task.info, task.tokenizer
+        self.architecture, self.task_name = task.info.architecture, task.info.task
         self.device = next(model.parameters()).device
 
     @property
     def endpoints(self) -> tuple[str, ...]:
-        task, out = self.task, []
-        if self.architecture == "decoder" or task in (
-            "classification",
-            "vqa",
-            "vqa+classification",
-        ):
-            out.append("chat")
-        if task in ("classification", "vqa+classification"):
-            out.append("classify")
-        if task in ("vqa", "vqa+classification"):
-            out.append("vqa")
-        if task == "contrastive":
-            out.append("match")
-        return tuple(out)
+        named = TASK_ENDPOINTS.get(self.task_name, ())
+        if self.generates and "chat" not in named:
+            named = ("chat", *named)
+        return (*named, "predict")
 
     @property
     def generates(self) -> bool:
-        return self.architecture == "decoder"
+        """A decoder: chat writes its answer token by token."""
+        return callable(getattr(self.model, "next_token_logits", None)) and bool(self.tokenizer)
 
     @property
     def context_length(self) -> int:
         """Text tokens the model reads at once (prompt + generated for a decoder)."""
         text = getattr(self.model.config, "text", None)
-        return int(getattr(text, "max_seq_len", 0) or self.info.max_len or 0)
+        return int(self.info.max_len or getattr(text, "max_seq_len", 0) or 0)
 
     @property
     def image_tokens(self) -> int:
@@ -110,7 +108,7 @@ class ModelAdapter:
         return (size // patch) ** 2 if size and patch else 0
 
     def image_tensor(self, rgb: np.ndarray) -> torch.Tensor:
-        return image_to_tensor(rgb, self.info.image_size)  # (3, S, S)
+        return self.task.image_batch(rgb, self.model)[0]  # (3, S, S), the task's preprocessing
 
     def _need_tokenizer(self) -> Any:
         if self.tokenizer is None:
@@ -122,55 +120,43 @@ class ModelAdapter:
         return len(self._need_tokenizer().encode(text, add_special=True))
 
     def prompt_ids(self, text: str) -> list[int]:
-        """A decoder's prompt: <bos> then the text, as `vlmoe.train.inference.generate` does."""
+        """A decoder's prompt: <bos> then the text, as `Captioning.generate` builds it."""
         tok = self._need_tokenizer()
         return [tok.bos_id] + (tok.encode(text, add_special=False) if text else [])
 
-    # The task calls. Each runs on the worker thread, one example at a time.
+    # The calls below run on the worker thread, one example at a time.
 
-    def predict(self, rgb: np.ndarray, text: str | None, top: int) -> Prediction:
-        return predict(self.model, self.info, self.tokenizer, rgb, text, top=top)
+    def predict(
+        self, rgb: np.ndarray, text: str | None, routing: bool = False, **options: Any
+    ) -> tuple[Prediction, list[dict] | None]:
+        """`Task.predict`, and the routing of its forward pass when asked. The task's
+        `ValueError`s (a missing question, ...) are the client's: 400."""
+        try:
+            p = self.task.predict(self.model, rgb, text, **options)
+        except ValueError as e:
+            raise bad_request(str(e)) from None
+        captured = None
+        if routing and p.output is not None:
+            captured = capture_routing(self.model, p.output, p.tokens)
+        return p, captured
 
     @torch.no_grad()
     def match(self, rgbs: list[np.ndarray], texts: list[str]) -> tuple[list, list]:
         """(probabilities of each text per image, cosine similarities), both (images, texts)."""
-        tok = self._need_tokenizer()
-        images = torch.stack([self.image_tensor(x) for x in rgbs]).to(self.device)
-        enc = tok.encode_batch(texts, max_len=self.info.max_len or None)
-        out = self.model(
-            images=images,
-            input_ids=enc["input_ids"].to(self.device),
-            attention_mask=enc["attention_mask"].long().to(self.device),
-        )
+        images = torch.stack([self.image_tensor(x) for x in rgbs])
+        out = self.model(images=images, **self.task.encode(texts, self.device))
         probs = out.logits_per_image.float().softmax(-1)
         sims = out.image_embeds.float() @ out.text_embeds.float().T
         return probs.tolist(), sims.tolist()
 
     @torch.no_grad()
-    def routing(
-        self, rgb: np.ndarray | None, text: str | None = None, ids: list[int] | None = None
-    ) -> list[dict]:
-        """The routing records of one forward over the image and the text (or token `ids`)."""
-        images = self.image_tensor(rgb)[None].to(self.device) if rgb is not None else None
-        tokens: list[str] = []
-        kwargs: dict[str, Any] = {}
-        if ids is None and text and self.tokenizer is not None:
-            ids, tokens = tokenize(self.tokenizer, text, self.info.max_len or None)
-        elif ids is not None:
-            tokens = [self._token_string(i) for i in ids]
-        if ids:
-            input_ids = torch.tensor([ids], dtype=torch.long, device=self.device)
-            kwargs = {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids)}
-        if self.architecture == "vit":
-            out = self.model(images)
-        else:
-            out = self.model(images=images, **kwargs)
-        return capture_routing(self.model, out, tokens)
-
-    def _token_string(self, i: int) -> str:
-        tok = self.tokenizer
-        token = str(tok.backend.id_to_token(i)) if hasattr(tok, "backend") else tok.decode([i])
-        return token.replace("▁", " ").replace("Ġ", " ")
+    def sequence_routing(self, rgb: np.ndarray | None, ids: list[int]) -> list[dict]:
+        """The routing of one forward over the image and the token ids (a decoder's prompt and
+        what it generated, as `Captioning.predict` runs it)."""
+        images = self.image_tensor(rgb)[None] if rgb is not None else None
+        seq = torch.tensor([ids], dtype=torch.long, device=self.device)
+        out = self.model(images=images, input_ids=seq)
+        return capture_routing(self.model, out, self.task.token_strings(ids))
 
 
 # ----------------------------------------------------------------------------- jobs
@@ -495,5 +481,7 @@ class Engine:
         if job.routing:
             eos = self.adapter.tokenizer.eos_id
             seq = job.prompt_ids + [t for t in job.new_ids if t != eos]
-            info["routing"] = self.adapter.routing(job.rgb, ids=seq[: self.adapter.context_length])
+            info["routing"] = self.adapter.sequence_routing(
+                job.rgb, seq[: self.adapter.context_length]
+            )
         job.emit("done", info)

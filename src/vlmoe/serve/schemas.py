@@ -148,6 +148,25 @@ class MatchResponse(BaseModel):
     routing: list[dict[str, Any]] | None = None
 
 
+class PredictRequest(BaseModel):
+    model: str | None = None
+    image: str
+    text: str | None = Field(default=None, description="a question, prompt or text to match")
+    candidates: list[str] | None = Field(default=None, max_length=256)
+    top_k: int = Field(default=5, ge=1, le=1000)
+    max_tokens: int | None = Field(default=None, ge=1, description="for a generating task")
+    routing: bool = False
+
+
+class PredictResponse(BaseModel):
+    model: str
+    kind: str = Field(description="what `text` is: label, answer, caption, match, ...")
+    text: str
+    scores: list[Scored]
+    extra: dict[str, Any] = Field(description="the task's secondary results (e.g. boxes)")
+    routing: list[dict[str, Any]] | None = None
+
+
 class ModelCard(BaseModel):
     id: str
     object: Literal["model"] = "model"
