@@ -85,3 +85,47 @@ def test_page_streams_an_answer_and_shows_routing(browser, decoder_server, tmp_p
     assert (tmp_path / "page.png").stat().st_size > 10_000
     _assert_loopback_only(requests)
     page.close()
+
+
+class _ToyDetector:
+    """A stand-in for a detection task (none ships yet): the served model's forward pass, and
+    one box around the top-left quarter of the image."""
+
+    def __init__(self, task):
+        self.inner = task
+        self.info, self.tokenizer = task.info, task.tokenizer
+        self.info.task = "toy-detection"
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def predict(self, model, image, text=None, **_):
+        from vlmoe.tasks import Prediction
+
+        out = model(images=self.inner.image_batch(image, model))
+        h, w = image.shape[:2]
+        box = [1, 1, w // 2, h // 2, "circle", 0.9]
+        return Prediction("boxes", "1 object", [("circle", 0.9)], {"boxes": [box]}, out)
+
+
+def test_page_draws_the_boxes_of_a_detecting_task(browser, vit_dir, tmp_path):
+    from vlmoe.recipes.run import load_trained
+    from vlmoe.serve import Engine, ModelAdapter, ServeConfig
+    from vlmoe.serve.app import create_app
+    from vlmoe.serve.server import serve_in_background
+
+    model, task = load_trained(vit_dir)
+    app = create_app(Engine(ModelAdapter(model, _ToyDetector(task))), ServeConfig("det"))
+    with serve_in_background(app) as url:
+        page, requests, errors = _run_page(browser, url, tmp_path, None)
+        assert page.evaluate("document.body.dataset.state") == "done", page.inner_text("#status")
+        assert not errors and page.inner_text("#answer") == "1 object"
+        # The box's left edge (canvas x = 320 / 32 = 10) is drawn in the box colour #ffeb3b.
+        pixel = page.evaluate(
+            """() => Array.from(document.getElementById('routing').getContext('2d')
+                   .getImageData(10, 80, 1, 1).data)"""
+        )
+        assert pixel[:3] == [255, 235, 59], pixel
+        page.screenshot(path=str(tmp_path / "boxes.png"))
+        _assert_loopback_only(requests)
+        page.close()
