@@ -256,6 +256,10 @@ BAD_CHAT = [
     ("context", {"max_tokens": 200}, 400, "context"),
     ("stop count", {"stop": ["a", "b", "c", "d", "e"]}, 400, "stop"),
     ("stop empty", {"stop": [""]}, 400, "stop"),
+    ("tools", {"tools": [{"type": "function", "function": {"name": "f"}}]}, 400, "tools"),
+    ("logprobs", {"logprobs": True}, 400, "logprobs"),
+    ("penalty", {"presence_penalty": 0.5}, 400, "presence_penalty"),
+    ("json mode", {"response_format": {"type": "json_object"}}, 400, "response_format"),
 ]
 
 

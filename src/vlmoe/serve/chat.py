@@ -72,6 +72,9 @@ async def chat_job(
 ) -> Job:
     """The job that answers a chat request: a generation (decoder) or a prediction."""
     adapter = engine.adapter
+    option = body.unsupported_option()
+    if option is not None:
+        raise bad_request(f"{option}: not supported by this server", option, "unsupported_option")
     prompt, parts = _message_parts(body)
     if not prompt and not parts:
         raise bad_request("messages: no text and no image to answer", "messages")

@@ -44,8 +44,21 @@ class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
+# Chat options these models cannot honour: refused rather than silently ignored.
+UNSUPPORTED_CHAT_FIELDS = (
+    "tools",
+    "tool_choice",
+    "functions",
+    "function_call",
+    "logit_bias",
+    "top_logprobs",
+    "audio",
+    "prediction",
+)
+
+
 class ChatCompletionRequest(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="allow")  # checked by `unsupported_option`
 
     model: str
     messages: list[ChatMessage] = Field(min_length=1)
@@ -59,6 +72,22 @@ class ChatCompletionRequest(BaseModel):
     seed: int | None = None
     n: int = Field(default=1, ge=1, le=1, description="only one choice per request")
     routing: bool = Field(default=False, description="vlmoe: include the MoE routing")
+
+    def unsupported_option(self) -> str | None:
+        """The name of a requested option this server cannot honour, if any."""
+        extra = self.model_extra or {}
+        for name in UNSUPPORTED_CHAT_FIELDS:
+            if extra.get(name) not in (None, [], {}):
+                return name
+        if extra.get("logprobs"):
+            return "logprobs"
+        for name in ("frequency_penalty", "presence_penalty"):
+            if extra.get(name) not in (None, 0, 0.0):
+                return name
+        fmt = extra.get("response_format")
+        if isinstance(fmt, dict) and fmt.get("type") not in (None, "text"):
+            return "response_format"
+        return None
 
 
 # ----------------------------------------------------------------------------- chat responses
