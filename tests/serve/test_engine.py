@@ -30,7 +30,6 @@ def _jobs(adapter, loop):
         GenerateJob(
             loop,
             60,
-            image=adapter.image_tensor(png_array(i)),
             rgb=png_array(i),
             prompt_ids=adapter.prompt_ids(p),
             max_tokens=3 + i,  # rows leave the batch at different steps

@@ -108,7 +108,6 @@ async def chat_job(
     return GenerateJob(
         loop,
         engine.config.timeout_s,
-        image=adapter.image_tensor(rgb) if rgb is not None else None,
         rgb=rgb,
         prompt_ids=prompt_ids,
         max_tokens=min(asked or room, room, cap),

@@ -213,14 +213,14 @@ class CallJob(Job):
 
 
 class GenerateJob(Job):
-    """A decoder generation: prompt ids after an optional image, streamed as text deltas."""
+    """A decoder generation: prompt ids after an optional (H, W, 3) image, streamed as text
+    deltas."""
 
     def __init__(
         self,
         loop,
         timeout_s: float,
         *,
-        image: torch.Tensor | None,
         rgb: np.ndarray | None,
         prompt_ids: list[int],
         max_tokens: int,
@@ -231,7 +231,7 @@ class GenerateJob(Job):
         routing: bool = False,
     ) -> None:
         super().__init__(loop, timeout_s)
-        self.image, self.rgb, self.prompt_ids = image, rgb, prompt_ids
+        self.rgb, self.prompt_ids = rgb, prompt_ids  # the image is pre-processed on the worker
         self.max_tokens, self.temperature, self.top_p, self.seed = (
             max_tokens,
             temperature,
@@ -245,7 +245,7 @@ class GenerateJob(Job):
     @property
     def batch_key(self) -> tuple | None:
         """Jobs with equal keys may run in one batch; None = alone (sampling)."""
-        return None if self.temperature > 0 else ("greedy", self.image is None)
+        return None if self.temperature > 0 else ("greedy", self.rgb is None)
 
 
 @dataclass
@@ -413,8 +413,8 @@ class Engine:
             ids[row, width - len(job.prompt_ids) :] = torch.tensor(job.prompt_ids)
             mask[row, width - len(job.prompt_ids) :] = 1
         images = None
-        if jobs[0].image is not None:
-            images = torch.stack([j.image for j in jobs]).to(device)
+        if jobs[0].rgb is not None:
+            images = torch.stack([adapter.image_tensor(j.rgb) for j in jobs])
         first = jobs[0]
         generator = None
         if first.temperature > 0:
@@ -474,7 +474,7 @@ class Engine:
         info: dict[str, Any] = {
             "finish_reason": reason,
             "prompt_tokens": len(job.prompt_ids)
-            + (self.adapter.image_tokens if job.image is not None else 0),
+            + (self.adapter.image_tokens if job.rgb is not None else 0),
             "completion_tokens": len(job.new_ids),
             "text": stream.sent,
         }
