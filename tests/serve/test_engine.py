@@ -77,6 +77,21 @@ def test_greedy_batched_equals_one_at_a_time(adapter):
     assert {len(ids) for _, _, ids in alone} != {1}  # something was generated
 
 
+def test_models_that_drop_tokens_run_one_request_at_a_time(decoder_dir):
+    import dataclasses
+
+    from vlmoe.moe.layer import moe_layers
+    from vlmoe.recipes.run import load_trained
+
+    model, task = load_trained(decoder_dir)
+    assert ModelAdapter(model, task).batch_invariant
+    assert Engine(ModelAdapter(model, task)).max_batch == 8
+    layer = moe_layers(model)[0]
+    layer.cfg = dataclasses.replace(layer.cfg, capacity_factor=1.0)
+    assert not ModelAdapter(model, task).batch_invariant
+    assert Engine(ModelAdapter(model, task)).max_batch == 1
+
+
 def test_concurrent_http_requests_equal_sequential(decoder_dir):
     bodies = [chat_body("cap", p, i, temperature=0, max_tokens=5) for i, p in enumerate(PROMPTS)]
     with client_for(decoder_dir, model_name="cap") as c:
@@ -146,7 +161,7 @@ def test_timeout_is_504_and_the_job_never_runs(decoder_dir):
 
 def test_submit_refuses_when_full():
     class _Adapter:
-        pass
+        batch_invariant = True
 
     engine = Engine(_Adapter(), EngineConfig(max_queue=2))
 

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from vlmoe.models.generation import iter_generate
+from vlmoe.moe.layer import moe_layers
 from vlmoe.serve.errors import APIError, bad_request
 from vlmoe.serve.routing import capture_routing
 from vlmoe.tasks import Prediction, Task
@@ -89,6 +90,16 @@ class ModelAdapter:
     def generates(self) -> bool:
         """A decoder: chat writes its answer token by token."""
         return callable(getattr(self.model, "next_token_logits", None)) and bool(self.tokenizer)
+
+    @property
+    def batch_invariant(self) -> bool:
+        """Whether a row's output is independent of the other rows of its batch: dropless
+        token-choice routing in every MoE layer. Capacity drops and expert choice make tokens
+        compete for experts across the batch, so such a model's requests run one at a time."""
+        return all(
+            layer.cfg.router == "topk" and layer.cfg.capacity_factor is None
+            for layer in moe_layers(self.model)
+        )
 
     @property
     def context_length(self) -> int:
@@ -302,6 +313,14 @@ class Engine:
         self.batches_run = 0
         self.largest_batch = 0
         self.jobs_stopped = 0  # cancelled or timed out before finishing
+        self.max_batch = self.config.max_batch
+        if self.max_batch > 1 and not adapter.batch_invariant:
+            log.warning(
+                "this model's MoE layers drop tokens by capacity or route by expert choice, so "
+                "a request's answer would depend on the others in its batch: requests run one "
+                "at a time"
+            )
+            self.max_batch = 1
 
     # -- life cycle
 
@@ -334,9 +353,7 @@ class Engine:
             if self._closing:
                 raise APIError(503, "the server is shutting down")
             if len(self._queue) >= self.config.max_queue:
-                wait = math.ceil(
-                    self._seconds_per_batch * (1 + len(self._queue) / self.config.max_batch)
-                )
+                wait = math.ceil(self._seconds_per_batch * (1 + len(self._queue) / self.max_batch))
                 raise APIError(
                     429,
                     f"the server is busy: {len(self._queue)} requests are waiting "
@@ -364,7 +381,7 @@ class Engine:
             key = first.batch_key if isinstance(first, GenerateJob) else None
             if key is not None:
                 for job in list(self._queue):
-                    if len(batch) >= self.config.max_batch:
+                    if len(batch) >= self.max_batch:
                         break
                     if isinstance(job, GenerateJob) and job.batch_key == key:
                         self._queue.remove(job)
