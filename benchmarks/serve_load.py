@@ -2,9 +2,12 @@
 real uvicorn on 127.0.0.1, and the table reports requests/s, p50/p99 latency and time to first
 token, against one client alone measured in the same run (the reference row).
 
-The run is bounded in count (`--requests` per client) and in time (`--max-seconds`), and only
-talks to the loopback address. A client told 429 waits `Retry-After` and tries again (counted);
-a 5xx, a broken stream or a request that never finished is a failure, and the script exits 1.
+The server is `vlmoe serve` in its own process; every request asks for `--max-tokens` tokens
+with `ignore_eos` (as vLLM's benchmarks do), so that requests are alike whatever the model
+writes. The run is bounded in count (`--requests` per client) and in time (`--max-seconds`),
+and only talks to the loopback address. A client told 429 waits `Retry-After` and tries again
+(counted); a 5xx, a broken stream or a request that never finished is a failure, and the script
+exits 1.
 
     python benchmarks/serve_load.py                        # a decoder-debug-moe trained 3 steps
     python benchmarks/serve_load.py --clients 32 --requests 4 --max-tokens 8
@@ -16,14 +19,18 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import contextlib
 import io
 import json
 import os
 import platform
+import socket
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -57,6 +64,7 @@ class Outcome:
     ttft_s: float | None
     retries: int
     error: str = ""
+    tokens: int = 0
 
 
 @dataclass
@@ -69,6 +77,7 @@ class Row:
     retries_429: int
     seconds: float
     requests_per_s: float
+    tokens_per_s: float
     p50_latency_ms: float
     p99_latency_ms: float
     p50_ttft_ms: float
@@ -92,6 +101,7 @@ async def one_request(http: httpx.AsyncClient, url: str, body: dict, deadline: f
                     text = (await r.aread()).decode()[:200]
                     return Outcome(False, r.status_code, 0, None, retries, text)
                 done = finished = False
+                tokens = 0
                 async for line in r.aiter_lines():
                     if not line.startswith("data: "):
                         continue
@@ -102,6 +112,8 @@ async def one_request(http: httpx.AsyncClient, url: str, body: dict, deadline: f
                     chunk = json.loads(data)
                     if "error" in chunk:
                         return Outcome(False, 200, 0, None, retries, chunk["error"]["message"])
+                    if chunk.get("usage"):
+                        tokens = chunk["usage"]["completion_tokens"]
                     choice = chunk["choices"][0] if chunk["choices"] else {}
                     if ttft is None and choice.get("delta", {}).get("content"):
                         ttft = time.perf_counter() - start
@@ -114,6 +126,7 @@ async def one_request(http: httpx.AsyncClient, url: str, body: dict, deadline: f
                     ttft,
                     retries,
                     "" if ok else "stream ended early",
+                    tokens,
                 )
         except httpx.HTTPError as e:
             return Outcome(False, 0, 0, None, retries, f"{type(e).__name__}: {e}")
@@ -145,6 +158,8 @@ async def run_clients(
                 "max_tokens": max_tokens,
                 "temperature": 0,
                 "stream": True,
+                "stream_options": {"include_usage": True},
+                "ignore_eos": True,  # every request writes max_tokens tokens
             }
             outcomes.append(await one_request(http, url, body, deadline))
 
@@ -168,12 +183,48 @@ async def run_clients(
         retries_429=sum(o.retries for o in outcomes),
         seconds=round(seconds, 2),
         requests_per_s=round(len(good) / seconds, 2),
+        tokens_per_s=round(sum(o.tokens for o in good) / seconds, 1),
         p50_latency_ms=round(statistics.median(lat), 1),
         p99_latency_ms=round(pct(lat, 0.99), 1),
         p50_ttft_ms=round(statistics.median(ttft), 1),
         p99_ttft_ms=round(pct(ttft, 0.99), 1),
         errors=sorted({o.error for o in outcomes if o.error})[:5],
     )
+
+
+@contextlib.contextmanager
+def vlmoe_serve(model: str | Path, args: argparse.Namespace) -> Iterator[str]:
+    """`vlmoe serve MODEL` in its own process on a free loopback port (so that the clients of
+    this process do not share its interpreter); yields the base URL."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [sys.executable, "-m", "vlmoe", "serve", str(model), "--port", str(port), "-q"]
+    cmd += ["--served-model-name", "m", "--max-batch", str(args.max_batch)]
+    cmd += ["--max-queue", str(args.max_queue), "--timeout", str(args.max_seconds)]
+    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
+    env["PYTHONPATH"] = os.pathsep.join(
+        [str(Path(__file__).resolve().parents[1] / "src"), env.get("PYTHONPATH", "")]
+    )
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            if proc.poll() is not None:
+                raise SystemExit(f"vlmoe serve exited with code {proc.returncode}")
+            try:
+                if httpx.get(url + "/health", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                raise SystemExit("vlmoe serve did not come up within 120 s")
+            time.sleep(0.2)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
 
 
 def debug_model(directory: Path) -> Path:
@@ -204,28 +255,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-seconds", type=float, default=120.0, help="bound on each phase")
     p.add_argument("--max-queue", type=int, default=64)
     p.add_argument("--max-batch", type=int, default=8)
-    p.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", "1")))
+    p.add_argument("--threads", type=int, default=1, help="the server's torch threads")
     p.add_argument("--json", help="also write the rows to this JSON file")
     args = p.parse_args(argv)
     if args.clients < 1 or args.requests < 1:
         p.error("--clients and --requests must be >= 1")
 
-    import torch
-
-    from vlmoe.serve import EngineConfig, build_app
-    from vlmoe.serve.server import serve_in_background
-
-    torch.set_num_threads(max(1, args.threads))
     with tempfile.TemporaryDirectory() as tmp:
         model = args.model or debug_model(Path(tmp) / "decoder")
-        config = EngineConfig(max_queue=args.max_queue, max_batch=args.max_batch, timeout_s=120)
-        app = build_app(model, model_name="m", engine_config=config)
-        print(f"CPU: {cpu_name()}, {os.cpu_count()} cores, torch threads {args.threads}")
+        print(f"CPU: {cpu_name()}, {os.cpu_count()} cores; server torch threads {args.threads}")
         print(
-            f"model: {model} ({app.state.engine.adapter.task_name}); max_batch {args.max_batch}, "
-            f"max_queue {args.max_queue}; {args.max_tokens} new tokens a request, streamed"
+            f"model: {model}; max_batch {args.max_batch}, max_queue {args.max_queue}; "
+            f"{args.max_tokens} new tokens a request (ignore_eos), streamed"
         )
-        with serve_in_background(app) as url:
+        with vlmoe_serve(model, args) as url:
             asyncio.run(run_clients(url, "m", 1, 2, args.max_tokens, args.max_seconds))  # warm-up
             reference = asyncio.run(
                 run_clients(url, "m", 1, args.requests * 2, args.max_tokens, args.max_seconds)
@@ -235,8 +278,8 @@ def main(argv: list[str] | None = None) -> int:
                     url, "m", args.clients, args.requests, args.max_tokens, args.max_seconds
                 )
             )
-            engine = app.state.engine
-            print(f"engine: {engine.batches_run} batches, largest {engine.largest_batch}")
+            health = httpx.get(url + "/health").json()
+            print(f"engine: {health['batches_run']} batches, largest {health['largest_batch']}")
     rows = [reference, loaded]
     head = (
         "clients",
@@ -247,6 +290,7 @@ def main(argv: list[str] | None = None) -> int:
         "429 retries",
         "req/s",
         "vs 1 client",
+        "tokens/s",
         "p50 ms",
         "p99 ms",
         "p50 TTFT ms",
@@ -265,6 +309,7 @@ def main(argv: list[str] | None = None) -> int:
             r.retries_429,
             r.requests_per_s,
             f"{ratio:.2f}x",
+            r.tokens_per_s,
             r.p50_latency_ms,
             r.p99_latency_ms,
             r.p50_ttft_ms,

@@ -457,3 +457,10 @@ def test_predict_serves_any_task(fus, dec, con, fusion_dir):
     match = con.post("/v1/predict", json={"image": png_url(4), "candidates": ["a", "b b"]}).json()
     assert match["kind"] == "match" and {s["label"] for s in match["scores"]} == {"a", "b b"}
     assert_error(dec.post("/v1/predict", json={"image": png_url(), "max_tokens": 10**6}), 400)
+
+
+def test_ignore_eos_generates_max_tokens(dec):
+    body = chat_body("cap", "a", 0, temperature=0, max_tokens=7, ignore_eos=True)
+    out = dec.post("/v1/chat/completions", json=body).json()
+    assert out["usage"]["completion_tokens"] == 7
+    assert out["choices"][0]["finish_reason"] == "length"

@@ -116,6 +116,7 @@ async def chat_job(
         seed=body.seed,
         stop=stop,
         routing=body.routing,
+        ignore_eos=body.ignore_eos,
     )
 
 

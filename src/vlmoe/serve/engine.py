@@ -240,6 +240,7 @@ class GenerateJob(Job):
         seed: int | None = None,
         stop: tuple[str, ...] = (),
         routing: bool = False,
+        ignore_eos: bool = False,
     ) -> None:
         super().__init__(loop, timeout_s)
         self.rgb, self.prompt_ids = rgb, prompt_ids  # the image is pre-processed on the worker
@@ -249,14 +250,14 @@ class GenerateJob(Job):
             top_p,
             seed,
         )
-        self.stop, self.routing = stop, routing
+        self.stop, self.routing, self.ignore_eos = stop, routing, ignore_eos
         self.new_ids: list[int] = []
         self.done = False
 
     @property
     def batch_key(self) -> tuple | None:
         """Jobs with equal keys may run in one batch; None = alone (sampling)."""
-        return None if self.temperature > 0 else ("greedy", self.rgb is None)
+        return None if self.temperature > 0 else ("greedy", self.rgb is None, self.ignore_eos)
 
 
 @dataclass
@@ -446,7 +447,7 @@ class Engine:
             max_new_tokens=max(j.max_tokens for j in jobs),
             temperature=first.temperature,
             top_p=first.top_p,
-            stop_tokens=[tok.eos_id],
+            stop_tokens=[] if first.ignore_eos else [tok.eos_id],
             pad_token_id=tok.pad_id,
             generator=generator,
         )
@@ -469,7 +470,7 @@ class Engine:
             self.jobs_stopped += 1
             return
         job.new_ids.append(token)
-        if token == self.adapter.tokenizer.eos_id:
+        if token == self.adapter.tokenizer.eos_id and not job.ignore_eos:
             self._finish(job, stream, "stop")
             return
         delta, stopped = stream.push(token)

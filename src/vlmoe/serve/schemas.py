@@ -72,6 +72,9 @@ class ChatCompletionRequest(BaseModel):
     seed: int | None = None
     n: int = Field(default=1, ge=1, le=1, description="only one choice per request")
     routing: bool = Field(default=False, description="vlmoe: include the MoE routing")
+    ignore_eos: bool = Field(
+        default=False, description="as in vLLM: generate max_tokens even past <eos> (benchmarks)"
+    )
 
     def unsupported_option(self) -> str | None:
         """The name of a requested option this server cannot honour, if any."""
