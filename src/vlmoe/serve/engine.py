@@ -2,12 +2,14 @@
 
 `ModelAdapter` is the one place that knows how to use a trained vlmoe model (predict a label or
 an answer, match texts, generate, capture the routing); the HTTP layer only talks to it through
-`Engine`. Generation is continuous in the simple sense of Orca (Yu et al. 2022) without
-iteration-level joining: greedy requests that wait together are batched (up to `max_batch`,
-prompts left-padded), each row streams its tokens as they are chosen and leaves when it stops;
-sampled requests run alone so that a request's `seed` alone fixes its output. Because routing
-is dropless, a token's experts do not depend on the other rows of its batch, so a greedy answer
-is the same whether its request came alone or with seven others (`tests/serve/test_engine.py`).
+`Engine`. Greedy requests that wait together are generated as one batch (up to `max_batch`,
+prompts left-padded, one KV cache); each row streams its tokens as they are chosen, and the
+batch stops when all its rows have ended or gone. A request that arrives meanwhile waits for
+the next batch (no iteration-level joining as in Orca, Yu et al. 2022). Sampled requests run
+alone, so that a request's `seed` alone fixes its output. Because routing is dropless, a
+token's experts do not depend on the other rows of its batch, so a greedy answer is the same
+whether its request came alone or with seven others (`tests/serve/test_engine.py`); a model
+whose routing drops tokens or lets experts choose runs one request at a time.
 
 Every job carries a deadline and a cancel flag, checked before it starts and after every
 generated token: a request that times out or whose client went away stops using the model.
