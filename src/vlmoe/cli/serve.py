@@ -18,6 +18,7 @@ Serve a trained model over HTTP (one process, the model loaded once):
                                parts as data:image/png;base64 URLs, streaming, stop, max_tokens
   POST /v1/classify, /v1/vqa, /v1/match
                                labels, VQA answers, text-image match scores (per the task)
+  POST /v1/predict             any task's prediction (a task you registered, too)
   GET  /v1/models, /health, /docs (the JSON schemas)
 Add "routing": true to any request to get, per MoE layer, the experts of every patch and token.
 Requests wait in a bounded queue (429 with Retry-After when full); greedy chat requests that
