@@ -87,6 +87,20 @@ def test_page_streams_an_answer_and_shows_routing(browser, decoder_server, tmp_p
     page.close()
 
 
+def test_page_shows_vqa_answers_with_scores(browser, fusion_dir, tmp_path):
+    from vlmoe.serve import build_app
+    from vlmoe.serve.server import serve_in_background
+
+    with serve_in_background(build_app(fusion_dir, model_name="vqa")) as url:
+        page, requests, errors = _run_page(browser, url, tmp_path, "what colour?")
+        assert page.evaluate("document.body.dataset.state") == "done", page.inner_text("#status")
+        assert not errors and "(scene: " in page.inner_text("#answer")
+        assert page.locator("#scores tr").count() == 5  # the top 5 answers
+        assert page.locator("#tokens .tok").count() >= 2  # the question's tokens
+        _assert_loopback_only(requests)
+        page.close()
+
+
 class _ToyDetector:
     """A stand-in for a detection task (none ships yet): the served model's forward pass, and
     one box around the top-left quarter of the image."""
