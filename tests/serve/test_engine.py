@@ -11,6 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from tests.serve.conftest import chat_body, client_for, png_array
+from vlmoe.serve import ImageLimits, ServeConfig
 from vlmoe.serve.engine import Engine, EngineConfig, GenerateJob, ModelAdapter, TextStream
 from vlmoe.serve.errors import APIError
 
@@ -198,3 +199,17 @@ def test_text_stream_never_splits_a_stop_string(stop):
     cuts = [text.find(s) for s in stop if s in text]
     assert sent == (text[: min(cuts)] if cuts else text)
     assert stopped == bool(cuts)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: EngineConfig(max_queue=0),
+        lambda: EngineConfig(timeout_s=0),
+        lambda: ImageLimits(max_pixels=0),
+        lambda: ServeConfig(model_name=""),
+    ],
+)
+def test_configs_refuse_bad_values(make):
+    with pytest.raises(ValueError, match="must"):
+        make()

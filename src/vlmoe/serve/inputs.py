@@ -32,6 +32,11 @@ class ImageLimits:
     allow_remote: bool = False
     remote_timeout_s: float = 10.0
 
+    def __post_init__(self) -> None:
+        for name in ("max_pixels", "max_bytes", "remote_timeout_s"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+
 
 def decode_image_url(url: str, limits: ImageLimits, param: str = "image") -> np.ndarray:
     """(H, W, 3) uint8 from a data URL (or a remote URL when allowed); `APIError` otherwise."""
