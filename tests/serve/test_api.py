@@ -464,3 +464,31 @@ def test_ignore_eos_generates_max_tokens(dec):
     out = dec.post("/v1/chat/completions", json=body).json()
     assert out["usage"]["completion_tokens"] == 7
     assert out["choices"][0]["finish_reason"] == "length"
+
+
+@pytest.mark.parametrize("kind", ["fusion", "decoder"])
+def test_routing_agrees_with_vlmoe_inspect(kind, fus, dec, fusion_dir, decoder_dir, tmp_path):
+    """The server's routing and `vlmoe inspect`'s routing.json are two views of one forward
+    pass: the strongest expert of every patch and token must agree."""
+    from vlmoe.recipes.run import load_trained
+    from vlmoe.viz.inspect import inspect_model
+
+    client, directory, text = (
+        (fus, fusion_dir, "what colour?") if kind == "fusion" else (dec, decoder_dir, None)
+    )
+    model, task = load_trained(directory)
+    body = {"image": png_url(6), "routing": True, **({"text": text} if text else {})}
+    served = client.post("/v1/predict", json=body).json()["routing"]
+    shown = json.loads(
+        inspect_model(model, task, png_array(6), text, tmp_path).routing_json.read_text()
+    )
+    assert [layer["layer"] for layer in served] == [layer["name"] for layer in shown["layers"]]
+    for mine, theirs in zip(served, shown["layers"]):
+        if "patch_experts" in theirs:
+            top1 = [e[0] if e else -1 for e in mine["patches"]["experts"]]
+            assert top1 == [e for row in theirs["patch_experts"] for e in row]
+        if "tokens" in theirs:
+            assert [t["experts"][0] for t in mine["tokens"]] == [
+                t["expert"] for t in theirs["tokens"]
+            ]
+            assert [t["token"] for t in mine["tokens"]] == [t["token"] for t in theirs["tokens"]]
