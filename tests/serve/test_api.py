@@ -306,13 +306,19 @@ BAD_IMAGES = [
 ]
 
 
-@pytest.mark.parametrize("name,url,status,word", BAD_IMAGES, ids=[b[0] for b in BAD_IMAGES])
-def test_bad_images(decoder_dir, name, url, status, word):
+@pytest.fixture(scope="module")
+def small_images(decoder_dir):
     from vlmoe.serve import ImageLimits
 
     with client_for(decoder_dir, model_name="cap", images=ImageLimits(max_pixels=200 * 200)) as c:
-        err = assert_error(c.post("/v1/chat/completions", json=_image_part(url)), status, word)
-        assert err["param"] and err["param"].startswith("messages.0.content.1")
+        yield c
+
+
+@pytest.mark.parametrize("name,url,status,word", BAD_IMAGES, ids=[b[0] for b in BAD_IMAGES])
+def test_bad_images(small_images, name, url, status, word):
+    r = small_images.post("/v1/chat/completions", json=_image_part(url))
+    err = assert_error(r, status, word)
+    assert err["param"] and err["param"].startswith("messages.0.content.1")
 
 
 def test_two_images_and_no_image(dec, fus):
