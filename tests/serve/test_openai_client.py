@@ -91,7 +91,7 @@ def test_errors_come_back_as_openai_errors(client):
 
 @pytest.fixture()
 def slow_server(decoder_dir):
-    """A server whose model takes 50 ms per generated token."""
+    """A server whose model takes 100 ms per generated token."""
     from vlmoe.serve import EngineConfig, build_app
 
     app = build_app(decoder_dir, model_name="cap", engine_config=EngineConfig(max_tokens=64))
@@ -99,7 +99,7 @@ def slow_server(decoder_dir):
     real = model.next_token_logits
 
     def slow(*args):
-        time.sleep(0.05)
+        time.sleep(0.1)
         return real(*args)
 
     model.next_token_logits = slow
@@ -123,7 +123,7 @@ def test_disconnect_cancels_generation(slow_server):
         assert r.status_code == 200
         next(r.iter_lines())
     _wait_until(lambda: engine.jobs_stopped == 1)
-    # Not streaming: the client gives up after 0.2 s, well before 12 tokens at 50 ms each.
+    # Not streaming: the client gives up after 0.2 s, well before 12 tokens at 100 ms each.
     with pytest.raises(httpx.TimeoutException):
         httpx.post(url + "/v1/chat/completions", json=body, timeout=0.2)
     _wait_until(lambda: engine.jobs_stopped == 2)
