@@ -498,3 +498,14 @@ def test_routing_agrees_with_vlmoe_inspect(kind, fus, dec, fusion_dir, decoder_d
                 t["expert"] for t in theirs["tokens"]
             ]
             assert [t["token"] for t in mine["tokens"]] == [t["token"] for t in theirs["tokens"]]
+
+
+def test_decoder_chat_without_an_image(dec):
+    body = {"model": "cap", "messages": [{"role": "user", "content": "a red"}], "max_tokens": 3}
+    out = dec.post("/v1/chat/completions", json={**body, "temperature": 0, "routing": True})
+    assert out.status_code == 200, out.text
+    out = out.json()
+    tok = dec.app_state.engine.adapter.tokenizer
+    text_tokens = len(tok.encode("a red", add_special=False))
+    assert out["usage"]["prompt_tokens"] == 1 + text_tokens  # <bos> and the text, no image
+    assert all(layer["patches"] is None for layer in out["routing"])
