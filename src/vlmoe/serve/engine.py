@@ -59,14 +59,14 @@ class EngineConfig:
 
 # ----------------------------------------------------------------------------- the model
 
-# The typed endpoints of the built-in tasks. Every task, a plugin task too, also serves
-# `/v1/predict` (its `Prediction` as JSON), so a new task needs no change here to be served.
-TASK_ENDPOINTS: dict[str, tuple[str, ...]] = {
-    "classification": ("chat", "classify"),
-    "vqa": ("chat", "vqa"),
-    "vqa+classification": ("chat", "classify", "vqa"),
-    "captioning": ("chat",),
-    "contrastive": ("match",),
+# The typed endpoints for each kind of prediction a task declares (`Task.predicts`). Every
+# task, a plugin task too, also serves `/v1/predict` (its `Prediction` as JSON), so a new task
+# needs no change here to be served.
+KIND_ENDPOINTS: dict[str, tuple[str, ...]] = {
+    "label": ("chat", "classify"),
+    "answer": ("chat", "vqa"),
+    "caption": ("chat",),
+    "match": ("match",),
 }
 
 
@@ -83,7 +83,8 @@ class ModelAdapter:
 
     @property
     def endpoints(self) -> tuple[str, ...]:
-        named = TASK_ENDPOINTS.get(self.task_name, ())
+        offered = {e for kind in self.task.predicts for e in KIND_ENDPOINTS.get(kind, ())}
+        named = tuple(e for e in ("chat", "classify", "vqa", "match") if e in offered)
         if self.generates and "chat" not in named:
             named = ("chat", *named)
         return (*named, "predict")

@@ -148,6 +148,7 @@ class Task:
     default_for: ClassVar[tuple[str, ...]] = ()
     needs_text: ClassVar[bool] = False
     headline: ClassVar[tuple[str, ...]] = ()  # the evaluation results a summary shows first
+    predicts: ClassVar[tuple[str, ...]] = ()  # the `Prediction.kind`s its `predict` gives
 
     def __init__(self, info: TaskInfo, tokenizer: Any = None) -> None:
         if self.needs_text and tokenizer is None:

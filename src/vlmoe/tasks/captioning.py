@@ -46,6 +46,7 @@ class Captioning(Task):
     default_for = ("decoder",)
     needs_text = True
     headline = ("captioning/bleu4",)
+    predicts = ("caption",)
     max_new_tokens = 24  # evaluation's generation length (EvalConfig.max_new_tokens sets it)
 
     def examples(self, dataset: Any, split: str) -> list[Example]:

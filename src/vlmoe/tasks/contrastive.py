@@ -31,6 +31,7 @@ class Contrastive(Task):
     default_for = ("contrastive",)
     needs_text = True
     headline = ("retrieval/i2t_r@1", "retrieval/t2i_r@1")
+    predicts = ("match",)
 
     def examples(self, dataset: Any, split: str) -> list[Example]:
         return caption_examples(dataset, split)

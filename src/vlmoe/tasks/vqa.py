@@ -37,6 +37,7 @@ class VQA(Task):
     architectures = ("fusion",)
     needs_text = True
     headline = ("vqa/accuracy",)
+    predicts = ("answer",)
 
     def model_sizes(self) -> dict[str, int]:
         return {"num_answers": len(self.info.answer_vocab)} if self.info.answer_vocab else {}
@@ -107,6 +108,7 @@ class VQAClassification(VQA):
     name = "vqa+classification"
     default_for = ("fusion",)
     headline = ("vqa/accuracy", "classification/accuracy")
+    predicts = ("answer", "label")
 
     def model_sizes(self) -> dict[str, int]:
         sizes = super().model_sizes()

@@ -338,7 +338,7 @@ def results_table(results: dict[str, ModelResult]) -> str:
     ]
     for name, r in results.items():
         family, variant = name.split("-", 1)
-        task = "VQA + classification" if family == "fusion" else "captioning"
+        task = r.task
         m = r.metrics
         cells = [
             task,
