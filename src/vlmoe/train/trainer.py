@@ -25,6 +25,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from vlmoe.nn.machine import resolve_precision
 from vlmoe.train.checkpoint import (
     CheckpointError,
     latest_checkpoint,
@@ -191,7 +192,7 @@ class Trainer:
             )
 
     def _autocast(self):
-        if self.cfg.train.precision == "bf16":
+        if resolve_precision(self.cfg.train.precision, self.device) == "bf16":
             return torch.autocast(self.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
