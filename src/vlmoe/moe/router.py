@@ -97,10 +97,8 @@ def route_reference(
     masked_TE = logits_TE
     if allowed_TE is not None:
         masked_TE = logits_TE.masked_fill(~allowed_TE, float("-inf"))
-    if score_func == "softmax":
-        probs_TE = softmax_experts(masked_TE)
-    else:
-        probs_TE = torch.sigmoid(masked_TE)  # sigmoid(-inf) = 0
+    # sigmoid(-inf) = 0: unreachable experts score 0 either way.
+    probs_TE = softmax_experts(masked_TE) if score_func == "softmax" else masked_TE.sigmoid()
     expert_ids_TK = _select(probs_TE, allowed_TE, bias_E, top_k)
     weights_TK = probs_TE.gather(1, expert_ids_TK)
     if renormalize:
