@@ -17,6 +17,7 @@ no bf16 units or runs bf16 slower than fp32.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -179,7 +180,7 @@ def matmul_rates(cpu: CpuInfo | None = None, path: Path | None = None) -> Matmul
     """This machine's fp32 and bf16 matmul rates at the current thread count: from the cache
     file when it has them for this CPU, torch version, oneDNN cap and thread count, else
     measured now and added to it (a corrupt or unwritable cache only costs a re-measurement)."""
-    cpu = cpu or cpu_info()
+    cpu = cpu or this_cpu()
     path = path or cache_dir() / "matmul_rates.json"
     key = _cache_key(cpu, torch.get_num_threads())
     memo_key = f"{path}|{key}"
@@ -208,14 +209,29 @@ def matmul_rates(cpu: CpuInfo | None = None, path: Path | None = None) -> Matmul
     return rates
 
 
+@functools.cache
+def this_cpu() -> CpuInfo:
+    """`cpu_info()` of this machine, read once per process."""
+    return cpu_info()
+
+
+_bf16_fast_memo: dict[int, bool] = {}
+
+
 def bf16_is_fast(device: torch.device | str = "cpu") -> bool:
-    """Whether bf16 matmuls beat fp32 on `device` (measured on CPU, bf16 support on CUDA)."""
+    """Whether bf16 matmuls beat fp32 on `device` (measured on CPU, bf16 support on CUDA).
+
+    Cheap after the first call per thread count (a dict lookup): model code may ask per forward.
+    """
     device = torch.device(device)
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
     if device.type != "cpu":
         return False
-    return matmul_rates().bf16_speedup > 1.0
+    threads = torch.get_num_threads()
+    if threads not in _bf16_fast_memo:
+        _bf16_fast_memo[threads] = matmul_rates(this_cpu()).bf16_speedup > 1.0
+    return _bf16_fast_memo[threads]
 
 
 def _say_once(level: int, message: str) -> None:
@@ -251,7 +267,7 @@ def resolve_precision(
         return "bf16"
     if device.type != "cpu":
         return "fp32" if requested == "auto" else "bf16"
-    cpu = cpu or cpu_info()
+    cpu = cpu or this_cpu()
     rates = rates or matmul_rates(cpu)
     rate_text = (
         f"bf16 matmul {rates.bf16:.0f} GFLOP/s vs fp32 {rates.fp32:.0f} GFLOP/s "
