@@ -10,6 +10,7 @@ the two alike (the "best" ratio is the least noisy one on a busy CPU).
     python benchmarks/model_step.py                      # table
     python benchmarks/model_step.py --json               # JSON on stdout
     python benchmarks/model_step.py --arch fusion decoder --batch-size 32 --device cuda
+    python benchmarks/model_step.py --profile vit-small-moe --dtype fp32 --threads 1
 """
 
 from __future__ import annotations
@@ -114,6 +115,28 @@ class Runner:
         }
 
 
+def profile_table(preset: str, dtype: str, args, device: torch.device) -> str:
+    """Top ops of `args.steps` training steps of `preset`, by self CPU time."""
+    from torch.profiler import ProfilerActivity, profile
+
+    runner = Runner(preset, args.batch_size, args.text_len, dtype, device)
+    for _ in range(args.warmup):
+        runner.step()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(args.steps):
+            runner.step()
+    events = prof.key_averages()
+    ops = sum(e.count for e in events if e.key.startswith("aten::"))
+    head = (
+        f"{preset} {dtype}: {args.steps} steps, batch {args.batch_size}, "
+        f"{torch.get_num_threads()} threads; {ops / args.steps:.0f} aten ops per step"
+    )
+    table = events.table(
+        sort_by="self_cpu_time_total", row_limit=args.top, max_name_column_width=48
+    )
+    return head + "\n" + table
+
+
 def bench_pair(arch: str, size: str, dtype: str, args, device: torch.device) -> list[dict]:
     """Dense and MoE steps interleaved, so that load from other processes hits both alike."""
     dense = Runner(f"{arch}-{size}", args.batch_size, args.text_len, dtype, device)
@@ -141,10 +164,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = default)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument(
+        "--profile",
+        metavar="PRESET",
+        help="instead of the table: the torch profiler's top ops over --steps steps of PRESET "
+        "(e.g. vit-small-moe), by self CPU time, and the step's op count",
+    )
+    p.add_argument("--top", type=int, default=25, help="rows of the --profile table")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
+    if args.profile:
+        dtype = args.dtype[0]
+        print(profile_table(args.profile, dtype, args, device))
+        return 0
     rows = []
     for arch in args.arch:
         for dtype in args.dtype:
