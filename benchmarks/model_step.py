@@ -77,8 +77,17 @@ def task_loss(model, out, targets: torch.Tensor) -> torch.Tensor:
 class Runner:
     """One preset's model, optimizer and fixed batch; `step()` times one training step."""
 
-    def __init__(self, name: str, batch: int, text_len: int, dtype: str, device: torch.device):
+    def __init__(
+        self,
+        name: str,
+        batch: int,
+        text_len: int,
+        dtype: str,
+        device: torch.device,
+        clock=time.perf_counter,
+    ):
         torch.manual_seed(0)
+        self.clock = clock
         self.name, self.dtype, self.batch, self.device = name, dtype, batch, device
         self.model = vlmoe.create_model(name).to(device).train()
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=1e-4)
@@ -86,7 +95,7 @@ class Runner:
         self.times: list[float] = []
 
     def step(self) -> float:
-        start = time.perf_counter()
+        start = self.clock()
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.dtype == "bf16"):
             out = self.model(**self.inputs)
             loss = task_loss(self.model, out, self.targets)
@@ -97,7 +106,7 @@ class Runner:
         self.opt.step()
         if self.device.type == "cuda":
             torch.cuda.synchronize()
-        return time.perf_counter() - start
+        return self.clock() - start
 
     def result(self) -> dict:
         total, active = count_parameters(self.model)
@@ -139,8 +148,9 @@ def profile_table(preset: str, dtype: str, args, device: torch.device) -> str:
 
 def bench_pair(arch: str, size: str, dtype: str, args, device: torch.device) -> list[dict]:
     """Dense and MoE steps interleaved, so that load from other processes hits both alike."""
-    dense = Runner(f"{arch}-{size}", args.batch_size, args.text_len, dtype, device)
-    moe = Runner(f"{arch}-{size}-moe", args.batch_size, args.text_len, dtype, device)
+    clock = time.thread_time if args.clock == "cpu" else time.perf_counter
+    dense = Runner(f"{arch}-{size}", args.batch_size, args.text_len, dtype, device, clock)
+    moe = Runner(f"{arch}-{size}-moe", args.batch_size, args.text_len, dtype, device, clock)
     for _ in range(args.warmup):
         dense.step(), moe.step()
     for _ in range(args.steps):
@@ -165,6 +175,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = default)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument(
+        "--clock",
+        choices=["wall", "cpu"],
+        default="wall",
+        help="cpu: time steps by this thread's CPU time (needs --threads 1 on CPU); on a shared "
+        "machine it leaves out the time other processes hold the core",
+    )
+    p.add_argument(
         "--profile",
         metavar="PRESET",
         help="instead of the table: the torch profiler's top ops over --steps steps of PRESET "
@@ -175,6 +192,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
+    if args.clock == "cpu" and (device.type != "cpu" or torch.get_num_threads() != 1):
+        p.error("--clock cpu needs --device cpu and --threads 1 (all work on this thread)")
     if args.profile:
         dtype = args.dtype[0]
         print(profile_table(args.profile, dtype, args, device))
@@ -194,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     print(
         f"device={device} threads={torch.get_num_threads()} batch={args.batch_size} "
-        f"text_len={args.text_len} steps={args.steps}"
+        f"text_len={args.text_len} steps={args.steps} clock={args.clock}"
     )
     head = (
         f"{'preset':<22}{'dtype':<6}{'total':>11}{'active':>11}{'ms (med)':>10}{'ms (best)':>10}"
