@@ -120,3 +120,36 @@ def test_train_config_accepts_auto():
     from vlmoe.train.config import TrainConfig
 
     assert TrainConfig(precision="auto").precision == "auto"
+
+
+def test_trainer_autocasts_as_auto_resolves(tmp_path, monkeypatch):
+    """precision=auto asks the resolver, and trains in bf16 autocast when it says bf16."""
+    import vlmoe.train.trainer as trainer_module
+    from vlmoe.train.config import RunConfig, apply_overrides
+    from vlmoe.train.run import train
+
+    asked, dtypes = [], []
+    monkeypatch.setattr(
+        trainer_module, "resolve_precision", lambda p, device: asked.append(p) or "bf16"
+    )
+    real_forward = torch.nn.Linear.forward
+
+    def spy(self, x):
+        dtypes.append(torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else None)
+        return real_forward(self, x)
+
+    monkeypatch.setattr(torch.nn.Linear, "forward", spy)
+    overrides = [
+        "model.preset=vit-debug-moe",
+        "data.name=digits",
+        "data.num_train=8",
+        "data.num_eval=4",
+        "train.batch_size=4",
+        "train.steps=1",
+        "train.progress=none",
+        "train.precision=auto",
+    ]
+    result = train(apply_overrides(RunConfig(), overrides), tmp_path)
+    assert torch.isfinite(torch.tensor(result.losses)).all()
+    assert asked and set(asked) == {"auto"}
+    assert torch.bfloat16 in dtypes
