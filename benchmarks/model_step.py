@@ -2,10 +2,11 @@
 (E=8, top-2, experts sized for equal active parameters) against the dense model, in fp32 and
 under bf16 autocast. Target: MoE >= 0.9x the dense twin's throughput.
 
-A step is forward, a stand-in task loss (+ 0.01 x load-balance loss for MoE), backward and an
-AdamW step, on random inputs of the preset's shapes. Dense and MoE steps are interleaved and
-both the median and the best step time are reported, so that a shared machine's load affects
-the two alike (the "best" ratio is the least noisy one on a busy CPU).
+A step is forward, a stand-in task loss (+ 0.01 x load-balance loss for MoE), backward and the
+trainer's AdamW step (`vlmoe.train.optim.build_optimizer`), on random inputs of the preset's
+shapes. Dense and MoE steps are interleaved and both the median and the best step time are
+reported, so that a shared machine's load affects the two alike (the "best" ratio is the least
+noisy one on a busy CPU; `--clock cpu --threads 1` leaves the load out altogether).
 
     python benchmarks/model_step.py                      # table
     python benchmarks/model_step.py --json               # JSON on stdout
@@ -27,6 +28,8 @@ import torch.nn.functional as F
 import vlmoe
 from vlmoe.models import count_parameters
 from vlmoe.moe.losses import load_balance_loss
+from vlmoe.train.config import OptimizerConfig
+from vlmoe.train.optim import build_optimizer
 
 ARCHS = ("vit", "text", "fusion", "contrastive", "decoder")
 
@@ -90,7 +93,7 @@ class Runner:
         self.clock = clock
         self.name, self.dtype, self.batch, self.device = name, dtype, batch, device
         self.model = vlmoe.create_model(name).to(device).train()
-        self.opt = torch.optim.AdamW(self.model.parameters(), lr=1e-4)
+        self.opt = build_optimizer(self.model, OptimizerConfig(lr=1e-4))  # the trainer's AdamW
         self.inputs, self.targets = make_batch(self.model, batch, text_len, device)
         self.times: list[float] = []
 
