@@ -379,7 +379,7 @@ def time_cell(
                 "peak_mb": None if mem is None else round(mem, 1),
                 "gflops": round(gflops, 1),
                 "fraction_of_peak": round(gflops / peak[cell.dtype], 3),
-                "emulated": cell.dtype == "bf16" and peak["bf16"] <= peak["fp32"],
+                "emulated": cell.dtype == "bf16" and peak["bf16"] < 0.5 * peak["fp32"],
             }
         )
     for impl in skipped:
@@ -399,7 +399,7 @@ def print_rows(rows: list[dict]) -> None:
     )
     c0 = rows[0]
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    emulated = "  [bf16 EMULATED on this CPU: slower than fp32]" if c0["emulated"] else ""
+    emulated = "  [bf16 EMULATED on this CPU: < 0.5x fp32]" if c0["emulated"] else ""
     print(
         f"\n{c0['config']} {c0['dtype']} {c0['mode']} T={c0['tokens']}  (load average {load:.1f})"
         + emulated

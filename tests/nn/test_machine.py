@@ -153,3 +153,10 @@ def test_trainer_autocasts_as_auto_resolves(tmp_path, monkeypatch):
     assert torch.isfinite(torch.tensor(result.losses)).all()
     assert asked and set(asked) == {"auto"}
     assert torch.bfloat16 in dtypes
+
+
+@pytest.mark.parametrize(
+    ("fp32", "bf16", "emulated"), [(40.0, 0.4, True), (40.0, 19.0, True), (40.0, 30.0, False)]
+)
+def test_emulated_means_under_half_the_fp32_rate(fp32, bf16, emulated):
+    assert MatmulRates(fp32=fp32, bf16=bf16, threads=1, size=256).bf16_emulated == emulated
