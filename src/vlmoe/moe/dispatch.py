@@ -178,5 +178,9 @@ class Dispatcher:
 
     def combine(self, y_ND: Tensor, plan: DispatchPlan) -> Tensor:
         """(N, D) expert outputs -> (T, D): each token's router-weighted sum over its experts."""
-        w_TK = torch.where(plan.kept_TK, plan.weights_TK, 0.0)
+        w_TK = plan.weights_TK
+        # Dropless, the only pairs not kept are unrouted ones (-1): routers give them weight 0
+        # and their buffer rows come back from the experts as zeros, so no mask is needed.
+        if self.capacity_factor is not None:
+            w_TK = torch.where(plan.kept_TK, w_TK, 0.0)
         return _WeightedCombine.apply(y_ND, w_TK, plan.order_N, plan.inverse_N)  # (T, D)

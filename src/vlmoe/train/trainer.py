@@ -35,6 +35,7 @@ from torch import Tensor, nn
 from vlmoe.data.order import DataOrder
 from vlmoe.models.checkpoint import write_text_atomic
 from vlmoe.moe.layer import update_balance_bias
+from vlmoe.nn.machine import resolve_precision
 from vlmoe.tasks.base import StepOutput
 from vlmoe.tasks.data import train_loader
 from vlmoe.train.checkpoint import (
@@ -268,7 +269,7 @@ class Trainer:
             )
 
     def _autocast(self):
-        if self.cfg.train.precision == "bf16":
+        if resolve_precision(self.cfg.train.precision, self.device) == "bf16":
             return torch.autocast(self.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
