@@ -19,7 +19,7 @@ from vlmoe.distributed import (
     parallelize,
     reduce_gradients,
 )
-from vlmoe.distributed.mesh import Mesh
+from vlmoe.distributed.mesh import Mesh, build_mesh, resolve_ep
 from vlmoe.distributed.parallelize import expert_parameter_names
 from vlmoe.moe.layer import MoELayer
 from vlmoe.train.config import MoELossConfig
@@ -98,30 +98,39 @@ def full_grads(model: nn.Module, mesh: Mesh) -> dict[str, torch.Tensor]:
     return out
 
 
-def equivalence_worker(rank, world, out_dir, moe: dict, ep: int | None, steps: int) -> None:
-    model = build(moe)
-    mesh = init_mesh(ParallelConfig(ep=ep, timeout_s=60), [moe["num_experts"]] * 2)
-    parallelize(model, mesh)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
-    out = {}
-    for step in range(steps):
-        full = batch(step)
-        per = full["x"].shape[0] // world
-        local = {k: v[rank * per : (rank + 1) * per] for k, v in full.items()}
-        logits, loss = step_loss(model, local, lambda a: gather_aux(a, mesh))
-        loss.backward()
-        reduce_gradients(model, mesh)
-        mean = loss.detach().reshape(1).clone()
-        dist.all_reduce(mean)
-        out[f"loss/{step}"] = mean / world
-        if step == 0:
-            out["logits"] = logits.detach()
-            out.update(full_grads(model, mesh))
-        opt.step()
-        opt.zero_grad()
-    out.update({f"param/{n}": p for n, p in full_state_dict(model, mesh).items()})
-    save_file({k: v.contiguous() for k, v in out.items()}, f"{out_dir}/rank{rank}.safetensors")
+def equivalence_worker(rank, world, out_dir, cases: dict, steps: int) -> None:
+    """For each case {name: (moe kwargs, ep)}: `steps` AdamW steps on this rank's slice of the
+    global batch; writes step-1 logits and gradients, losses, and final params per case."""
+    dist_mesh = None
+    for name, (moe, ep) in cases.items():
+        model = build(moe)
+        if dist_mesh is None:
+            dist_mesh = init_mesh(ParallelConfig(ep=ep, timeout_s=60), [moe["num_experts"]] * 2)
+            mesh = dist_mesh
+        else:
+            mesh = build_mesh(resolve_ep(ep, world, [moe["num_experts"]]), dist_mesh.device)
+        parallelize(model, mesh)
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+        out = {}
+        for step in range(steps):
+            full = batch(step)
+            per = full["x"].shape[0] // world
+            local = {k: v[rank * per : (rank + 1) * per] for k, v in full.items()}
+            logits, loss = step_loss(model, local, lambda a: gather_aux(a, mesh))
+            loss.backward()
+            reduce_gradients(model, mesh)
+            mean = loss.detach().reshape(1).clone()
+            dist.all_reduce(mean)
+            out[f"loss/{step}"] = mean / world
+            if step == 0:
+                out["logits"] = logits.detach()
+                out.update(full_grads(model, mesh))
+            opt.step()
+            opt.zero_grad()
+        out.update({f"param/{n}": p for n, p in full_state_dict(model, mesh).items()})
+        out = {k: v.contiguous() for k, v in out.items()}
+        save_file(out, f"{out_dir}/{name}.rank{rank}.safetensors")
 
 
-def load_ranks(out_dir: str | Path, world: int) -> list[dict[str, torch.Tensor]]:
-    return [load_file(f"{out_dir}/rank{r}.safetensors") for r in range(world)]
+def load_ranks(out_dir: str | Path, name: str, world: int) -> list[dict[str, torch.Tensor]]:
+    return [load_file(f"{out_dir}/{name}.rank{r}.safetensors") for r in range(world)]

@@ -17,6 +17,7 @@ from vlmoe.distributed.parallelize import (
     full_state_dict,
     gather_aux,
     load_full_state_dict,
+    local_copy,
     parallelize,
     reduce_gradients,
 )
@@ -31,6 +32,7 @@ __all__ = [
     "gather_aux",
     "init_mesh",
     "load_full_state_dict",
+    "local_copy",
     "parallelize",
     "reduce_gradients",
     "resolve_ep",
