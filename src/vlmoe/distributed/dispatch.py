@@ -94,9 +94,10 @@ class AllToAllDispatcher(Dispatcher):
         recv_P = [sum(row) for row in recv_PL_host]
         x_recv_MD = all_to_all(x_sorted_ND[: sum(send_P)], recv_P, send_P, self.group)
         # Received rows come (source, expert)-major; number each block by (expert, source).
-        block_key = torch.arange(L, device=x_TD.device)[None, :] * P + torch.arange(
-            P, device=x_TD.device
-        )[:, None]  # (P, L)
+        block_key = (
+            torch.arange(L, device=x_TD.device)[None, :] * P
+            + torch.arange(P, device=x_TD.device)[:, None]
+        )  # (P, L)
         key_M = block_key.reshape(-1).repeat_interleave(recv_PL.reshape(-1))
         to_em = key_M.argsort(stable=True)
         from_em = torch.empty_like(to_em)

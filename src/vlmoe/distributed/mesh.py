@@ -102,9 +102,10 @@ def resolve_ep(ep: int | None, world_size: int, num_experts: list[int]) -> int:
         fits = all(e % world_size == 0 for e in num_experts)
         return world_size if fits else 1
     if world_size % ep:
+        divisors = [d for d in range(1, world_size + 1) if world_size % d == 0]
         raise DistributedError(
             f"parallel.ep={ep} does not divide the world size {world_size}; "
-            f"pick an EP degree among {[d for d in range(1, world_size + 1) if world_size % d == 0]}"
+            f"pick an EP degree among {divisors}"
         )
     for e in num_experts:
         if e % ep:
