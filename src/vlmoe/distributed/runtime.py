@@ -96,7 +96,7 @@ class Runtime:
             group = dist.new_group(list(range(self.world_size)))
             device_ids = [self.mesh.device.index] if self.mesh.device.type == "cuda" else None
             return DistributedDataParallel(
-                model, device_ids=device_ids, process_group=group, broadcast_buffers=False
+                model, device_ids=device_ids, process_group=group, forward_sync_buffers=False
             )
         from torch.distributed.fsdp import fully_shard
 
