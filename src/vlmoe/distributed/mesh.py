@@ -82,7 +82,8 @@ class Mesh:
 
     @property
     def distributed(self) -> bool:
-        return self.world_size > 1
+        """True under torchrun, even with one process (the same code path then runs)."""
+        return self.world_group is not None
 
     def local_experts(self, num_experts: int) -> range:
         """Global ids of the experts this rank holds."""
@@ -129,11 +130,12 @@ def _backend(cfg: ParallelConfig) -> tuple[str, torch.device]:
 
 def init_mesh(cfg: ParallelConfig, num_experts: list[int]) -> Mesh:
     """Join the process group `torchrun` describes (RANK, WORLD_SIZE, MASTER_ADDR/PORT in the
-    environment) and build the EP and EDP groups. Without those variables: one process.
+    environment) and build the EP and EDP groups (a world of one included, so that the
+    distributed code path runs the same on one GPU). Without those variables: one process.
 
     `num_experts`: the expert count of every MoE layer of the model (to resolve and check ep).
     """
-    if "WORLD_SIZE" not in os.environ or int(os.environ["WORLD_SIZE"]) == 1:
+    if "WORLD_SIZE" not in os.environ:
         if cfg.ep not in (None, 1):
             raise DistributedError(f"parallel.ep={cfg.ep} needs that many processes; run 1")
         return single_process_mesh("cuda" if cfg.backend == "nccl" else "cpu")
