@@ -28,7 +28,13 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
-from vlmoe.distributed.mesh import DistributedError, Mesh, ParallelConfig, init_mesh
+from vlmoe.distributed.mesh import (
+    DistributedError,
+    Mesh,
+    ParallelConfig,
+    init_mesh,
+    single_process_mesh,
+)
 from vlmoe.distributed.parallelize import (
     _sum_into,
     expert_parameter_names,
@@ -68,6 +74,20 @@ class Runtime:
         """Join the run `torchrun` set up (or stay one process) for this model's experts."""
         return cls(init_mesh(cfg, moe_num_experts(model)), cfg)
 
+    @classmethod
+    def single(cls, device: str | torch.device = "cpu") -> Runtime:
+        """One process, no process group: every call is a no-op or the plain operation."""
+        return cls(single_process_mesh(device))
+
+    @property
+    def distributed(self) -> bool:
+        return self.mesh.distributed
+
+    def close(self) -> None:
+        """Leave the process group (at the end of a run)."""
+        if self.mesh.distributed and dist.is_initialized():
+            dist.destroy_process_group()
+
     @property
     def is_rank0(self) -> bool:
         return self.mesh.is_rank0
@@ -80,13 +100,13 @@ class Runtime:
 
     def wrap(self, model: nn.Module) -> nn.Module:
         """EP-shard the experts, then DDP or FSDP2 the rest; returns the module to call."""
-        if self.mesh.distributed:
-            # A plain copy (host memory: one model) that full models are loaded into.
-            self._template = copy.deepcopy(model).cpu()
-        parallelize(model, self.mesh)
         self.module, self._experts = model, expert_parameter_names(model)
         if not self.mesh.distributed:
             return model
+        # A plain copy (host memory: one model) that full models are loaded into.
+        self._template = copy.deepcopy(model).cpu()
+        parallelize(model, self.mesh)
+        self._experts = expert_parameter_names(model)
         experts = [p for n, p in model.named_parameters() if n in self._experts]
         if self.cfg.dp == "ddp":
             DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(
@@ -162,7 +182,10 @@ class Runtime:
 
     @torch.no_grad()
     def clip_grad_norm(self, max_norm: float) -> float:
-        """Clip every gradient by the global norm (as `clip_grad_norm_` does on one process)."""
+        """Clip every gradient by the global norm (`clip_grad_norm_` itself on one process)."""
+        if not self.mesh.distributed:
+            params = [p for p in self.module.parameters() if p.grad is not None]
+            return float(torch.nn.utils.clip_grad_norm_(params, max_norm))
         norm = self.grad_norm()
         scale = (max_norm / (norm + 1e-6)).clamp(max=1.0)
         for p in self.module.parameters():
@@ -210,6 +233,9 @@ class Runtime:
 
     def load_full_state_dict(self, state: dict[str, Tensor]) -> None:
         """Load a single-process state dict (any world size saved it) into the wrapped model."""
+        if not self.mesh.distributed:
+            self.module.load_state_dict(state)
+            return
         if self.cfg.dp == "fsdp" and self.mesh.distributed:
             from torch.distributed.tensor import distribute_tensor
 

@@ -28,6 +28,7 @@ from torch import nn
 from vlmoe.data.registry import load_dataset
 from vlmoe.data.shapes import ShapesConfig
 from vlmoe.data.tokenizer import Tokenizer
+from vlmoe.distributed.runtime import Runtime
 from vlmoe.eval.routing import RoutingEvaluator, moe_layer_names
 from vlmoe.eval.runner import evaluate as run_evaluators
 from vlmoe.models import load_model
@@ -254,14 +255,22 @@ def make_trainer(run: Run, cfg: RunConfig, run_dir: str | Path, **kwargs: Any) -
 def train(
     cfg: RunConfig, run_dir: str | Path, resume: bool | str | Path = False, run: Run | None = None
 ) -> TrainResult:
-    """Prepare (unless `run` is given), train, evaluate, and save `run_dir/model` + eval.json."""
+    """Prepare (unless `run` is given), train, evaluate, and save `run_dir/model` + eval.json.
+
+    Under torchrun every rank calls it (`cfg.parallel` says how the model is spread); rank 0
+    alone evaluates and writes the model, from a single-process copy with every expert."""
     run = run or prepare(cfg)
     run_dir = Path(run_dir)
     ev = cfg.eval
+    runtime = Runtime.start(cfg.parallel, run.model)
 
     def evaluate_fn(model: nn.Module) -> dict[str, Any]:
         return evaluate(
-            run, None, max_examples=ev.max_examples, batch_size=ev.batch_size, routing=False
+            dataclasses.replace(run, model=model),
+            None,
+            max_examples=ev.max_examples,
+            batch_size=ev.batch_size,
+            routing=False,
         )
 
     trainer = make_trainer(
@@ -271,11 +280,18 @@ def train(
         evaluate=evaluate_fn if run.eval_data is not None else None,
         on_save=run.info.save,
         eval_at_end=False,
+        runtime=runtime,
     )
-    result = trainer.fit(resume=resume)
-    save_model(run, run_dir / MODEL_DIR)
-    # The final evaluation uses every held-out example (periodic ones use eval.max_examples).
-    final = evaluate(run, run_dir / "eval.json", batch_size=ev.batch_size)
+    try:
+        result = trainer.fit(resume=resume)
+        final_run = dataclasses.replace(run, model=runtime.full_model())  # collective
+        if not runtime.is_rank0:  # nothing left to do together: rank 0 evaluates alone
+            return result
+        save_model(final_run, run_dir / MODEL_DIR)
+        # The final evaluation uses every held-out example (periodic ones use max_examples).
+        final = evaluate(final_run, run_dir / "eval.json", batch_size=ev.batch_size)
+    finally:
+        runtime.close()
     if final:
         metrics = MetricsLogger(run_dir, resume_step=result.steps, tensorboard="none")
         metrics.log(

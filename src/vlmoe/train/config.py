@@ -20,6 +20,7 @@ import dataclasses
 from typing import Any, Literal
 
 from vlmoe.config import Config, ConfigError, _parse_scalar, check
+from vlmoe.distributed.mesh import ParallelConfig
 
 Precision = Literal["fp32", "bf16"]
 
@@ -233,6 +234,7 @@ class RunConfig(Config):
     losses: MoELossConfig = dataclasses.field(default_factory=MoELossConfig)
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
     eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
+    parallel: ParallelConfig = dataclasses.field(default_factory=ParallelConfig)
 
 
 def parse_value(text: str) -> Any:
