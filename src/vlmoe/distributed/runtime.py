@@ -1,10 +1,11 @@
 """`Runtime`: the few calls a training loop makes to run the same model on many processes.
 
-A loop written for one process calls, in order: `wrap(model)` once (EP sharding, then DDP or
-FSDP2 for the dense and router parameters); `local_indices` to take this rank's slice of each
-global batch; `global_aux` on the model's `MoEAux` list before the router losses;
-`finish_backward` after the last micro-batch's backward (expert gradients over their EDP
-group, scaled by 1 / world size; DDP and FSDP2 have already averaged the rest);
+A loop written for one process calls, in order: `wrap(model)` once (EP sharding, then FSDP2
+for the dense and router parameters with `dp=fsdp`); `local_indices` to take this rank's slice
+of each global batch; `global_aux` on the model's `MoEAux` list before the router losses;
+`finish_backward` after the last micro-batch's backward (dense gradients averaged over the
+world for `dp=ddp`, expert gradients summed over their EDP group and scaled by 1 / world
+size; FSDP2 has reduce-scattered the dense ones itself);
 `clip_grad_norm` and `all_finite` (same answer on every rank); `mean_metrics` for the log;
 `is_rank0` for the log, the progress bar and checkpoint writing; `full_model`/
 `optimizer_view` to save and resume in the single-process layout; `eval_model` for evaluation
@@ -26,7 +27,6 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
-from torch.nn.parallel import DistributedDataParallel
 
 from vlmoe.distributed.mesh import (
     DistributedError,
@@ -43,6 +43,7 @@ from vlmoe.distributed.parallelize import (
     load_full_state_dict,
     moe_num_experts,
     parallelize,
+    reduce_gradients,
     shard_like,
 )
 from vlmoe.moe.layer import MoEAux
@@ -109,15 +110,12 @@ class Runtime:
         self._experts = expert_parameter_names(model)
         experts = [p for n, p in model.named_parameters() if n in self._experts]
         if self.cfg.dp == "ddp":
-            DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(
-                model, sorted(self._experts)
-            )
-            # Its own group: DDP's bucketed all-reduces never interleave with EP collectives.
-            group = dist.new_group(list(range(self.world_size)))
-            device_ids = [self.mesh.device.index] if self.mesh.device.type == "cuda" else None
-            return DistributedDataParallel(
-                model, device_ids=device_ids, process_group=group, forward_sync_buffers=False
-            )
+            # DDP's arithmetic (replicas, gradients averaged over the world, in buckets) done in
+            # `finish_backward`, not by `DistributedDataParallel`'s autograd hooks: its buckets
+            # wait for every parameter, and tasks leave some heads unused (a VQA run never
+            # touches the class head) in models whose outputs are dataclasses, where DDP cannot
+            # look for unused parameters; its hooks would then skip those buckets silently.
+            return model
         from torch.distributed.fsdp import fully_shard
 
         ignored = set(experts)
@@ -145,8 +143,12 @@ class Runtime:
 
     @torch.no_grad()
     def finish_backward(self) -> None:
-        """Reduce what DDP/FSDP2 does not: expert gradients, summed over EDP, / world size."""
+        """Average dense gradients over the world (`ddp`; FSDP2 has reduce-scattered them) and
+        sum expert gradients over their EDP group, / world size (see `reduce_gradients`)."""
         if not self.mesh.distributed:
+            return
+        if self.cfg.dp == "ddp":
+            reduce_gradients(self.module, self.mesh)
             return
         grads = []
         for name, p in self.module.named_parameters():
@@ -271,7 +273,9 @@ class Runtime:
 
     def _full_optimizer_state(self, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
         sd, names = optimizer.state_dict(), self._param_names(optimizer)
-        for i, state in sd["state"].items():
+        for i in list(sd["state"]):
+            # state_dict() shares each parameter's state dict with the optimizer: copy it.
+            state = sd["state"][i] = dict(sd["state"][i])
             for key, value in list(state.items()):
                 if isinstance(value, Tensor) and value.ndim > 0:
                     value = _full(value)

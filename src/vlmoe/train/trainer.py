@@ -442,9 +442,9 @@ class Trainer:
         eff = record.get("moe/effective_top_k")
         if eff is not None and not loop.warned_top1 and done > self.cfg.schedule.warmup_steps:
             loop.warned_top1 = warn_if_top1_in_effect(eff, max_top_k(self.model), done)
-        # With a progress bar on screen the bar shows this; keep the log quiet.
+        # With a progress bar on screen the bar shows this; keep the log quiet (and one rank's).
         log.log(
-            logging.DEBUG if loop.progress.active else logging.INFO,
+            logging.DEBUG if loop.progress.active or not self.runtime.is_rank0 else logging.INFO,
             "step %d/%d loss %.4f (%.0f ex/s)",
             done,
             loop.total,
