@@ -394,7 +394,12 @@ class Trainer:
         return loss_sum, totals, n_examples
 
     def _check_grads(self, step: int) -> None:
-        named = [(n, p.grad) for n, p in self.model.named_parameters() if p.grad is not None]
+        # FSDP2 gradients are DTensors: check this rank's shard (the ranks then agree).
+        named = [
+            (n, getattr(p.grad, "to_local", lambda g=p.grad: g)())
+            for n, p in self.model.named_parameters()
+            if p.grad is not None
+        ]
         if not named:
             raise TrainingError(f"step {step + 1}: no parameter received a gradient")
         ok = torch.stack([torch.isfinite(g).all() for _, g in named]).all()
