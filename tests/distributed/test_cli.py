@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 from safetensors.torch import load_file
 
 from vlmoe.cli.main import main
@@ -34,10 +35,15 @@ def _losses(run: Path) -> dict[int, float]:
 
 
 @pytest.fixture(scope="module")
-def one_process(tmp_path_factory) -> dict[int, float]:
+def one_run(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("one") / "run"
     assert main([*ARGS, "--out", str(out)]) == 0
-    return _losses(out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def one_process(one_run) -> dict[int, float]:
+    return _losses(one_run)
 
 
 @pytest.fixture
@@ -53,12 +59,18 @@ def _assert_same(got: dict[int, float], want: dict[int, float], steps) -> None:
         assert got[step] == pytest.approx(want[step], rel=1e-5, abs=1e-5), step
 
 
-def test_two_processes_equal_one(tmp_path, env, one_process):
+def test_two_processes_equal_one(tmp_path, env, one_run, one_process):
     out = tmp_path / "run"
     assert main([*ARGS, "--out", str(out), "--nproc", "2"]) == 0
     assert len(one_process) == STEPS
     _assert_same(_losses(out), one_process, range(1, STEPS + 1))
-    assert (out / "model" / "model.safetensors").is_file() and (out / "eval.json").is_file()
+    # The saved model: the same tensors, experts gathered, as one process saves.
+    got = load_file(str(out / "model" / "model.safetensors"))
+    want = load_file(str(one_run / "model" / "model.safetensors"))
+    assert got.keys() == want.keys()
+    for name, tensor in want.items():
+        torch.testing.assert_close(got[name], tensor, atol=1e-5, rtol=1e-5, msg=name)
+    assert (out / "eval.json").is_file()
 
 
 def _children(pid: int) -> list[int]:
