@@ -241,8 +241,8 @@ class MoEConfig(Config):
     # None = dropless. Otherwise capacity per expert = ceil(capacity_factor * T * k / E).
     capacity_factor: float | None = None
     drop_policy: Literal["position", "score"] = "score"
-    # Tokens per capacity group (GShard): capacity and drop priority are counted within each
-    # run of this many consecutive tokens. None = the whole batch is one group.
+    # Tokens per capacity group (GShard): capacity and drop priority (and expert choice's picks)
+    # are counted within each run of this many consecutive tokens. None = the whole batch.
     capacity_group_size: int | None = None
     # Expert choice: each expert takes ceil(capacity * T / E) tokens (Zhou et al. 2022).
     expert_choice_capacity: float = 2.0

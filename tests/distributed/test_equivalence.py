@@ -2,7 +2,8 @@
 
 Outputs, the total loss (task + balance, z and entropy losses), every gradient (expert shards
 gathered) after one step, and every parameter after 3 AdamW steps, in fp32, for dropless top-1
-and top-2, modality expert groups, shared experts and capacity per group of tokens. Two ranks
+and top-2, modality expert groups, shared experts, capacity per group of tokens and expert
+choice per group. Two ranks
 in the default run (one spawn for all cases); four ranks (EP x EDP = 2 x 2, and EP = 4) under
 the `distributed` marker. EP 2 x EDP 2 is the case that catches expert gradients scaled by the
 EDP size instead of the world size.
@@ -23,6 +24,9 @@ CASES = {
     "capacity": dict(BASE, top_k=2, capacity_factor=0.75, capacity_group_size=W.SEQ),
     "capacity_pos": dict(
         BASE, top_k=1, capacity_factor=1.0, capacity_group_size=W.SEQ, drop_policy="position"
+    ),
+    "expert_choice": dict(
+        BASE, router="expert_choice", expert_choice_capacity=1.5, capacity_group_size=W.SEQ
     ),
 }
 STEPS = 3

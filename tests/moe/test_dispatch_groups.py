@@ -43,3 +43,18 @@ def test_tokens_must_split_into_groups():
         Dispatcher(4, 1.0, group_size=4).plan(ids, w)
     with pytest.raises(ConfigError, match="capacity_group_size"):
         MoEConfig(capacity_factor=1.0, capacity_group_size=0)
+
+
+def test_expert_choice_groups_choose_as_if_alone():
+    from vlmoe.moe.router import ExpertChoiceRouter
+
+    torch.manual_seed(0)
+    cfg = MoEConfig(dim=8, num_experts=4, router="expert_choice", capacity_group_size=6)
+    grouped = ExpertChoiceRouter(cfg)
+    alone = ExpertChoiceRouter(MoEConfig(dim=8, num_experts=4, router="expert_choice"))
+    alone.load_state_dict(grouped.state_dict())
+    x = torch.randn(18, 8)
+    ids = grouped(x).expert_ids_TK
+    assert torch.equal(ids, torch.cat([alone(x[s : s + 6]).expert_ids_TK for s in (0, 6, 12)]))
+    # Each expert takes ceil(2.0 * 6 / 4) = 3 tokens of every group.
+    assert ((ids >= 0).view(3, 6, 4).sum(1) == 3).all()

@@ -6,7 +6,8 @@ Model code stays single-device (DESIGN.md): `parallelize` takes a built model an
 - broadcasts rank 0's parameters and buffers, so every rank starts from the same weights;
 - under expert parallelism, replaces each MoE layer's `Experts` by one holding only this rank's
   L experts (a slice of the full weights, same parameter names) and its `Dispatcher` by the
-  all-to-all one (`vlmoe.distributed.dispatch`); token-choice routers only.
+  all-to-all one (`vlmoe.distributed.dispatch`); token-choice routers, and expert choice
+  with capacity groups (soft MoE mixes every token of a sequence into every slot: EP is off).
 
 After each backward, `reduce_gradients` makes every rank hold the gradient of the global loss
 (the mean of the ranks' local losses): dense and router gradients are averaged over the world,
@@ -80,10 +81,13 @@ def parallelize(model: nn.Module, mesh: Mesh) -> nn.Module:
         return model
     for layer in moe_layers(model):
         cfg = layer.cfg
-        if cfg.router != "topk":
+        if cfg.router == "soft" or (
+            cfg.router == "expert_choice" and cfg.capacity_group_size is None
+        ):
             raise DistributedError(
-                f"expert parallelism needs token-choice routing (moe.router=topk), got "
-                f"moe.router={cfg.router}; run with parallel.ep=1"
+                f"expert parallelism with moe.router={cfg.router} would route each rank's "
+                "tokens apart from the others': use moe.router=topk, expert choice with "
+                "moe.capacity_group_size set, or parallel.ep=1"
             )
         if cfg.num_experts % mesh.ep:
             raise DistributedError(
