@@ -187,7 +187,7 @@ def model_worker(rank, world, port, out, batch, steps, threads):
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1")
     os.environ["MASTER_PORT"] = str(port)
     torch.set_num_threads(threads)
-    from vlmoe.registry import create_model
+    from vlmoe.models import create_model
     from vlmoe.train.config import MoELossConfig
     from vlmoe.train.moe_losses import moe_aux_losses
 

@@ -200,7 +200,7 @@ def dispatch_worker(rank, world, out_dir) -> None:
 def eval_generate_worker(rank, world, out_dir) -> None:
     """EP is off for evaluation and generation: a local copy, ranks doing different work."""
     from vlmoe.distributed import local_copy
-    from vlmoe.registry import create_model
+    from vlmoe.models import create_model
 
     mesh = init_mesh(ParallelConfig(ep=world, timeout_s=30), [8])
     torch.manual_seed(0)
