@@ -1,6 +1,6 @@
 """Nothing hangs and nothing drifts at the edges: identity round trips are exact, ranks and
 experts with zero tokens and unequal local batches work, evaluation and generation run on each
-rank alone (EP is off there: `local_copy`). Every spawn has a hard timeout."""
+rank alone (EP is off there: `Runtime.eval_model`). Every spawn has a hard timeout."""
 
 import pytest
 

@@ -1,7 +1,8 @@
 """Scale-out over `torchrun`: process groups, expert parallelism, data parallelism.
 
 See `mesh` (groups), `dispatch` (the all-to-all dispatcher), `parallelize` (applying it to a
-built model, gradient reduction, global router losses, gathered checkpoints).
+built model, gradient reduction, global router losses, gathered checkpoints), `runtime` (what
+a training loop calls) and `launch` (torchrun's elastic agent for `vlmoe train --nproc`).
 """
 
 from vlmoe.distributed.dispatch import AllToAllDispatcher, ExpertParallelPlan
@@ -17,7 +18,6 @@ from vlmoe.distributed.parallelize import (
     full_state_dict,
     gather_aux,
     load_full_state_dict,
-    local_copy,
     parallelize,
     reduce_gradients,
 )
@@ -32,7 +32,6 @@ __all__ = [
     "gather_aux",
     "init_mesh",
     "load_full_state_dict",
-    "local_copy",
     "parallelize",
     "reduce_gradients",
     "resolve_ep",

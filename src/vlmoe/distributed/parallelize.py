@@ -28,7 +28,6 @@ over the ranks that computed it, which `reduce_gradients`' 1 / W then undoes.
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import logging
 from collections.abc import Iterator, Sequence
@@ -40,7 +39,6 @@ from torch import Tensor, nn
 from vlmoe.distributed.comm import all_gather_rows
 from vlmoe.distributed.dispatch import AllToAllDispatcher
 from vlmoe.distributed.mesh import DistributedError, Mesh
-from vlmoe.moe.dispatch import Dispatcher
 from vlmoe.moe.experts import Experts
 from vlmoe.moe.layer import MoEAux, MoELayer, moe_layers
 
@@ -234,27 +232,3 @@ def shard_like(model: nn.Module, name: str, full: Tensor, mesh: Mesh) -> Tensor:
     layer = _expert_layers(model)[layer_name]
     ids = mesh.local_experts(layer.cfg.num_experts)
     return full[ids.start : ids.stop]
-
-
-@torch.no_grad()
-def local_copy(model: nn.Module, mesh: Mesh) -> nn.Module:
-    """A single-process copy of an expert-parallel model (all experts, the local dispatcher).
-
-    Evaluation and generation use it: EP is off there. Building it is collective (the expert
-    shards are gathered once); using it issues no collective at all, so ranks may evaluate
-    different amounts of data or generate sequences of different lengths without deadlock."""
-    state = full_state_dict(model, mesh)
-    groups = [mesh.world_group, mesh.ep_group, mesh.edp_group]
-    memo = {id(g): g for g in groups if g is not None}
-    copy_ = copy.deepcopy(model, memo)
-    for layer in moe_layers(copy_):
-        cfg = layer.cfg
-        if isinstance(layer.dispatcher, AllToAllDispatcher):
-            layer.experts = Experts(
-                cfg.num_experts, cfg.dim, cfg.hidden_dim, cfg.activation, cfg.backend
-            ).to(mesh.device)
-            layer.dispatcher = Dispatcher(
-                cfg.num_experts, cfg.capacity_factor, cfg.drop_policy, cfg.capacity_group_size
-            )
-    copy_.load_state_dict(state)
-    return copy_

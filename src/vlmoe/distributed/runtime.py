@@ -100,7 +100,8 @@ class Runtime:
     # ------------------------------------------------------------------ setup
 
     def wrap(self, model: nn.Module) -> nn.Module:
-        """EP-shard the experts, then DDP or FSDP2 the rest; returns the module to call."""
+        """EP-shard the experts; replicate (`ddp`) or FSDP2-shard (`fsdp`) the rest. Returns the
+        module to call (the model itself)."""
         self.module, self._experts = model, expert_parameter_names(model)
         if not self.mesh.distributed:
             return model
