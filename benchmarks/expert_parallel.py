@@ -304,7 +304,7 @@ def main(argv: list[str] | None = None) -> None:
         t2 = times[(2, 1)]
         for (world, threads), t in times.items():
             what = f"{world} process{'es' if world > 1 else ''} x {threads} thread"
-            what += f"{'s' if threads > 1 else ''}{' (EP=2, DDP)' if world > 1 else ''}"
+            what += f"{'s' if threads > 1 else ''}{' (EP=2, dp=ddp)' if world > 1 else ''}"
             print(f"  {what:32s} {args.batch / t:8.1f} examples/s   2-process ratio {t / t2:5.2f}x")
         print("  (expected ~1x against 1 process x 2 threads on an idle 2-core machine)")
 
