@@ -381,8 +381,8 @@ def train_model(
     `curve_examples` examples; the last point is left to the caller's full evaluation unless
     `final_point`); evaluation time is not counted as training time."""
     from vlmoe.eval.runner import run_evaluators
-    from vlmoe.train.metrics import read_metrics
     from vlmoe.recipes.run import make_trainer
+    from vlmoe.train.metrics import read_metrics
 
     every = max(1, steps // points)
     cfg = cfg.with_overrides(
@@ -591,8 +591,8 @@ def measure_throughput(
     best 10-step window over `repeats` rounds, after a warm-up window), so the comparison is not
     skewed by other load on a shared machine as the training runs' own rates may be. Written
     to the JSON's `throughput` section ({task: {variant: examples/s}})."""
-    from vlmoe.train.metrics import read_metrics
     from vlmoe.recipes.run import make_trainer, prepare_twin
+    from vlmoe.train.metrics import read_metrics
 
     sizes = SIZES
     best: dict[str, dict[str, float]] = {}

@@ -37,6 +37,7 @@ from vlmoe.models.config import (
     TransformerConfig,
     ViTConfig,
 )
+from vlmoe.models.presets import twin_moe
 
 # Held-out (colour, shape) pairs of the compositional task: one per shape and colour, 4 of the
 # world's 24 pairs, so every colour and every shape is still seen in training.
@@ -158,13 +159,8 @@ def moe_config(
     groups = kw.pop("expert_groups", spec.expert_groups)
     if groups == "modality":
         kw.setdefault("num_cross_modal_experts", max(2, num_experts // 4))
-    return MoEConfig(
-        dim=s.dim,
-        hidden_dim=round(s.hidden_dim * ffn_mult) // top_k,
-        num_experts=num_experts,
-        top_k=top_k,
-        expert_groups=groups,
-        **kw,
+    return twin_moe(
+        s.dim, round(s.hidden_dim * ffn_mult), num_experts, top_k, expert_groups=groups, **kw
     )
 
 

@@ -66,7 +66,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--out", default=None, help="run directory (default: runs/<preset>)")
     p.add_argument(
-        "--resume", action="store_true", help="continue the run in --out from its latest checkpoint"
+        "--resume",
+        action="store_true",
+        help="continue the run in --out from its latest checkpoint, with its saved config "
+        "(only train.steps may change, to train longer)",
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="delete the run already in --out and start over (without it, an existing run is "
+        "never touched)",
     )
     p.add_argument(
         "--print-config", action="store_true", help="print the resolved config as YAML and exit"
@@ -112,10 +121,23 @@ def build_config(args: argparse.Namespace):
         "parallel.ep": getattr(args, "ep", None),
         "parallel.dp": getattr(args, "dp", None),
     }
-    sets = [f"{k}={v}" for k, v in flags.items() if v is not None]
+    given = {k: v for k, v in flags.items() if v is not None}
     # Flags are plain strings: keep them from being read as YAML (a path like "2024.jsonl").
-    cfg = cfg.with_overrides({k: v for k, v in flags.items() if v is not None}) if sets else cfg
-    return apply_overrides(cfg, args.overrides)
+    cfg = cfg.with_overrides(given) if given else cfg
+    cfg = apply_overrides(cfg, args.overrides)
+    data_set = (
+        args.config
+        or any(k.startswith("data.") for k in given)
+        or any(o.strip().startswith("data.") for o in args.overrides)
+    )
+    if args.init_from and not data_set and not args.resume:
+        # Fine-tuning a saved model: by default on the data its run was trained on.
+        from vlmoe.recipes.run import data_of_run
+
+        data = data_of_run(args.init_from)
+        if data is not None:
+            cfg = cfg.replace(data=data)
+    return cfg
 
 
 def run(args: argparse.Namespace) -> int:
@@ -129,20 +151,33 @@ def run(args: argparse.Namespace) -> int:
     if args.print_config:
         print(cfg.to_yaml(), end="")
         return 0
-    from vlmoe.recipes.run import train
+    from vlmoe.recipes.run import describe_run, start_run, train
 
+    if args.resume and args.overwrite:
+        raise CLIError("--resume and --overwrite contradict each other: choose one")
     out = Path(
         args.out
         or f"runs/{Path(cfg.model.init_from).name if cfg.model.init_from else cfg.model.preset}"
     )
     if (args.nproc or 1) > 1 or args.nnodes > 1:
         return _launch(args, cfg, out)
-    result = train(cfg, out, resume=args.resume)
-    if os.environ.get("RANK", "0") != "0":  # under torchrun, rank 0 reports
+    # Under torchrun, rank 0 alone checks (and with --overwrite clears) the run directory,
+    # prints and reports; every rank trains.
+    rank0 = os.environ.get("RANK", "0") == "0"
+    cfg, run = start_run(cfg, out, args.resume, args.overwrite, check_dir=rank0)
+    if not rank0:
+        train(cfg, out, resume=args.resume, run=run)
         return 0
-    last = result.losses[-1] if result.losses else float("nan")
+    for line in describe_run(run, out):
+        print(line, flush=True)
+    result = train(cfg, out, resume=args.resume, run=run)
     speed = f"{result.seconds:.0f}s ({result.examples_per_s:.0f} examples/s)"
-    print(f"trained {result.steps} steps in {speed}, final loss {last:.4f}")
+    window = result.losses[-min(10, len(result.losses)) :] or [float("nan")]
+    print(
+        f"trained to step {result.steps} in {speed}; loss at the last step "
+        f"{result.losses[-1] if result.losses else float('nan'):.4f}, mean of the last "
+        f"{len(window)} steps {sum(window) / len(window):.4f}"
+    )
     for key, value in result.eval.items():
         if (
             isinstance(value, float)
@@ -161,6 +196,7 @@ def _launch(args: argparse.Namespace, cfg, out: Path) -> int:
     from vlmoe.distributed import DistributedError
     from vlmoe.distributed.launch import launch
     from vlmoe.models.checkpoint import write_text_atomic
+    from vlmoe.recipes.run import check_run_dir
 
     if "WORLD_SIZE" in os.environ:
         raise CLIError("--nproc inside a torchrun worker: start either torchrun or --nproc")
@@ -170,6 +206,8 @@ def _launch(args: argparse.Namespace, cfg, out: Path) -> int:
             f"train.batch_size={cfg.train.batch_size} does not split over "
             f"{nproc * args.nnodes} processes; use a multiple of {nproc * args.nnodes}"
         )
+    # Checked (and with --overwrite cleared) once, here: the workers find it ready.
+    check_run_dir(out, args.resume, args.overwrite)
     # Every worker reads the same resolved config.
     out.mkdir(parents=True, exist_ok=True)
     config = out / "launch.yaml"

@@ -198,11 +198,15 @@ class Runtime:
 
     def all_finite(self, ok: bool) -> bool:
         """True only if `ok` holds on every rank, so that all ranks stop together."""
+        return not self.any_rank(not ok)
+
+    def any_rank(self, flag: bool) -> bool:
+        """True if `flag` holds on any rank (the same answer on every rank)."""
         if not self.mesh.distributed:
-            return ok
-        flag = torch.tensor([0.0 if ok else 1.0], device=self.mesh.device)
-        dist.all_reduce(flag, group=self.mesh.world_group)
-        return float(flag) == 0.0
+            return flag
+        value = torch.tensor([1.0 if flag else 0.0], device=self.mesh.device)
+        dist.all_reduce(value, group=self.mesh.world_group)
+        return float(value) > 0.0
 
     def mean_metrics(self, metrics: dict[str, float]) -> dict[str, float]:
         """Each value averaged over ranks (the keys must match on every rank)."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from vlmoe.config import Config, ConfigError
+from vlmoe.config import Config, ConfigError, suggest
 from vlmoe.models.base import architectures
 
 if TYPE_CHECKING:
@@ -54,44 +54,17 @@ def list_presets(architecture: str | None = None) -> list[str]:
 
 def get_preset(name: str) -> Preset:
     if name not in _PRESETS:
-        raise ConfigError(f"unknown preset {name!r}; available: {list_presets()}")
+        raise ConfigError(
+            f"unknown preset {name!r}{suggest(name, list(_PRESETS))} (see --list-presets)"
+        )
     return _PRESETS[name]
-
-
-def _leaf_paths(data: dict[str, Any], prefix: str = "") -> list[str]:
-    paths = []
-    for key, value in data.items():
-        paths.append(prefix + key)
-        if isinstance(value, dict):
-            paths.extend(_leaf_paths(value, prefix + key + "."))
-    return paths
-
-
-def resolve_overrides(config: Config, overrides: dict[str, Any]) -> dict[str, Any]:
-    """Map bare field names to their unique dotted path; dotted keys pass through."""
-    paths = _leaf_paths(config.to_dict())
-    resolved = {}
-    for key, value in overrides.items():
-        if "." in key or key in config.to_dict():
-            resolved[key] = value
-            continue
-        matches = [p for p in paths if p.rsplit(".", 1)[-1] == key]
-        if len(matches) != 1:
-            hint = (
-                f"it matches {matches}; use the dotted key" if matches else f"valid keys: {paths}"
-            )
-            raise ConfigError(
-                f"override {key!r} is {'ambiguous' if matches else 'unknown'}: {hint}"
-            )
-        resolved[matches[0]] = value
-    return resolved
 
 
 def preset_config(name: str, **overrides: Any) -> Config:
     """A fresh copy of the preset's config with `overrides` applied and validated."""
     config = get_preset(name).config
     config = type(config).from_dict(config.to_dict())
-    return config.with_overrides(resolve_overrides(config, overrides)) if overrides else config
+    return config.with_overrides(overrides) if overrides else config
 
 
 def create_model(name: str, **overrides: Any) -> PretrainedModel:

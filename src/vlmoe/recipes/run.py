@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from vlmoe.config import ConfigError
 from vlmoe.data.registry import load_dataset
 from vlmoe.data.shapes import ShapesConfig
 from vlmoe.data.tokenizer import Tokenizer
@@ -32,13 +34,13 @@ from vlmoe.distributed.runtime import Runtime
 from vlmoe.eval.routing import RoutingEvaluator, moe_layer_names
 from vlmoe.eval.runner import evaluate as run_evaluators
 from vlmoe.models import load_model
-from vlmoe.models.base import architectures
+from vlmoe.models.base import architectures, count_parameters
 from vlmoe.models.checkpoint import CheckpointError, read_config
-from vlmoe.models.registry import get_preset, preset_config, resolve_overrides
+from vlmoe.models.registry import get_preset, preset_config
 from vlmoe.tasks import Task, TaskDataset, TaskInfo, eval_loader, resolve_task
 from vlmoe.train.checkpoint import latest_checkpoint
 from vlmoe.train.config import DataSelection, ModelSelection, RunConfig
-from vlmoe.train.metrics import MetricsLogger
+from vlmoe.train.metrics import MetricsLogger, ProgressLoader
 from vlmoe.train.trainer import Trainer, TrainResult
 
 log = logging.getLogger(__name__)
@@ -62,6 +64,7 @@ def load_datasets(data: DataSelection, image_size: int) -> tuple[Any, Any]:
         )
     if data.name in ("mnist", "digits", "photos"):
         return load_dataset(data.name, "train"), load_dataset(data.name, "test")
+    opts.update(on_error=data.on_error, check=data.check)
     train_set = _file_dataset(data, data.path, opts)
     if data.eval_path:
         return train_set, _file_dataset(data, data.eval_path, opts)
@@ -103,27 +106,12 @@ def model_image_size(config: Any) -> int:
     return vision.image_size if vision is not None else config.image_size
 
 
-def config_field(config: Any, name: str) -> Any:
-    """The value of field `name` anywhere in a nested config (first found), else None."""
-    if hasattr(config, name):
-        return getattr(config, name)
-    for f in dataclasses.fields(config):
-        value = getattr(config, f.name)
-        if dataclasses.is_dataclass(value):
-            found = config_field(value, name)
-            if found is not None:
-                return found
-    return None
-
-
 def _model_config(sel: ModelSelection) -> tuple[str, Any]:
     """(architecture, config) of the model a selection names, overrides applied."""
     if sel.init_from:
         return read_config(sel.init_from)
     config = preset_config(sel.preset)
-    return get_preset(sel.preset).architecture, config.with_overrides(
-        resolve_overrides(config, dict(sel.overrides))
-    )
+    return get_preset(sel.preset).architecture, config.with_overrides(dict(sel.overrides))
 
 
 def build_model(sel: ModelSelection, task: Task, vocab_size: int | None) -> nn.Module:
@@ -134,17 +122,14 @@ def build_model(sel: ModelSelection, task: Task, vocab_size: int | None) -> nn.M
     preset = get_preset(sel.preset)
     config = preset_config(sel.preset)
     auto: dict[str, Any] = {
-        k: v for k, v in task.model_sizes().items() if config_field(config, k) is not None
+        k: v for k, v in task.model_sizes().items() if config.find(k) is not None
     }
-    if vocab_size is not None and config_field(config, "vocab_size") is not None:
+    if vocab_size is not None and config.find("vocab_size") is not None:
         auto["vocab_size"] = vocab_size
-    if task.info.max_len and config_field(config, "max_seq_len") is not None:
+    if task.info.max_len and config.find("max_seq_len") is not None:
         auto["max_seq_len"] = task.info.max_len
-    overrides = {
-        **resolve_overrides(config, auto),
-        **resolve_overrides(config, dict(sel.overrides)),
-    }
-    return architectures()[preset.architecture](config.with_overrides(overrides))
+    config = config.with_overrides(auto).with_overrides(dict(sel.overrides))
+    return architectures()[preset.architecture](config)
 
 
 # ----------------------------------------------------------------------------- a run
@@ -181,9 +166,9 @@ def prepare(cfg: RunConfig) -> Run:
         if sel.init_from:
             tokenizer = Tokenizer.load(sel.init_from)
         else:
-            vocab = cfg.data.tokenizer_vocab or config_field(model_cfg, "vocab_size") or 512
+            vocab = cfg.data.tokenizer_vocab or model_cfg.find("vocab_size") or 512
             tokenizer = train_tokenizer(train_set, vocab)
-        max_len = config_field(model_cfg, "max_seq_len") or 32
+        max_len = model_cfg.find("max_seq_len") or 32
     info = TaskInfo(
         task_cls.name,
         architecture,
@@ -212,8 +197,12 @@ def make_evaluators(
     MoE model."""
     if run.eval_data is None:
         return {}
-    loader = eval_loader(
-        run.eval_data, run.task.collate, batch_size, run.cfg.data.num_workers, max_examples
+    loader = ProgressLoader(
+        eval_loader(
+            run.eval_data, run.task.collate, batch_size, run.cfg.data.num_workers, max_examples
+        ),
+        f"eval {run.task.name}",
+        run.cfg.train.progress,
     )
     out = run.task.evaluators(loader)
     if routing and moe_layer_names(run.model):
@@ -252,14 +241,130 @@ def make_trainer(run: Run, cfg: RunConfig, run_dir: str | Path, **kwargs: Any) -
     )
 
 
+def start_run(
+    cfg: RunConfig,
+    run_dir: str | Path,
+    resume: bool | str | Path = False,
+    overwrite: bool = False,
+    check_dir: bool = True,
+) -> tuple[RunConfig, Run]:
+    """Check the run directory (`check_run_dir`; one rank of a distributed run does, with
+    `check_dir`), settle a resumed run's config (`resume_config`) and prepare the run;
+    nothing is written yet."""
+    if check_dir:
+        check_run_dir(run_dir, bool(resume), overwrite)
+    if resume:
+        cfg = resume_config(RunConfig.from_yaml(Path(run_dir) / "config.yaml"), cfg)
+    return cfg, prepare(cfg)
+
+
+def describe_run(run: Run, run_dir: str | Path) -> list[str]:
+    """The start-of-run summary: model, parameters, task, data and split sizes, steps,
+    precision, threads, output directory."""
+    cfg = run.cfg
+    total, active = count_parameters(run.model)
+    source = cfg.model.init_from or cfg.model.preset
+    n_eval = len(run.eval_data) if run.eval_data is not None else 0
+    data = cfg.data.name + (f" ({cfg.data.path})" if cfg.data.path else "")
+    steps = cfg.train.total_steps
+    return [
+        f"model:  {source} ({run.info.architecture}), {total:,} parameters, {active:,} active",
+        f"task:   {run.task.name}",
+        f"data:   {data}: {len(run.train_data or [])} training / {n_eval} held-out examples",
+        f"train:  {steps} steps of {cfg.train.batch_size} x {cfg.train.grad_accum}, "
+        f"{cfg.train.precision}, {torch.get_num_threads()} threads",
+        f"out:    {run_dir}",
+    ]
+
+
+def data_of_run(model_dir: str | Path) -> DataSelection | None:
+    """The data selection of the run a model directory came from (its config.yaml), if any."""
+    cfg = _run_config_near(resolve_model_dir(model_dir))
+    return cfg.data if cfg is not None else None
+
+
+RUN_ENTRIES = ("config.yaml", "metrics.jsonl", "checkpoints", MODEL_DIR, "eval.json")
+
+
+def check_run_dir(run_dir: str | Path, resume: bool, overwrite: bool = False) -> None:
+    """A run directory never mixes two runs' histories: a new run refuses a directory that
+    holds a run unless `overwrite` (which clears it first); `resume` needs a run to resume."""
+    run_dir = Path(run_dir)
+    held = [e for e in RUN_ENTRIES if (run_dir / e).exists()]
+    if resume:
+        if not (run_dir / "config.yaml").is_file() or latest_checkpoint(run_dir) is None:
+            raise CheckpointError(
+                f"{run_dir}: nothing to resume (no config.yaml and checkpoints/step_* there)"
+            )
+        return
+    if not held:
+        return
+    if not overwrite:
+        last = latest_checkpoint(run_dir)
+        at = f", last checkpoint {last.name}" if last is not None else ""
+        raise ConfigError(
+            f"{run_dir} already holds a run ({', '.join(held)}{at}); pass --resume to continue "
+            "it, --overwrite to delete it and start over, or choose another --out"
+        )
+    for entry in held:
+        path = run_dir / entry
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+    log.warning("--overwrite: deleted the run in %s (%s)", run_dir, ", ".join(held))
+
+
+RESUMABLE_CHANGES = ("train.steps",)  # settings a resumed run may change (longer training)
+
+
+def resume_config(saved: RunConfig, requested: RunConfig) -> RunConfig:
+    """The config a resumed run continues with: the saved one, with only the changes in
+    `RESUMABLE_CHANGES` (e.g. more steps) taken from `requested`; any other difference is a
+    ConfigError that names each changed setting."""
+    old, new = _flat(saved.to_dict()), _flat(requested.to_dict())
+    changed = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
+    refused = [k for k in changed if k not in RESUMABLE_CHANGES]
+    if refused:
+        diff = "; ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in refused)
+        raise ConfigError(
+            f"--resume continues the run with its saved config.yaml, but these settings differ: "
+            f"{diff}. Resume without them, or start a new run (--out elsewhere)"
+        )
+    if requested.train.steps < saved.train.steps:
+        raise ConfigError(
+            f"--resume: train.steps={requested.train.steps} is fewer than the run's "
+            f"{saved.train.steps}; a resumed run can only train longer"
+        )
+    for k in changed:
+        log.warning("resume: %s changed from %r to %r", k, old.get(k), new.get(k))
+    return requested
+
+
+def _flat(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in data.items():
+        if isinstance(v, dict) and v and k != "overrides":
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[prefix + k] = v
+    return out
+
+
 def train(
-    cfg: RunConfig, run_dir: str | Path, resume: bool | str | Path = False, run: Run | None = None
+    cfg: RunConfig,
+    run_dir: str | Path,
+    resume: bool | str | Path = False,
+    run: Run | None = None,
+    overwrite: bool = False,
 ) -> TrainResult:
     """Prepare (unless `run` is given), train, evaluate, and save `run_dir/model` + eval.json.
 
+    `resume=True` continues the run in `run_dir` (its saved config wins, see `resume_config`);
+    a new run refuses a directory that holds one unless `overwrite` (`check_run_dir`).
+
     Under torchrun every rank calls it (`cfg.parallel` says how the model is spread); rank 0
-    alone evaluates and writes the model, from a single-process copy with every expert."""
-    run = run or prepare(cfg)
+    alone evaluates and writes the model, from a single-process copy with every expert.
+    """
+    if run is None:
+        cfg, run = start_run(cfg, run_dir, resume, overwrite)
     run_dir = Path(run_dir)
     ev = cfg.eval
     runtime = Runtime.start(cfg.parallel, run.model)
@@ -343,13 +448,19 @@ def load_trained(path: str | Path) -> tuple[nn.Module, Task]:
             resolve_task("auto", arch).name,
             arch,
             model_image_size(model.config),
-            config_field(model.config, "max_seq_len") or 0,
+            model.config.find("max_seq_len") or 0,
         )
     tokenizer = None
     if (directory / "tokenizer.json").is_file():
         tokenizer = Tokenizer.load(directory)
+    task_cls = resolve_task(info.task, info.architecture)
+    if task_cls.needs_text and tokenizer is None:
+        raise CheckpointError(
+            f"{directory}: no tokenizer.json, but this {info.architecture} model ({info.task}) "
+            "reads text: copy in the tokenizer.json it was trained with"
+        )
     model.eval()
-    return model, resolve_task(info.task, info.architecture)(info, tokenizer)
+    return model, task_cls(info, tokenizer)
 
 
 def _run_config_near(directory: Path) -> RunConfig | None:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Literal
 
-from vlmoe.config import Config, ConfigError, _parse_scalar, check
+from vlmoe.config import Config, check, parse_override
 from vlmoe.distributed.mesh import ParallelConfig
 
 Precision = Literal["fp32", "bf16"]
@@ -129,7 +129,8 @@ class TrainConfig(Config):
     num_threads: int | None = None  # torch intra-op CPU threads; None = torch's default
     log_every: int = 10
     eval_every: int = 0  # 0 = only at the end
-    checkpoint_every: int = 0  # 0 = only at the end
+    # None = about every tenth of the run; 0 = only at the end (and on Ctrl-C).
+    checkpoint_every: int | None = None
     keep_last: int = 2
     progress: Literal["auto", "bar", "none"] = "auto"  # tqdm bar (auto = when stderr is a tty)
     tensorboard: Literal["auto", "none"] = "auto"  # auto = when tensorboard is installed
@@ -143,7 +144,7 @@ class TrainConfig(Config):
             check(self.num_threads >= 1, f"train.num_threads must be >= 1, got {self.num_threads}")
         for name in ("eval_every", "checkpoint_every"):
             value = getattr(self, name)
-            check(value >= 0, f"train.{name} must be >= 0, got {value}")
+            check(value is None or value >= 0, f"train.{name} must be >= 0, got {value}")
         names = [s.name for s in self.stages]
         check(
             len(set(names)) == len(names), f"train.stages: stage names must be unique, got {names}"
@@ -174,6 +175,10 @@ class DataSelection(Config):
     seed: int = 0
     tokenizer_vocab: int | None = None  # None = the model preset's vocab_size
     num_workers: int = 0  # DataLoader worker processes (0 = load in the training process)
+    # Your files: a bad image or line stops the run ("raise", naming file and line) or is left
+    # out and counted ("skip"); "check" reads each image's header up front, or decodes it all.
+    on_error: Literal["raise", "skip"] = "raise"
+    check: Literal["none", "header", "decode"] = "header"
     options: dict[str, Any] = dataclasses.field(default_factory=dict)  # passed to the dataset
 
     def __post_init__(self) -> None:
@@ -237,22 +242,6 @@ class RunConfig(Config):
     parallel: ParallelConfig = dataclasses.field(default_factory=ParallelConfig)
 
 
-def parse_value(text: str) -> Any:
-    """A `--set` value read as YAML, plus what YAML 1.1 leaves as strings: `3e-4` is a float."""
-
-    value = _parse_scalar(text)
-    if isinstance(value, str):
-        try:
-            return (
-                float(value)
-                if any(c in value for c in ".eE") or value.lower() in ("inf", "-inf", "nan")
-                else value
-            )
-        except ValueError:
-            return value
-    return value
-
-
 def apply_overrides(cfg: RunConfig, overrides: list[str]) -> RunConfig:
     """`--set key=value` overrides of a run config.
 
@@ -266,15 +255,12 @@ def apply_overrides(cfg: RunConfig, overrides: list[str]) -> RunConfig:
     plain: dict[str, Any] = {}
     model_over = dict(cfg.model.overrides)
     for text in overrides:
-        key, sep, raw = text.partition("=")
-        key = key.strip()
-        if not sep or not key:
-            raise ConfigError(f"override {text!r} is not of the form key=value")
+        key, value = parse_override(text)
         parts = key.split(".")
         if parts[0] == "model" and len(parts) > 1 and parts[1] not in own:
-            model_over[".".join(parts[1:])] = parse_value(raw.strip())
+            model_over[".".join(parts[1:])] = value
         else:
-            plain[key] = parse_value(raw.strip())
+            plain[key] = value
     cfg = cfg.with_overrides(plain) if plain else cfg
     if model_over != cfg.model.overrides:
         cfg = cfg.with_overrides({"model.overrides": model_over})

@@ -26,6 +26,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import signal
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -37,6 +39,7 @@ from torch import Tensor, nn
 
 from vlmoe.data.order import DataOrder
 from vlmoe.distributed.runtime import Runtime
+from vlmoe.models.checkpoint import write_text_atomic
 from vlmoe.moe.layer import update_balance_bias
 from vlmoe.tasks.base import StepOutput
 from vlmoe.tasks.data import train_loader
@@ -133,6 +136,31 @@ def locate_nonfinite_forward(model: nn.Module, run_forward: Callable[[], Any]) -
         if not torch.isfinite(p).all():
             return f"{name} (parameter holds NaN/Inf)"
     return found[0] if found else None
+
+
+class StopRequest:
+    """Ctrl-C (SIGINT) during training asks the loop to stop after the step in progress, so
+    the checkpoint it then writes is consistent; a second Ctrl-C stops at once. Only in the
+    main thread (elsewhere signals cannot be caught, and Ctrl-C works as usual)."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: Any = None
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        log.warning("stopping after this step to write a checkpoint (Ctrl-C again to stop now)")
+
+    def __enter__(self) -> StopRequest:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
 
 
 @dataclass
@@ -474,9 +502,11 @@ class Trainer:
         self.model.train()
         return results
 
-    def _maybe_checkpoint(self, loop: _Loop, done: int) -> None:
+    def _maybe_checkpoint(self, loop: _Loop, done: int, now: bool = False) -> None:
         every = self.cfg.train.checkpoint_every
-        if done != loop.total and not (every and done % every == 0):
+        if every is None:  # periodic checkpoints sized to the run
+            every = max(1, math.ceil(loop.total / 10))
+        if not now and done != loop.total and not (every and done % every == 0):
             return
         index = loop.stage_of(done - 1)
         # Gathered on every rank (experts, FSDP shards, optimizer moments); rank 0 writes.
@@ -506,19 +536,27 @@ class Trainer:
 
     def fit(self, resume: bool | str | Path = False) -> TrainResult:
         """Train to `cfg.train.total_steps`; `resume=True` continues from the latest checkpoint."""
+        loop = self._setup(resume)  # a failed resume stops here, before anything is written
         self.run_dir.mkdir(parents=True, exist_ok=True)
         if self.runtime.is_rank0:
-            self.cfg.to_yaml(self.run_dir / "config.yaml")
-        loop = self._setup(resume)
+            write_text_atomic(self.run_dir / "config.yaml", self.cfg.to_yaml())
         t0 = time.perf_counter()
         try:
-            for step in range(loop.start, loop.total):
-                self._train_step(loop, step)
-                done = step + 1
-                if done % self.cfg.train.log_every == 0 or done == loop.total:
-                    self._log_window(loop, done)
-                self._maybe_evaluate(loop, done)
-                self._maybe_checkpoint(loop, done)
+            with StopRequest() as stop:
+                for step in range(loop.start, loop.total):
+                    self._train_step(loop, step)
+                    done = step + 1
+                    if done % self.cfg.train.log_every == 0 or done == loop.total:
+                        self._log_window(loop, done)
+                    self._maybe_evaluate(loop, done)
+                    # A stop asked on any rank stops every rank, after one checkpoint.
+                    stopping = self.runtime.any_rank(stop.requested)
+                    self._maybe_checkpoint(loop, done, now=stopping)
+                    if stopping:
+                        raise KeyboardInterrupt(
+                            f"interrupted after step {done}; checkpoint {loop.checkpoint} "
+                            "written: continue with --resume"
+                        )
         finally:
             loop.progress.close()
             loop.metrics.close()

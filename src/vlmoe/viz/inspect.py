@@ -27,6 +27,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
+from vlmoe.config import ConfigError
 from vlmoe.data.images import load_image, to_rgb_array
 from vlmoe.eval.routing import RoutingStats, moe_layer_names
 from vlmoe.moe.layer import MoEAux
@@ -97,7 +98,7 @@ def inspect_model(
     """
     layer_names = moe_layer_names(model)
     if not layer_names:
-        raise ValueError(
+        raise ConfigError(
             f"{type(model).__name__} has no MoE layers: nothing to inspect (dense model)"
         )
     rgb = load_rgb(image)

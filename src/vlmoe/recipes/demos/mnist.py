@@ -35,6 +35,7 @@ from torch import Tensor, nn
 from vlmoe.config import MoEConfig
 from vlmoe.data.real import MnistDataset
 from vlmoe.models.base import count_parameters
+from vlmoe.models.presets import twin_moe
 from vlmoe.moe.layer import MoELayer
 from vlmoe.nn.mlp import MLP
 from vlmoe.train.config import RunConfig
@@ -207,7 +208,7 @@ def train_one(
 
 def moe_config(dim: int = 64) -> MoEConfig:
     """Top-2 of 8 SwiGLU experts of hidden width 64: active FFN width 2 x 64 = the dense 128."""
-    return MoEConfig(dim=dim, hidden_dim=64, num_experts=8, top_k=2)
+    return twin_moe(dim, 128, num_experts=8, top_k=2)
 
 
 def run(
