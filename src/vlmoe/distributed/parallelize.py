@@ -133,20 +133,40 @@ def _sum_into(grads: list[Tensor], group, scale: float) -> None:
 
 
 @torch.no_grad()
+def used_parameters(model: nn.Module, mesh: Mesh, names: set[str] | None = None):
+    """(name, parameter) of the trainable parameters (among `names`, if given) that have a
+    gradient on some rank; where a rank has none, it gets zeros to add. A parameter no rank
+    used keeps `grad=None`, so the optimizer skips it as on one process (AdamW would otherwise
+    decay it). One small all-reduce, in the same order on every rank."""
+    params = [
+        (n, p)
+        for n, p in model.named_parameters()
+        if p.requires_grad and (names is None or n in names)
+    ]
+    if not params:
+        return []
+    has = torch.tensor([float(p.grad is not None) for _, p in params], device=mesh.device)
+    dist.all_reduce(has, group=mesh.world_group)
+    used = []
+    for (name, p), h in zip(params, has.tolist()):
+        if h > 0:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+            used.append((name, p))
+    return used
+
+
+@torch.no_grad()
 def reduce_gradients(model: nn.Module, mesh: Mesh) -> None:
     """Turn every rank's local gradients into the gradient of the mean of the ranks' losses.
 
-    Every trainable parameter takes part (a missing gradient counts as zero), so the collectives
-    match across ranks whatever each rank's data touched."""
+    The collectives match across ranks whatever each rank's data touched (see
+    `used_parameters`)."""
     if not mesh.distributed:
         return
     expert_names = expert_parameter_names(model)
     dense, experts = [], []
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        if p.grad is None:
-            p.grad = torch.zeros_like(p)
+    for name, p in used_parameters(model, mesh):
         (experts if name in expert_names else dense).append(p.grad)
     scale = 1.0 / mesh.world_size
     _sum_into(dense, mesh.world_group, scale)

@@ -45,6 +45,7 @@ from vlmoe.distributed.parallelize import (
     parallelize,
     reduce_gradients,
     shard_like,
+    used_parameters,
 )
 from vlmoe.moe.layer import MoEAux
 from vlmoe.nn.block import Block
@@ -151,12 +152,7 @@ class Runtime:
         if self.cfg.dp == "ddp":
             reduce_gradients(self.module, self.mesh)
             return
-        grads = []
-        for name, p in self.module.named_parameters():
-            if name in self._experts and p.requires_grad:
-                if p.grad is None:
-                    p.grad = torch.zeros_like(p)
-                grads.append(p.grad)
+        grads = [p.grad for _, p in used_parameters(self.module, self.mesh, self._experts)]
         if grads:
             group = self.mesh.edp_group if self.mesh.ep > 1 else self.mesh.world_group
             _sum_into(grads, group, 1.0 / self.world_size)
