@@ -218,3 +218,68 @@ def eval_generate_worker(rank, world, out_dir) -> None:
     kw = dict(images=images, max_new_tokens=4 + 3 * rank, stop_tokens=[5, 6])
     torch.testing.assert_close(local.generate(prompt, **kw), reference.generate(prompt, **kw))
     dist.barrier()
+
+
+CLIP = 0.5
+RUNTIME_MOE = dict(hidden_dim=16, num_experts=8, top_k=2, num_shared_experts=1)
+
+
+def reference_run(moe: dict, start: int, stop: int, ckpt_in=None, ckpt_out=None) -> dict:
+    """Steps [start, stop) on one process with gradient clipping, from a checkpoint or from
+    the initial weights; optionally save a checkpoint at the end."""
+    from vlmoe.train.checkpoint import load_checkpoint, save_checkpoint
+
+    model = build(moe)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    if ckpt_in is not None:
+        load_checkpoint(ckpt_in, model, opt, restore_rng_state=False)
+    out = {}
+    for step in range(start, stop):
+        _, loss = step_loss(model, batch(step))
+        loss.backward()
+        norm = torch.nn.utils.clip_grad_norm_(model.parameters(), CLIP)
+        out[f"loss/{step}"] = loss.detach().reshape(1)
+        out[f"grad_norm/{step}"] = norm.reshape(1)
+        opt.step()
+        opt.zero_grad()
+    if ckpt_out is not None:
+        save_checkpoint(ckpt_out, stop, model, opt, {})
+    out.update({f"param/{n}": p.detach().clone() for n, p in model.named_parameters()})
+    return out
+
+
+def runtime_worker(rank, world, out_dir, dp: str, ep, start: int, stop: int, ckpt_in=None):
+    """The `Runtime` call sequence of a training loop, with checkpoint resume across sizes."""
+    from vlmoe.distributed.runtime import Runtime
+    from vlmoe.train.checkpoint import load_checkpoint, save_checkpoint
+
+    model = build(RUNTIME_MOE)
+    rt = Runtime.start(ParallelConfig(ep=ep, dp=dp, timeout_s=60), model)
+    wrapped = rt.wrap(model)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    if ckpt_in is not None:
+        plain = rt.plain_model()
+        load_checkpoint(ckpt_in, plain, rt.optimizer_for_loading(opt), restore_rng_state=False)
+        rt.load_full_state_dict(plain.state_dict())
+    out = {}
+    for step in range(start, stop):
+        full = batch(step)
+        idx = rt.local_indices(list(range(full["x"].shape[0])))
+        local = {k: v[idx] for k, v in full.items()}
+        _, loss = step_loss(wrapped, local, rt.global_aux)
+        loss.backward()
+        rt.finish_backward()
+        norm = rt.clip_grad_norm(CLIP)
+        assert rt.all_finite(True)
+        mean = rt.mean_metrics({"loss": float(loss)})["loss"]
+        out[f"loss/{step}"] = torch.tensor([mean])
+        out[f"grad_norm/{step}"] = torch.tensor([norm])
+        opt.step()
+        opt.zero_grad()
+    full_model = rt.full_model()
+    saved = rt.optimizer_for_saving(opt)
+    if rt.is_rank0:
+        save_checkpoint(f"{out_dir}/run", stop, full_model, saved, {})
+    rt.barrier()
+    out.update({f"param/{n}": p.detach() for n, p in full_model.named_parameters()})
+    save_file({k: v.contiguous() for k, v in out.items()}, f"{out_dir}/rt.rank{rank}.safetensors")
