@@ -298,6 +298,9 @@ class MoEConfig(Config):
     # None = dropless. Otherwise capacity per expert = ceil(capacity_factor * T * k / E).
     capacity_factor: float | None = None
     drop_policy: Literal["position", "score"] = "score"
+    # Tokens per capacity group (GShard): capacity and drop priority (and expert choice's picks)
+    # are counted within each run of this many consecutive tokens. None = the whole batch.
+    capacity_group_size: int | None = None
     # Expert choice: each expert takes ceil(capacity * T / E) tokens (Zhou et al. 2022).
     expert_choice_capacity: float = 2.0
     # Soft MoE: slots per expert (Puigcerver et al. 2023).
@@ -330,6 +333,11 @@ class MoEConfig(Config):
             check(
                 self.capacity_factor > 0,
                 f"moe.capacity_factor must be > 0 or null (dropless), got {self.capacity_factor}",
+            )
+        if self.capacity_group_size is not None:
+            check(
+                self.capacity_group_size >= 1,
+                f"moe.capacity_group_size must be >= 1 or null, got {self.capacity_group_size}",
             )
         check(
             self.expert_choice_capacity > 0,

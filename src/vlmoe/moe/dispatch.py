@@ -10,6 +10,10 @@ the end of the buffer, where the experts return zeros, so a dropped pair adds no
 token passes through the residual. Which pairs an expert keeps follows a priority order: all
 first choices before any second choice, then either token position (`position`) or the token's
 top router weight, highest first (`score`: batch-prioritized routing, V-MoE, Riquelme et al. 2021).
+With `group_size` G, capacity is defined per group of G consecutive tokens (GShard's groups,
+Lepikhin et al. 2020): each expert keeps at most ceil(capacity_factor * G * K / E) pairs of every
+group, in the group's own priority order. A batch split across ranks along group boundaries then
+drops exactly the pairs one process drops (`vlmoe.distributed`).
 
 Both directions of the permutation are gathers (rows by index), in forward and in backward,
 through small autograd functions: no scatter-add, no atomics, deterministic, and the gradient of
@@ -45,6 +49,13 @@ class DispatchPlan:
     inverse_N: Tensor
     kept_TK: Tensor
     weights_TK: Tensor
+    # Expert parallelism: rows per local expert of the buffer `Experts` sees; None = counts_E.
+    local_counts: Tensor | None = None
+
+    @property
+    def expert_counts(self) -> Tensor:
+        """Rows per expert of the buffer handed to `Experts` (its own experts under EP)."""
+        return self.counts_E if self.local_counts is None else self.local_counts
 
 
 class _GatherPairs(torch.autograd.Function):
@@ -130,10 +141,12 @@ class Dispatcher:
         num_experts: int,
         capacity_factor: float | None = None,
         drop_policy: DropPolicy = "score",
+        group_size: int | None = None,
     ) -> None:
         self.num_experts = num_experts
         self.capacity_factor = capacity_factor
         self.drop_policy = drop_policy
+        self.group_size = group_size  # tokens per capacity group; None = the whole batch
 
     def plan(self, expert_ids_TK: Tensor, weights_TK: Tensor) -> DispatchPlan:
         """Sort the pairs by expert (kept pairs first, dropped ones at the end)."""
@@ -147,18 +160,27 @@ class Dispatcher:
             order_N = key_N.argsort(stable=True)
             kept_N = routed_N
         else:
-            C = capacity(T, K, E, self.capacity_factor)
+            G = self.group_size or T
+            if G and T % G:
+                raise ValueError(
+                    f"{T} tokens do not split into capacity groups of moe.capacity_group_size={G}"
+                )
+            groups = T // G if G else 1
+            C = capacity(G, K, E, self.capacity_factor)
             rank_N = _priority_rank(weights_TK, self.drop_policy)
-            key_N = torch.where(routed_N, ids_N, E) * N + rank_N
-            by_expert_N = key_N.argsort()
-            sorted_ids = torch.where(routed_N, ids_N, E)[by_expert_N]
-            counts_all = count_ids(sorted_ids, E + 1)
+            # One bin per (expert, group); unrouted pairs go to the last bin.
+            group_N = torch.arange(N, device=ids_N.device) // K // max(G, 1)
+            bin_N = torch.where(routed_N, ids_N * groups + group_N, E * groups)
+            key_N = bin_N * N + rank_N
+            by_bin_N = key_N.argsort()
+            sorted_bins = bin_N[by_bin_N]
+            counts_all = count_ids(sorted_bins, E * groups + 1)
             starts = torch.cumsum(counts_all, 0) - counts_all
-            slot_N = torch.arange(N, device=ids_N.device) - starts[sorted_ids]
-            kept_sorted = (slot_N < C) & (sorted_ids < E)
+            slot_N = torch.arange(N, device=ids_N.device) - starts[sorted_bins]
+            kept_sorted = (slot_N < C) & (sorted_bins < E * groups)
             kept_N = torch.empty_like(kept_sorted)
-            kept_N[by_expert_N] = kept_sorted
-            final_key = torch.where(kept_N, key_N, (E + 1) * N + rank_N)
+            kept_N[by_bin_N] = kept_sorted
+            final_key = torch.where(kept_N, key_N, (E * groups + 1) * N + rank_N)
             order_N = final_key.argsort()
         kept_ids = torch.where(kept_N, ids_N, E)
         counts_E = count_ids(kept_ids, E + 1)[:E]

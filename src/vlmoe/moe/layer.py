@@ -78,7 +78,9 @@ class MoELayer(nn.Module):
         self.experts = Experts(
             cfg.num_experts, cfg.dim, cfg.hidden_dim, cfg.activation, cfg.backend
         )
-        self.dispatcher = Dispatcher(cfg.num_experts, cfg.capacity_factor, cfg.drop_policy)
+        self.dispatcher = Dispatcher(
+            cfg.num_experts, cfg.capacity_factor, cfg.drop_policy, cfg.capacity_group_size
+        )
         self.shared_experts = None
         self.shared_gate = None
         if cfg.num_shared_experts:
@@ -107,7 +109,7 @@ class MoELayer(nn.Module):
         else:
             routing = self.router(x_TD, modality_T)
             x_ND, plan = self.dispatcher.dispatch(x_TD, routing.expert_ids_TK, routing.weights_TK)
-            y_ND = self.experts(x_ND, plan.counts_E)  # (N, D)
+            y_ND = self.experts(x_ND, plan.expert_counts)  # (N, D)
             y_TD = self.dispatcher.combine(y_ND, plan)  # (T, D)
             kept_TK, counts_E = plan.kept_TK, plan.counts_E
         if self.shared_experts is not None:

@@ -274,14 +274,24 @@ class ExpertChoiceRouter(nn.Module):
 
     def forward(self, x_TD: Tensor, modality_T: Tensor | None = None) -> RouterOutput:
         T, E = x_TD.shape[0], self.cfg.num_experts
-        C = expert_choice_capacity(self.cfg, T)
+        # With capacity_group_size G, experts choose within each group of G tokens (GShard's
+        # groups): C = ceil(capacity * G / E) per group, as if every group were a batch.
+        G = self.cfg.capacity_group_size or T
+        if G and T % G:
+            raise ValueError(
+                f"{T} tokens do not split into capacity groups of moe.capacity_group_size={G}"
+            )
+        groups = T // G if G else 1
+        C = expert_choice_capacity(self.cfg, G)
         with _no_autocast(x_TD.device.type):
             logits_TE = F.linear(x_TD.float(), self.gate.weight.float())
             probs_TE = softmax_experts(logits_TE)
             score_ET = probs_TE.t()
             if modality_T is not None:  # padding tokens are never chosen
                 score_ET = score_ET.masked_fill((modality_T < 0)[None, :], -1.0)
-            _, token_ids_EC = score_ET.topk(C, dim=-1)  # (E, C)
+            _, local_EgC = score_ET.reshape(E, groups, G).topk(C, dim=-1)  # (E, groups, C)
+            offsets = torch.arange(groups, device=x_TD.device)[None, :, None] * G
+            token_ids_EC = (local_EgC + offsets).reshape(E, -1)  # (E, groups * C)
             chosen_TE = torch.zeros(T, E, dtype=torch.bool, device=x_TD.device)
             chosen_TE[token_ids_EC, torch.arange(E, device=x_TD.device)[:, None]] = True
             expert_ids_TK = torch.where(chosen_TE, torch.arange(E, device=x_TD.device), -1)

@@ -30,6 +30,7 @@ from vlmoe.config import ConfigError
 from vlmoe.data.registry import load_dataset
 from vlmoe.data.shapes import ShapesConfig
 from vlmoe.data.tokenizer import Tokenizer
+from vlmoe.distributed.runtime import Runtime
 from vlmoe.eval.routing import RoutingEvaluator, moe_layer_names
 from vlmoe.eval.runner import evaluate as run_evaluators
 from vlmoe.models import load_model
@@ -241,11 +242,17 @@ def make_trainer(run: Run, cfg: RunConfig, run_dir: str | Path, **kwargs: Any) -
 
 
 def start_run(
-    cfg: RunConfig, run_dir: str | Path, resume: bool | str | Path = False, overwrite: bool = False
+    cfg: RunConfig,
+    run_dir: str | Path,
+    resume: bool | str | Path = False,
+    overwrite: bool = False,
+    check_dir: bool = True,
 ) -> tuple[RunConfig, Run]:
-    """Check the run directory (`check_run_dir`), settle a resumed run's config
-    (`resume_config`) and prepare the run; nothing is written yet."""
-    check_run_dir(run_dir, bool(resume), overwrite)
+    """Check the run directory (`check_run_dir`; one rank of a distributed run does, with
+    `check_dir`), settle a resumed run's config (`resume_config`) and prepare the run;
+    nothing is written yet."""
+    if check_dir:
+        check_run_dir(run_dir, bool(resume), overwrite)
     if resume:
         cfg = resume_config(RunConfig.from_yaml(Path(run_dir) / "config.yaml"), cfg)
     return cfg, prepare(cfg)
@@ -352,15 +359,23 @@ def train(
 
     `resume=True` continues the run in `run_dir` (its saved config wins, see `resume_config`);
     a new run refuses a directory that holds one unless `overwrite` (`check_run_dir`).
+
+    Under torchrun every rank calls it (`cfg.parallel` says how the model is spread); rank 0
+    alone evaluates and writes the model, from a single-process copy with every expert.
     """
     if run is None:
         cfg, run = start_run(cfg, run_dir, resume, overwrite)
     run_dir = Path(run_dir)
     ev = cfg.eval
+    runtime = Runtime.start(cfg.parallel, run.model)
 
     def evaluate_fn(model: nn.Module) -> dict[str, Any]:
         return evaluate(
-            run, None, max_examples=ev.max_examples, batch_size=ev.batch_size, routing=False
+            dataclasses.replace(run, model=model),
+            None,
+            max_examples=ev.max_examples,
+            batch_size=ev.batch_size,
+            routing=False,
         )
 
     trainer = make_trainer(
@@ -370,11 +385,18 @@ def train(
         evaluate=evaluate_fn if run.eval_data is not None else None,
         on_save=run.info.save,
         eval_at_end=False,
+        runtime=runtime,
     )
-    result = trainer.fit(resume=resume)
-    save_model(run, run_dir / MODEL_DIR)
-    # The final evaluation uses every held-out example (periodic ones use eval.max_examples).
-    final = evaluate(run, run_dir / "eval.json", batch_size=ev.batch_size)
+    try:
+        result = trainer.fit(resume=resume)
+        final_run = dataclasses.replace(run, model=runtime.full_model())  # collective
+        if not runtime.is_rank0:  # nothing left to do together: rank 0 evaluates alone
+            return result
+        save_model(final_run, run_dir / MODEL_DIR)
+        # The final evaluation uses every held-out example (periodic ones use max_examples).
+        final = evaluate(final_run, run_dir / "eval.json", batch_size=ev.batch_size)
+    finally:
+        runtime.close()
     if final:
         metrics = MetricsLogger(run_dir, resume_step=result.steps, tensorboard="none")
         metrics.log(

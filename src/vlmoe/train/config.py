@@ -20,6 +20,7 @@ import dataclasses
 from typing import Any, Literal
 
 from vlmoe.config import Config, check, parse_override
+from vlmoe.distributed.mesh import ParallelConfig
 
 Precision = Literal["auto", "fp32", "bf16"]
 
@@ -238,6 +239,7 @@ class RunConfig(Config):
     losses: MoELossConfig = dataclasses.field(default_factory=MoELossConfig)
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
     eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
+    parallel: ParallelConfig = dataclasses.field(default_factory=ParallelConfig)
 
 
 def apply_overrides(cfg: RunConfig, overrides: list[str]) -> RunConfig:
