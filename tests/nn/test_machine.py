@@ -125,8 +125,8 @@ def test_train_config_accepts_auto():
 def test_trainer_autocasts_as_auto_resolves(tmp_path, monkeypatch):
     """precision=auto asks the resolver, and trains in bf16 autocast when it says bf16."""
     import vlmoe.train.trainer as trainer_module
+    from vlmoe.recipes.run import train
     from vlmoe.train.config import RunConfig, apply_overrides
-    from vlmoe.train.run import train
 
     asked, dtypes = [], []
     monkeypatch.setattr(
