@@ -9,7 +9,9 @@ most C = ceil(capacity_factor * T * K / E) pairs (Switch, GShard); the rest are 
 the end of the buffer, where the experts return zeros, so a dropped pair adds nothing and the
 token passes through the residual. Which pairs an expert keeps follows a priority order: all
 first choices before any second choice, then either token position (`position`) or the token's
-top router weight, highest first (`score`: batch-prioritized routing, V-MoE, Riquelme et al. 2021).
+priority, highest first (`score`: batch-prioritized routing, V-MoE, Riquelme et al. 2021). The
+priority is the router's top probability *before* top-k renormalization (`priority_T`, given by
+the layer): after renormalization a top-1 weight is always 1 and would say nothing.
 
 Both directions of the permutation are gathers (rows by index), in forward and in backward,
 through small autograd functions: no scatter-add, no atomics, deterministic, and the gradient of
@@ -104,13 +106,17 @@ def count_ids(ids: Tensor, num_bins: int) -> Tensor:
     )
 
 
-def _priority_rank(weights_TK: Tensor, drop_policy: DropPolicy) -> Tensor:
-    """(T*K,) rank of every pair in keep-priority order (0 = kept first)."""
+def _priority_rank(
+    weights_TK: Tensor, drop_policy: DropPolicy, priority_T: Tensor | None = None
+) -> Tensor:
+    """(T*K,) rank of every pair in keep-priority order (0 = kept first). Under `score`, tokens
+    rank by `priority_T` (default: their top weight), highest first, ties by position."""
     T, K = weights_TK.shape
     if drop_policy == "position":
         token_order = torch.arange(T, device=weights_TK.device)
     else:  # batch-prioritized: tokens with the most confident router go first
-        token_order = weights_TK.max(dim=1).values.argsort(descending=True, stable=True)
+        score_T = weights_TK.max(dim=1).values if priority_T is None else priority_T
+        token_order = score_T.argsort(descending=True, stable=True)
     token_rank = torch.empty_like(token_order)
     token_rank[token_order] = torch.arange(T, device=weights_TK.device)
     rank_TK = torch.arange(K, device=weights_TK.device)[None, :] * T + token_rank[:, None]
@@ -135,8 +141,11 @@ class Dispatcher:
         self.capacity_factor = capacity_factor
         self.drop_policy = drop_policy
 
-    def plan(self, expert_ids_TK: Tensor, weights_TK: Tensor) -> DispatchPlan:
-        """Sort the pairs by expert (kept pairs first, dropped ones at the end)."""
+    def plan(
+        self, expert_ids_TK: Tensor, weights_TK: Tensor, priority_T: Tensor | None = None
+    ) -> DispatchPlan:
+        """Sort the pairs by expert (kept pairs first, dropped ones at the end). `priority_T`
+        ranks tokens for `drop_policy="score"` (the router's probability before renormalizing)."""
         T, K = expert_ids_TK.shape
         E, N = self.num_experts, T * K
         ids_N = expert_ids_TK.reshape(-1)
@@ -148,7 +157,7 @@ class Dispatcher:
             kept_N = routed_N
         else:
             C = capacity(T, K, E, self.capacity_factor)
-            rank_N = _priority_rank(weights_TK, self.drop_policy)
+            rank_N = _priority_rank(weights_TK, self.drop_policy, priority_T)
             key_N = torch.where(routed_N, ids_N, E) * N + rank_N
             by_expert_N = key_N.argsort()
             sorted_ids = torch.where(routed_N, ids_N, E)[by_expert_N]
@@ -168,10 +177,14 @@ class Dispatcher:
         return DispatchPlan(counts_E, order_N, inverse_N, kept_TK, weights_TK)
 
     def dispatch(
-        self, x_TD: Tensor, expert_ids_TK: Tensor, weights_TK: Tensor
+        self,
+        x_TD: Tensor,
+        expert_ids_TK: Tensor,
+        weights_TK: Tensor,
+        priority_T: Tensor | None = None,
     ) -> tuple[Tensor, DispatchPlan]:
         """(T, D) tokens -> (N, D) buffer sorted by expert, and the plan to undo it."""
-        plan = self.plan(expert_ids_TK, weights_TK)
+        plan = self.plan(expert_ids_TK, weights_TK, priority_T)
         K = expert_ids_TK.shape[1]
         x_ND = _GatherPairs.apply(x_TD, plan.order_N, plan.inverse_N, K)
         return x_ND, plan
