@@ -64,6 +64,24 @@ def _full_scale(a: np.ndarray, mode: str) -> float:
     return float(2 ** int(np.ceil(np.log2(hi + 1))) - 1)
 
 
+_STRIP_PIXELS = 1 << 22  # large images are copied out of PIL a strip of rows at a time
+
+
+def _to_array(im: Image.Image) -> np.ndarray:
+    """`np.array(im)`, without the whole-image temporary that numpy's conversion makes (PIL
+    hands numpy a full `tobytes()` copy): for a 64-megapixel RGB image that is 192 MB less."""
+    w, h = im.size
+    if w * h <= _STRIP_PIXELS:
+        return np.array(im)
+    rows = max(1, _STRIP_PIXELS // w)
+    first = np.asarray(im.crop((0, 0, w, rows)))
+    out = np.empty((h, *first.shape[1:]), dtype=first.dtype)
+    out[:rows] = first
+    for y in range(rows, h, rows):
+        out[y : y + rows] = np.asarray(im.crop((0, y, w, min(h, y + rows))))
+    return out
+
+
 def _composite_on_white(im: Image.Image) -> Image.Image:
     rgba = im.convert("RGBA")
     white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
@@ -82,7 +100,7 @@ def pil_to_rgb(im: Image.Image) -> np.ndarray:
     """
     mode = im.mode
     if mode == "RGB":
-        return np.asarray(im, dtype=np.uint8).copy()
+        return _to_array(im)
     if mode.startswith("I;16"):
         return _grey_to_rgb(_scale_to_uint8(np.asarray(im).astype(np.uint16), 65535.0))
     if mode in ("I", "F"):
@@ -92,7 +110,7 @@ def pil_to_rgb(im: Image.Image) -> np.ndarray:
             a = (a + 1.0) / 2.0  # a signed normalized image, [-1, 1]
         return _grey_to_rgb(_scale_to_uint8(a, _full_scale(a, mode)))
     if mode in ("1", "L"):
-        return _grey_to_rgb(np.asarray(im.convert("L"), dtype=np.uint8))
+        return _grey_to_rgb(_to_array(im if mode == "L" else im.convert("L")))
     if mode == "P":
         has_alpha = "transparency" in im.info
         im = _composite_on_white(im) if has_alpha else im.convert("RGB")
@@ -183,7 +201,8 @@ def load_image(
     """
     with _open_checked(Path(path), max_pixels, where) as im:
         im.load()
-        im = ImageOps.exif_transpose(im) or im
+        # In place: without an orientation tag nothing is copied (the default returns a copy).
+        ImageOps.exif_transpose(im, in_place=True)
         return pil_to_rgb(im)
 
 

@@ -15,7 +15,6 @@ A decoder model given no text captions the image first and inspects the caption'
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -28,13 +27,21 @@ from PIL import Image
 from torch import Tensor
 
 from vlmoe.eval.routing import RoutingStats, moe_layer_names
+from vlmoe.io import write_json_atomic
 from vlmoe.moe.layer import MoEAux
 from vlmoe.viz.expert_load import plot_expert_load
-from vlmoe.viz.routing import LayerRouting, draw_patch_routing, layer_routing
+from vlmoe.viz.routing import (
+    MAX_DRAW_SIDE,
+    LayerRouting,
+    default_title,
+    draw_patch_routing,
+    layer_routing,
+)
 
 logger = logging.getLogger(__name__)
 
 Preprocess = Callable[[np.ndarray], Tensor]
+DISPLAY_MIN_SIDE = 256  # a 32-pixel model input is drawn enlarged, pixels kept sharp
 
 
 @dataclass
@@ -190,6 +197,8 @@ def inspect_model(
         preprocess = default_preprocess(*model_image_size(model))
     device = next(model.parameters()).device
     images = preprocess(rgb)[None].to(device)
+    shown = display_image(rgb)  # drawn from here on: the full-size image is no longer needed
+    del rgb
     tokenizer = tokenizer if tokenizer is not None else getattr(model, "tokenizer", None)
     arch = getattr(model, "architecture", None)
     was_training = model.training
@@ -215,7 +224,7 @@ def inspect_model(
     finally:
         model.train(was_training)
     return _write(
-        out, layer_names, rgb, tokens, text if caption else None, Path(out_dir), confidence
+        out, layer_names, shown, tokens, text if caption else None, Path(out_dir), confidence
     )
 
 
@@ -238,7 +247,17 @@ def _caption(model, tokenizer, images: Tensor, max_new_tokens: int) -> tuple[lis
     return ids, [_token_string(tokenizer, i) for i in ids]
 
 
-def _write(out, layer_names, rgb, tokens, caption, out_dir: Path, confidence) -> InspectResult:
+def display_image(rgb: np.ndarray) -> np.ndarray:
+    """What the model saw (a square resize) for drawing: `DISPLAY_MIN_SIDE` to `MAX_DRAW_SIDE`
+    pixels a side, so a huge input is downscaled once, here, and never drawn at full size."""
+    side = int(np.clip(max(rgb.shape[:2]), DISPLAY_MIN_SIDE, MAX_DRAW_SIDE))
+    image = Image.fromarray(rgb)
+    if max(rgb.shape[:2]) > side:  # box-reduce first: a 64-megapixel input costs one pass
+        return np.asarray(image.resize((side, side), Image.BOX, reducing_gap=2.0))
+    return np.asarray(image.resize((side, side), Image.LANCZOS))  # small inputs drawn sharp
+
+
+def _write(out, layer_names, shown, tokens, caption, out_dir: Path, confidence) -> InspectResult:
     aux_list: list[MoEAux] = list(out.moe_aux)
     text_aux = list(getattr(out, "text_moe_aux", []) or [])
     if text_aux:  # contrastive: the image pass and the text pass are separate lists
@@ -264,15 +283,16 @@ def _write(out, layer_names, rgb, tokens, caption, out_dir: Path, confidence) ->
             )
         )
     out_dir.mkdir(parents=True, exist_ok=True)
-    title = "Which expert each image patch and text token went to"
+    title = default_title(
+        any(x.patch_expert is not None for x in layers),
+        bool(tokens) and any(x.token_expert is not None for x in layers),
+    )
     if caption is not None:
         title += (
             f"\n(generated caption: {caption!r})"
             if caption
             else "\n(the generated caption is empty)"
         )
-    side = max(256, *rgb.shape[:2])  # what the model saw (a square resize), drawn sharp
-    shown = np.asarray(Image.fromarray(rgb).resize((side, side), Image.LANCZOS))
     routing_png = draw_patch_routing(
         shown,
         layers,
@@ -290,7 +310,7 @@ def _write(out, layer_names, rgb, tokens, caption, out_dir: Path, confidence) ->
         title="Expert load for this example",
     )
     routing_json = out_dir / "routing.json"
-    routing_json.write_text(json.dumps(_routing_record(layers, tokens, caption), indent=1) + "\n")
+    write_json_atomic(routing_json, _routing_record(layers, tokens, caption), indent=1)
     logger.debug("wrote %s, %s and %s", routing_png, load_png, routing_json)
     return InspectResult(routing_png, load_png, routing_json, layers, tokens, caption)
 
