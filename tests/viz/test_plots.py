@@ -10,10 +10,22 @@ from PIL import Image
 
 from vlmoe.config import MoEConfig
 from vlmoe.moe.layer import MoELayer
+from vlmoe.moe.router import modality_expert_mask
 from vlmoe.viz.common import DPI
 from vlmoe.viz.curves import default_metrics, plot_curves, read_metrics
 from vlmoe.viz.expert_load import load_fractions, load_from_results, plot_expert_load
-from vlmoe.viz.routing import layer_routing, plot_patch_routing, token_top1
+from vlmoe.viz.routing import (
+    MAX_DRAW_SIDE,
+    _nested_squares,
+    bounded_image,
+    default_title,
+    draw_patch_routing,
+    expert_group_names,
+    layer_routing,
+    plot_patch_routing,
+    token_ranked,
+    token_top1,
+)
 
 
 def png_size(path):
@@ -173,3 +185,52 @@ def test_default_metrics_prefer_task_loss_and_held_out_quality():
         "train/loss/moe/load_balance",
         "train/loss",
     ]
+
+
+def test_token_ranked_holds_every_kept_expert_by_weight():
+    (aux,) = routed_example(num_layers=1)
+    ranked = token_ranked(aux)
+    assert torch.equal(ranked[:, 0], token_top1(aux)[0])
+    w = aux.weights_TK
+    first_is_heavier = (w[:, 0] >= w[:, 1]).tolist()
+    for t, heavier in enumerate(first_is_heavier):
+        want = aux.expert_ids_TK[t].tolist() if heavier else aux.expert_ids_TK[t].flip(0).tolist()
+        assert ranked[t].tolist() == want
+    layer = layer_routing(aux, (4, 4), "moe0", num_text=5)
+    assert layer.patch_ranked.shape == (4, 4, 2) and layer.token_ranked.shape == (5, 2)
+    assert layer.patch_ranked[..., 0].tolist() == layer.patch_expert.tolist()
+    (dropped,) = routed_example(capacity_factor=0.25, num_layers=1)
+    r = token_ranked(dropped)
+    assert ((r >= 0).sum(1) == dropped.kept_TK.sum(1)).all()
+
+
+def test_nested_squares_draw_the_second_expert_inside_the_patch():
+    colors = np.eye(4)[:, [0, 1, 2, 3]] * 0.5 + 0.25
+    sq = _nested_squares(np.array([[[0, 2], [1, -1]]]), colors)  # (1, 2, K=2) -> (4, 8, 4)
+    assert sq.shape == (4, 8, 4)
+    assert (sq[1:3, 1:3, :3] == colors[2, :3]).all() and (sq[1:3, 1:3, 3] > 0).all()
+    assert (sq[0, :4, 3] == 0).all() and (sq[:, 4:, 3] == 0).all()  # border; no 2nd expert
+
+
+def test_expert_groups_and_titles():
+    cfg = MoEConfig(num_experts=8, top_k=2, expert_groups="modality", num_cross_modal_experts=2)
+    names = expert_group_names(modality_expert_mask(cfg).numpy())
+    assert names == ["image"] * 3 + ["text"] * 3 + ["cross-modal"] * 2
+    assert expert_group_names(None) is None
+    assert default_title(True, False) == "Which expert each image patch went to"
+    assert default_title(True, True) == "Which expert each image patch and text token went to"
+
+
+def test_routing_picture_of_a_huge_image_is_drawn_small(tmp_path):
+    import tracemalloc
+
+    (aux,) = routed_example(num_layers=1)
+    layer = layer_routing(aux, (4, 4), "moe0", num_text=5)
+    image = np.zeros((4000, 3000, 3), np.uint8)  # 36 MB; drawn at full size it took gigabytes
+    image[:2000] = 200
+    assert bounded_image(image).shape == (MAX_DRAW_SIDE, 384, 3)
+    tracemalloc.start()
+    draw_patch_routing(image, [layer], ["a"] * 5, tmp_path / "r.png")
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert peak < 40e6, f"{peak / 1e6:.0f} MB traced while drawing"

@@ -7,8 +7,8 @@ and writes into `out_dir`:
 - `routing.png`: per MoE layer, the image with each patch coloured by its top-1 expert and the
   text tokens coloured the same way (`vlmoe.viz.routing.plot_patch_routing`);
 - `expert_load.png`: this example's tokens per expert, per layer and modality;
-- `routing.json`: the same top-1 routing as numbers (per layer: the patch grid of expert ids,
-  and a list of (token, expert, confidence)).
+- `routing.json`: the same routing as numbers (per layer: the patch grid of top-1 expert ids
+  and of all kept top-k experts, and per token its top-1 expert, confidence and all experts).
 
 A decoder model given no text captions the image first and inspects the caption's tokens.
 """
@@ -334,10 +334,14 @@ def _routing_record(layers: Sequence[LayerRouting], tokens: Sequence[str], capti
         if layer.patch_expert is not None:
             entry["patch_experts"] = layer.patch_expert.tolist()
             entry["patch_confidence"] = np.round(layer.patch_conf, 4).tolist()
+            if layer.patch_ranked is not None:  # (gh, gw, K): every kept expert, by weight
+                entry["patch_experts_topk"] = layer.patch_ranked.tolist()
         if layer.token_expert is not None:
+            ranked = layer.token_ranked
             entry["tokens"] = [
                 {"token": t, "expert": int(e), "confidence": round(float(c), 4)}
-                for t, e, c in zip(tokens, layer.token_expert, layer.token_conf)
+                | ({"experts": [int(x) for x in ranked[i] if x >= 0]} if ranked is not None else {})
+                for i, (t, e, c) in enumerate(zip(tokens, layer.token_expert, layer.token_conf))
             ]
         record["layers"].append(entry)
     return record
