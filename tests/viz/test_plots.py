@@ -13,7 +13,13 @@ from vlmoe.moe.layer import MoELayer
 from vlmoe.moe.router import modality_expert_mask
 from vlmoe.viz.common import DPI
 from vlmoe.viz.curves import default_metrics, plot_curves, read_metrics
-from vlmoe.viz.expert_load import load_fractions, load_from_results, plot_expert_load
+from vlmoe.viz.expert_load import (
+    _uniform_note,
+    load_fractions,
+    load_from_results,
+    plot_expert_load,
+    reachable_from_results,
+)
 from vlmoe.viz.routing import (
     MAX_DRAW_SIDE,
     _nested_squares,
@@ -234,3 +240,39 @@ def test_routing_picture_of_a_huge_image_is_drawn_small(tmp_path):
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
     assert peak < 40e6, f"{peak / 1e6:.0f} MB traced while drawing"
+
+
+def test_expert_load_marks_unreachable_experts_and_uses_the_group_reference(tmp_path):
+    from vlmoe.eval.routing import RoutingStats
+
+    cfg = MoEConfig(
+        dim=8,
+        hidden_dim=8,
+        num_experts=8,
+        top_k=1,
+        expert_groups="modality",
+        num_cross_modal_experts=2,
+    )
+    torch.manual_seed(0)
+    x = torch.randn(1, 40, 8)
+    modality = torch.tensor([[0] * 24 + [1] * 16])
+    _, aux = MoELayer(cfg)(x, modality)
+    rs = RoutingStats(["blocks.1"])
+    rs.update([aux])
+    reach = np.asarray(rs.reachable_LME())
+    assert reach.shape == (1, 2, 8)
+    assert reach[0, 0].tolist() == [True] * 3 + [False] * 3 + [True] * 2
+    assert _uniform_note(reach[:, 0]) == "uniform = 1/5 = 0.200"  # not 1/8
+    results = {f"routing/{k}": v for k, v in rs.results()}
+    counts, names = load_from_results(results)
+    assert np.array_equal(reachable_from_results(results, counts, names), reach)
+    assert reachable_from_results({}, counts, names) is None
+    plain = plot_expert_load(counts, tmp_path / "plain.png", layer_names=names)
+    marked = plot_expert_load(counts, tmp_path / "marked.png", names, reachable_LME=reach)
+    with Image.open(plain) as a, Image.open(marked) as b:
+        assert a.size == b.size and not np.array_equal(np.asarray(a), np.asarray(b))
+    one_pool = RoutingStats()
+    one_pool.update(routed_example(num_layers=1))
+    assert one_pool.reachable_LME() is None
+    with pytest.raises(ValueError, match="reachable_LME has shape"):
+        plot_expert_load(counts, tmp_path / "bad.png", reachable_LME=np.ones((3, 3), bool))

@@ -185,10 +185,25 @@ class RoutingStats:
         """(L, M, E) kept-pair counts, for `vlmoe.viz.expert_load.plot_expert_load`."""
         return [s.load_ME for s in self.summaries()]
 
+    def reachable_LME(self) -> list[list[list[bool]]] | None:
+        """(L, M, E) which experts each modality can reach in each layer (modality groups), for
+        `plot_expert_load`; None when every layer routes all tokens in one pool."""
+        if all(a is None for a in self.allowed):
+            return None
+        out = []
+        for s, allowed in zip(self.sums, self.allowed):
+            M, E = s["load_ME"].shape
+            reach = torch.ones(M, E, dtype=torch.bool)
+            if allowed is not None:
+                rows = allowed[:M].cpu()
+                reach = torch.cat([rows, reach.new_zeros(M - rows.shape[0], E)])
+            out.append(reach.tolist())
+        return out
+
     def results(self) -> Iterator[tuple[str, Any]]:
         """`(name, value)` pairs: per layer and modality, then means over layers."""
         summaries = self.summaries()
-        for s in summaries:
+        for i, s in enumerate(summaries):
             for m, tokens in enumerate(s.tokens_M):
                 if tokens == 0:
                     continue  # a modality absent from this model/data
@@ -198,6 +213,9 @@ class RoutingStats:
                 yield f"{s.name}/{mod}/router_entropy", s.entropy_M[m]
                 yield f"{s.name}/{mod}/effective_top_k", s.effective_k_M[m]
                 yield f"{s.name}/{mod}/starved_expert_ids", s.starved_M[m]
+                if self.allowed[i] is not None and m < self.allowed[i].shape[0]:
+                    reach = self.allowed[i][m].nonzero().flatten().tolist()
+                    yield f"{s.name}/{mod}/reachable_expert_ids", reach
             yield f"{s.name}/drop_rate", s.drop_rate
             yield f"{s.name}/router_entropy", s.entropy
             yield f"{s.name}/effective_top_k", s.effective_k

@@ -308,6 +308,7 @@ def _write(out, layer_names, shown, tokens, caption, out_dir: Path, confidence) 
         out_dir / "expert_load.png",
         layer_names=names,
         title="Expert load for this example",
+        reachable_LME=stats.reachable_LME(),
     )
     routing_json = out_dir / "routing.json"
     write_json_atomic(routing_json, _routing_record(layers, tokens, caption), indent=1)
