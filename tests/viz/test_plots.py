@@ -12,7 +12,7 @@ from vlmoe.config import MoEConfig
 from vlmoe.moe.layer import MoELayer
 from vlmoe.moe.router import modality_expert_mask
 from vlmoe.viz.common import DPI
-from vlmoe.viz.curves import default_metrics, plot_curves, read_metrics
+from vlmoe.viz.curves import _grid, default_metrics, metric_title, plot_curves, read_metrics
 from vlmoe.viz.expert_load import (
     _uniform_note,
     load_fractions,
@@ -189,6 +189,7 @@ def test_default_metrics_prefer_task_loss_and_held_out_quality():
         "eval/vqa/accuracy",
         "train/acc/train_vqa",
         "train/loss/moe/load_balance",
+        "train/loss/moe/z_loss",
         "train/loss",
     ]
 
@@ -276,3 +277,75 @@ def test_expert_load_marks_unreachable_experts_and_uses_the_group_reference(tmp_
     assert one_pool.reachable_LME() is None
     with pytest.raises(ValueError, match="reachable_LME has shape"):
         plot_expert_load(counts, tmp_path / "bad.png", reachable_LME=np.ones((3, 3), bool))
+
+
+@pytest.mark.parametrize(
+    ("key", "title"),
+    [
+        ("train/loss", "total loss (train)"),
+        ("train/loss/task", "task loss (train)"),
+        ("train/loss/vqa", "VQA loss (train)"),
+        ("train/loss/moe/load_balance", "load-balance loss (train)"),
+        ("train/loss/moe/local_entropy/image", "local entropy loss (image) (train)"),
+        ("train/acc/train_cls", "classification accuracy (train)"),
+        ("train/moe/effective_top_k", "effective top-k (experts used per token) (train)"),
+        ("eval/vqa/accuracy", "VQA accuracy (held-out)"),
+        ("eval/vqa/accuracy/colour", "VQA accuracy: colour (held-out)"),
+        ("eval/captioning/bleu4", "captioning BLEU-4 (held-out)"),
+        ("eval/retrieval/mean_recall", "retrieval mean recall (held-out)"),
+        ("accuracy", "accuracy"),
+    ],
+)
+def test_metric_titles_are_readable(key, title):
+    assert metric_title(key) == title
+
+
+@pytest.mark.parametrize("n", range(1, 13))
+def test_curve_grid_has_no_empty_cell(n):
+    from vlmoe.viz.common import new_figure
+
+    fig = new_figure(8, 8)
+    axes = _grid(fig, n)
+    assert len(axes) == len(fig.axes) == n
+    # Every row is filled edge to edge: the spans of each row's axes cover all grid columns.
+    rows = {}
+    for ax in axes:
+        spec = ax.get_subplotspec()
+        rows.setdefault(spec.rowspan.start, []).append(spec.colspan)
+    ncols = spec.get_gridspec().ncols
+    for spans in rows.values():
+        assert sorted(c for span in spans for c in span) == list(range(ncols))
+
+
+def test_moe_curves_plotted_and_unlogged_metrics_left_out(tmp_path, caplog):
+    rows = [
+        {
+            "step": s,
+            "split": "train",
+            "loss/task": 1 / s,
+            "loss/moe/load_balance": 1 + 1 / s,
+            "loss/moe/z_loss": 2 / s,
+            "loss/moe/local_entropy/image": 0.5,
+            "loss/moe/global_entropy/image": -1.0,
+            "moe/effective_top_k": 1.9,
+            "moe/max_load_ratio": 2.5,
+        }
+        for s in range(1, 6)
+    ]
+    (tmp_path / "moe.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    series = read_metrics(tmp_path / "moe.jsonl")
+    panels = default_metrics({"moe": series})
+    assert panels[:5] == [
+        "train/loss/task",
+        "train/loss/moe/load_balance",
+        "train/loss/moe/z_loss",
+        "train/moe/effective_top_k",
+        "train/moe/max_load_ratio",
+    ]
+    assert panels[5] == (
+        "train/loss/moe/global_entropy/image",
+        "train/loss/moe/local_entropy/image",
+    )
+    out = plot_curves({"moe": series}, tmp_path / "c.png", metrics=[*panels, "eval/bleu4"])
+    assert "eval/bleu4" in caplog.text  # named, and not drawn as an empty panel
+    assert png_size(out) == (round(4.2 * 3 * DPI), round(3.2 * 2 * DPI))
