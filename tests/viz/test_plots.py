@@ -349,3 +349,18 @@ def test_moe_curves_plotted_and_unlogged_metrics_left_out(tmp_path, caplog):
     out = plot_curves({"moe": series}, tmp_path / "c.png", metrics=[*panels, "eval/bleu4"])
     assert "eval/bleu4" in caplog.text  # named, and not drawn as an empty panel
     assert png_size(out) == (round(4.2 * 3 * DPI), round(3.2 * 2 * DPI))
+
+
+def test_image_only_routing_picture_has_no_text_band(tmp_path):
+    (aux,) = routed_example(num_layers=1)
+    image_only = layer_routing(aux, (4, 4), "moe0", text_index=torch.tensor([], dtype=torch.long))
+    assert image_only.token_expert is None
+    image = np.zeros((32, 32, 3), np.uint8)
+    sizes = {
+        png_size(draw_patch_routing(image, [image_only], tokens, tmp_path / f"{i}.png"))
+        for i, tokens in enumerate([None, [], ["a", "b"]])
+    }
+    assert len(sizes) == 1  # tokens without routed text tokens reserve no band
+    with_text = layer_routing(aux, (4, 4), "moe0", num_text=5)
+    _, h_text = png_size(draw_patch_routing(image, [with_text], ["a"] * 5, tmp_path / "t.png"))
+    assert h_text > next(iter(sizes))[1]
