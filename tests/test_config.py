@@ -90,4 +90,3 @@ def test_fixed_tuples_and_exponent_floats():
     assert opt.betas == (0.8, 0.99) and opt.lr == 3e-4 and opt.name == "sgd"
     with pytest.raises(ConfigError, match="expected 2 items"):
         Opt.from_dict({"betas": [0.9]})
-
