@@ -90,3 +90,17 @@ def test_fixed_tuples_and_exponent_floats():
     assert opt.betas == (0.8, 0.99) and opt.lr == 3e-4 and opt.name == "sgd"
     with pytest.raises(ConfigError, match="expected 2 items"):
         Opt.from_dict({"betas": [0.9]})
+
+
+def test_to_yaml_writes_atomically_with_the_umask_mode(tmp_path):
+    import os
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        MoEConfig(num_experts=4).to_yaml(tmp_path / "c.yaml")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "c.yaml").stat().st_mode) == 0o644
+    assert MoEConfig.from_yaml(tmp_path / "c.yaml").num_experts == 4
+    assert [p.name for p in tmp_path.iterdir()] == ["c.yaml"]

@@ -20,6 +20,8 @@ from typing import Any, Literal, TypeVar, get_args, get_origin
 
 import yaml
 
+from vlmoe.io import write_text_atomic
+
 C = TypeVar("C", bound="Config")
 
 
@@ -203,7 +205,7 @@ class Config:
     def to_yaml(self, path: str | Path | None = None) -> str:
         text = yaml.safe_dump(self.to_dict(), sort_keys=False)
         if path is not None:
-            Path(path).write_text(text)
+            write_text_atomic(path, text)
         return text
 
     def replace(self: C, **changes: Any) -> C:
