@@ -42,10 +42,15 @@ def test_atomic_files_get_the_umask_mode(tmp_path, umask_022):
 
 
 def test_save_pretrained_and_eval_json_get_the_umask_mode(tmp_path, umask_022):
-    model = vlmoe.create_model("vit-debug-moe")
-    model.save_pretrained(tmp_path / "model")
+    from vlmoe.data.tokenizer import Tokenizer
+
+    tokenizer = Tokenizer.train(["a red circle left of a blue square"] * 3, vocab_size=40)
+    model = vlmoe.create_model("fusion-debug-moe", vocab_size=max(64, tokenizer.vocab_size))
+    model.save_pretrained(tmp_path / "model", tokenizer=tokenizer)
     write_eval_json({"acc": 0.5}, tmp_path / "eval.json")
-    for path in [*(tmp_path / "model").iterdir(), tmp_path / "eval.json"]:
+    files = [*(tmp_path / "model").iterdir(), tmp_path / "eval.json"]
+    assert {"config.json", "model.safetensors", "tokenizer.json"} <= {p.name for p in files}
+    for path in files:
         assert _mode(path) == umask_022, path.name
 
 
