@@ -23,12 +23,16 @@ from PIL import Image
 _CHILD = """
 import resource, sys, time
 import torch
-from vlmoe.registry import create_model
+from vlmoe.models.registry import create_model
+from vlmoe.tasks import TaskInfo, build_task, default_task
 from vlmoe.viz.inspect import inspect_model
 torch.manual_seed(0)
 model = create_model(sys.argv[2])
+vision = getattr(model.config, "vision", None) or model.config
+arch = model.architecture
+task = build_task(TaskInfo(default_task(arch).name, arch, vision.image_size, 16))
 start = time.perf_counter()
-inspect_model(model, sys.argv[1], None, sys.argv[3])
+inspect_model(model, task, sys.argv[1], None, sys.argv[3])
 print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, time.perf_counter() - start)
 """
 

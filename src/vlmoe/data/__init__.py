@@ -17,20 +17,12 @@ the fields it needs.
   ``"header"`` by default, which also finds truncated PNG/JPEG/BMP/WebP files; ``"decode"``
   finds every undecodable image; ``"none"``); see :mod:`vlmoe.data.files`;
 - text: :class:`Tokenizer`;
-- batches: :class:`ImageTransform` and the collators in :mod:`vlmoe.data.collate`.
+- batches: :class:`ImageTransform`, :func:`preprocess_image` (the one model-input
+  pre-processing) and the shared collate pieces in :mod:`vlmoe.data.collate`.
 """
 
 from vlmoe.data.coco import CocoDataset, write_coco
-from vlmoe.data.collate import (
-    IGNORE_INDEX,
-    ClassificationCollate,
-    ContrastiveCollate,
-    DetectionCollate,
-    GenerationCollate,
-    GroundingCollate,
-    VQACollate,
-    stack_images,
-)
+from vlmoe.data.collate import IGNORE_INDEX, stack_images
 from vlmoe.data.errors import DataError, ErrorReport, OnError
 from vlmoe.data.files import Check, FileDataset, ImageFolderDataset
 from vlmoe.data.grammar import QUESTION_KINDS, answer_vocab, swap_left_right
@@ -59,6 +51,7 @@ from vlmoe.data.transforms import (
     ImageTransform,
     denormalize,
     hflip_sample,
+    preprocess_image,
     to_tensor,
 )
 
@@ -80,16 +73,11 @@ __all__ = [
     "SPLITS",
     "Box",
     "Check",
-    "ClassificationCollate",
     "CocoDataset",
-    "ContrastiveCollate",
     "DataError",
-    "DetectionCollate",
     "DigitsDataset",
     "ErrorReport",
     "FileDataset",
-    "GenerationCollate",
-    "GroundingCollate",
     "ImageFolderDataset",
     "ImageTransform",
     "ManifestDataset",
@@ -104,7 +92,6 @@ __all__ = [
     "ShapesDataset",
     "Tokenizer",
     "VLDataset",
-    "VQACollate",
     "WriteReport",
     "answer_vocab",
     "cli_write",
@@ -115,6 +102,7 @@ __all__ = [
     "load_image",
     "make_sample",
     "pil_to_rgb",
+    "preprocess_image",
     "render",
     "stack_images",
     "swap_left_right",

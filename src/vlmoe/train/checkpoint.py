@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save_file, save_model
 from torch import nn
 
 from vlmoe.io import CheckpointError, write_json_atomic  # noqa: F401 - re-exported names
@@ -59,8 +59,6 @@ def save_model_weights(model: nn.Module, directory: Path) -> None:
     if hasattr(model, "save_pretrained"):
         model.save_pretrained(directory)
     else:
-        from safetensors.torch import save_model
-
         save_model(model, str(directory / MODEL_WEIGHTS))
 
 
