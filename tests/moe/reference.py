@@ -65,3 +65,24 @@ def reference_soft_moe(layer: MoELayer, x_BLD: Tensor) -> Tensor:
         Y = torch.cat(slot_out)  # (S, D)
         out[b] = routing.soft_combine_BLS[b] @ Y
     return out
+
+
+def reference_kept(
+    expert_ids_TK: Tensor, priority_T: Tensor, capacity: int, policy: str = "score"
+) -> Tensor:
+    """(T, K) bool: which pairs capacity keeps, pair by pair. All first choices go before any
+    second choice; within a choice rank, tokens go by priority (highest first) or position."""
+    T, K = expert_ids_TK.shape
+    if policy == "score":
+        order = sorted(range(T), key=lambda t: (-float(priority_T[t]), t))
+    else:
+        order = list(range(T))
+    load: dict[int, int] = {}
+    kept = torch.zeros(T, K, dtype=torch.bool)
+    for k in range(K):
+        for t in order:
+            e = int(expert_ids_TK[t, k])
+            if e >= 0 and load.get(e, 0) < capacity:
+                load[e] = load.get(e, 0) + 1
+                kept[t, k] = True
+    return kept

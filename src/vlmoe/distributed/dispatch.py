@@ -84,10 +84,14 @@ class AllToAllDispatcher(Dispatcher):
         self.ep, self.group = ep, group
 
     def dispatch(
-        self, x_TD: Tensor, expert_ids_TK: Tensor, weights_TK: Tensor
+        self,
+        x_TD: Tensor,
+        expert_ids_TK: Tensor,
+        weights_TK: Tensor,
+        priority_T: Tensor | None = None,
     ) -> tuple[Tensor, ExpertParallelPlan]:
         """(T, D) local tokens -> (M, D) rows for this rank's experts, sorted by local expert."""
-        x_sorted_ND, plan = super().dispatch(x_TD, expert_ids_TK, weights_TK)
+        x_sorted_ND, plan = super().dispatch(x_TD, expert_ids_TK, weights_TK, priority_T)
         P, L = self.ep, self.num_experts // self.ep
         recv_PL = _all_to_all(plan.counts_E, [L] * P, [L] * P, self.group).view(P, L)
         send_P, recv_PL_host = plan.counts_E.view(P, L).sum(1).tolist(), recv_PL.tolist()
