@@ -33,9 +33,10 @@ from vlmoe.data.tokenizer import Tokenizer
 from vlmoe.distributed.runtime import Runtime
 from vlmoe.eval.routing import RoutingEvaluator, moe_layer_names
 from vlmoe.eval.runner import evaluate as run_evaluators
+from vlmoe.io import CheckpointError
 from vlmoe.models import load_model
 from vlmoe.models.base import architectures, count_parameters
-from vlmoe.models.checkpoint import CheckpointError, read_config
+from vlmoe.models.checkpoint import read_config
 from vlmoe.models.registry import get_preset, preset_config
 from vlmoe.tasks import Task, TaskDataset, TaskInfo, eval_loader, resolve_task
 from vlmoe.train.checkpoint import latest_checkpoint

@@ -39,7 +39,7 @@ from vlmoe.config import ConfigError
 from vlmoe.data.collate import IGNORE_INDEX, stack_images
 from vlmoe.data.sample import Sample
 from vlmoe.data.transforms import preprocess_image
-from vlmoe.models.checkpoint import CheckpointError, write_text_atomic
+from vlmoe.io import CheckpointError, write_text_atomic
 
 TASK_FILE = "task.json"
 log = logging.getLogger(__name__)

@@ -39,7 +39,7 @@ from torch import Tensor, nn
 
 from vlmoe.data.order import DataOrder
 from vlmoe.distributed.runtime import Runtime
-from vlmoe.models.checkpoint import write_text_atomic
+from vlmoe.io import write_text_atomic
 from vlmoe.moe.layer import update_balance_bias
 from vlmoe.nn.machine import resolve_precision
 from vlmoe.tasks.base import StepOutput
