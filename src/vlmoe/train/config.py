@@ -122,7 +122,7 @@ class TrainConfig(Config):
     steps: int = 200  # optimizer steps (ignored when `stages` is set: the stages' sum)
     batch_size: int = 32
     grad_accum: int = 1  # micro-batches per optimizer step
-    precision: Precision = "fp32"  # bf16 = autocast to bfloat16; auto = bf16 where it is faster
+    precision: Precision = "fp32"  # bf16 = autocast to bfloat16; auto: vlmoe.nn.machine decides
     seed: int = 0
     deterministic: bool = True  # torch.use_deterministic_algorithms where torch allows
     device: str = "auto"  # auto = cuda if available else cpu
