@@ -325,7 +325,7 @@ class DiT(PretrainedModel):
 
     def forward(
         self,
-        x_BCHW: Tensor,
+        x: Tensor,
         t: Tensor,
         labels: Tensor | None = None,
         input_ids: Tensor | None = None,
@@ -338,15 +338,15 @@ class DiT(PretrainedModel):
         `drop` (B,) bool: use the null condition (classifier-free guidance) where True.
         """
         cfg = self.config
-        check_images(x_BCHW, cfg.image_size, cfg.in_channels)
-        B = x_BCHW.shape[0]
+        check_images(x, cfg.image_size, cfg.in_channels)
+        B = x.shape[0]
         if t.dim() != 1 or t.shape[0] != B:
             raise ValueError(f"t must have shape ({B},), got {tuple(t.shape)}")
         c_BD, context_BLD, context_mask_BL, auxes = self.condition(
             t, labels, input_ids, attention_mask, drop
         )
         num_text_aux = len(auxes)
-        x_BND = self.patch(x_BCHW) + self.pos(self.patch_ids)  # (B, N, D)
+        x_BND = self.patch(x) + self.pos(self.patch_ids)  # (B, N, D)
         for block in self.blocks:
             x_BND, aux = block(x_BND, c_BD, context_BLD, context_mask_BL)
             if aux is not None:
