@@ -179,3 +179,70 @@ class EMA:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.model.load_state_dict(state["model"])
         self.num_updates = int(state["num_updates"])
+
+
+def generation_conditions(
+    model: nn.Module,
+    num: int,
+    *,
+    label: int | None = None,
+    prompt: str | None = None,
+    tokenizer: Any = None,
+) -> dict[str, Any]:
+    """The model keyword arguments that ask a DiT for `num` images of class `label` and/or
+    caption `prompt` (tokenized with `tokenizer`, vlmoe's, cut at the text encoder's length)."""
+    cfg = model.config
+    cond: dict[str, Any] = {}
+    if cfg.num_classes:
+        if label is None:
+            raise ValueError(
+                f"this model is class-conditioned: give a label in [0, {cfg.num_classes})"
+            )
+        if not 0 <= label < cfg.num_classes:
+            raise ValueError(f"label {label} is out of range [0, {cfg.num_classes})")
+        cond["labels"] = torch.full((num,), label, dtype=torch.long)
+    elif label is not None:
+        raise ValueError("this model takes no class label (num_classes=0); give a prompt")
+    if cfg.text is not None:
+        if prompt is None:
+            raise ValueError("this model is caption-conditioned: give a prompt")
+        if tokenizer is None:
+            raise ValueError("a caption-conditioned model needs its tokenizer (tokenizer.json)")
+        enc = tokenizer.encode_batch([prompt] * num, max_len=cfg.text.max_seq_len)
+        cond["input_ids"], cond["attention_mask"] = enc["input_ids"], enc["attention_mask"].long()
+    elif prompt is not None:
+        raise ValueError("this model takes no caption (it is class-conditioned); give a label")
+    return cond
+
+
+@torch.no_grad()
+def generate_images(
+    model: nn.Module,
+    num: int,
+    *,
+    label: int | None = None,
+    prompt: str | None = None,
+    tokenizer: Any = None,
+    steps: int = 30,
+    sampler: Sampler = "euler",
+    cfg_scale: float = 1.0,
+    seed: int = 0,
+    progress: Callable[[int, int], None] | None = None,
+) -> Tensor:
+    """`num` images (num, C, H, W) in [-1, 1] from a DiT for a class and/or a caption."""
+    if num < 1:
+        raise ValueError(f"num must be >= 1, got {num}")
+    cfg = model.config
+    cond = generation_conditions(model, num, label=label, prompt=prompt, tokenizer=tokenizer)
+    g = torch.Generator().manual_seed(seed)
+    noise = torch.randn((num, cfg.in_channels, cfg.image_size, cfg.image_size), generator=g)
+    x = sample(
+        model.eval(),
+        noise,
+        cond,
+        steps=steps,
+        sampler=sampler,
+        cfg_scale=cfg_scale,
+        progress=progress,
+    )
+    return x.clamp(-1, 1)
