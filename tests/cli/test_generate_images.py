@@ -56,3 +56,18 @@ def test_usage_errors_exit_2_with_one_line(dit_dir, tmp_path, capsys, extra, mes
     assert main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0]
+
+
+def test_inspect_plots_routing_by_time_position_and_class(dit_dir, tmp_path, capsys):
+    import json
+
+    out = tmp_path / "inspect"
+    assert main(["inspect", str(dit_dir), "--num", "2", "--steps", "3", "--out", str(out)]) == 0
+    data = json.loads((out / "routing_factors.json").read_text())
+    assert (out / "routing_factors.png").is_file()
+    # dit-debug-moe: 2 MoE blocks, 8 experts, 4x4 patches, 10 classes, top-2 of every patch.
+    assert np.asarray(data["time_LTE"]).shape == (2, 3, 8)
+    assert np.asarray(data["position_LNE"]).shape == (2, 16, 8)
+    assert np.asarray(data["class_LCE"]).sum() == 2 * 10 * 2 * 16 * 3 * 2
+    assert all(0 <= v <= 1 for vs in data["nmi"].values() for v in vs)
+    assert "NMI(expert; time)" in capsys.readouterr().out

@@ -2,6 +2,7 @@
 
 from dataclasses import dataclass
 
+import numpy as np
 import pytest
 import torch
 
@@ -100,3 +101,12 @@ def test_evaluator_scores_right_and_wrong_generators(judge):
     refs = reference_distances(judge, *(_real(100, 3)[0], real_images), num=20)
     assert refs["fd_floor"] < refs["fd_ceiling"]
     assert right["gen_fd"] < refs["fd_ceiling"]
+
+
+def test_normalized_mutual_information_extremes():
+    from vlmoe.eval.image_generation import normalized_mutual_information
+
+    assert normalized_mutual_information(np.eye(4) * 10) == pytest.approx(1.0)
+    assert normalized_mutual_information(np.ones((3, 4))) == pytest.approx(0.0, abs=1e-12)
+    half = np.array([[10, 0], [5, 5]])
+    assert 0 < normalized_mutual_information(half) < 1

@@ -257,3 +257,77 @@ class ClassConditionalEvaluator:
         feats, preds = judge_outputs(self.judge, images)
         yield "gen_accuracy", float((preds == labels).float().mean())
         yield "gen_fd", frechet_distance(feats, self.test_feats)
+
+
+@torch.no_grad()
+def routing_counts(
+    model: nn.Module, labels: Tensor, *, steps: int = 20, seed: int = 0
+) -> dict[str, np.ndarray]:
+    """Where a class-conditional DiT's MoE layers send image patches while it samples images
+    of `labels` (Euler, no guidance): routed (patch, expert) pairs per MoE block by sampling
+    step (`time_LTE`), by patch position (`position_LNE`) and by class (`class_LCE`), and the
+    times of the steps (`times_T`)."""
+    cfg = model.config
+    model.eval()
+    B = len(labels)
+    N = cfg.grid_size[0] * cfg.grid_size[1]
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn((B, cfg.in_channels, cfg.image_size, cfg.image_size), generator=g)
+    times = torch.linspace(1.0, 0.0, steps + 1)
+    pos_T = torch.arange(B * N) % N
+    cls_T = labels.repeat_interleave(N)
+    counts: dict[str, list] = {"time": [], "position": [], "class": []}
+    for i in range(steps):
+        out = model(x, times[i].expand(B), labels=labels)
+        x = x + (times[i + 1] - times[i]) * out.velocity
+        for layer, aux in enumerate(out.block_aux):
+            E = aux.num_experts
+            ids_TK = aux.expert_ids_TK.masked_fill(~aux.kept_TK, -1)
+            valid = ids_TK >= 0
+            e = ids_TK[valid]
+            pos = pos_T[:, None].expand_as(ids_TK)[valid]
+            cls = cls_T[:, None].expand_as(ids_TK)[valid]
+            if i == 0:
+                counts["time"].append(np.zeros((steps, E), dtype=np.int64))
+                counts["position"].append(np.zeros((N, E), dtype=np.int64))
+                counts["class"].append(np.zeros((cfg.num_classes, E), dtype=np.int64))
+            counts["time"][layer][i] += torch.bincount(e, minlength=E).numpy()
+            counts["position"][layer] += (
+                torch.bincount(pos * E + e, minlength=N * E).view(N, E).numpy()
+            )
+            counts["class"][layer] += (
+                torch.bincount(cls * E + e, minlength=cfg.num_classes * E)
+                .view(cfg.num_classes, E)
+                .numpy()
+            )
+    return {
+        "time_LTE": np.stack(counts["time"]),
+        "position_LNE": np.stack(counts["position"]),
+        "class_LCE": np.stack(counts["class"]),
+        "times_T": times[:-1].numpy(),
+    }
+
+
+def normalized_mutual_information(counts_FE: np.ndarray) -> float:
+    """I(expert; factor) / H(expert) from a (factor value, expert) table of counts: the
+    fraction of the uncertainty about a patch's expert that the factor explains (0 = routing
+    ignores the factor, 1 = the factor decides the expert)."""
+    p = counts_FE.astype(np.float64) / max(1, counts_FE.sum())
+    p_f, p_e = p.sum(1, keepdims=True), p.sum(0, keepdims=True)
+    nz = p > 0
+    mi = float((p[nz] * np.log(p[nz] / (p_f @ p_e)[nz])).sum())
+    h_e = float(-(p_e[p_e > 0] * np.log(p_e[p_e > 0])).sum())
+    return min(1.0, max(0.0, mi / h_e)) if h_e > 0 else 0.0  # clip float rounding
+
+
+def routing_dependence(counts: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Per MoE block, the normalized mutual information between expert and time, position and
+    class (DiT-MoE: routing follows position and noise level more than class)."""
+    return {
+        factor: np.array([normalized_mutual_information(c) for c in counts[key]])
+        for factor, key in (
+            ("time", "time_LTE"),
+            ("position", "position_LNE"),
+            ("class", "class_LCE"),
+        )
+    }

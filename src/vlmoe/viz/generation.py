@@ -75,6 +75,8 @@ def plot_routing_factors(
             return name
         return f"{name} (NMI {dependence[name.split()[-1]][layer]:.3f})"
 
+    times = np.asarray(times)
+
     for layer in range(L):
         ax = axes[layer, 0]
         ax.stackplot(times, share(time_LTE[layer]).T, colors=colors)
