@@ -7,7 +7,7 @@ import vlmoe
 from vlmoe.config import ConfigError, MoEConfig
 from vlmoe.models import count_parameters, upcycle_model
 from vlmoe.models.dit import DiT, DiTConfig, patchify, unpatchify
-from vlmoe.registry import preset_config
+from vlmoe.models.registry import preset_config
 
 from .helpers import make_inputs
 

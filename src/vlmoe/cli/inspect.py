@@ -76,9 +76,9 @@ def run_dit(args: argparse.Namespace, directory: Path, out: Path) -> int:
 
 def run(args: argparse.Namespace) -> int:
     from vlmoe.cli.common import CLIError
+    from vlmoe.data.images import load_image
     from vlmoe.models.checkpoint import read_config
-    from vlmoe.train.run import load_trained, resolve_model_dir
-    from vlmoe.train.tasks import image_to_tensor
+    from vlmoe.recipes.run import load_trained, resolve_model_dir
     from vlmoe.viz.inspect import inspect_model
 
     model_dir = resolve_model_dir(args.model)
@@ -92,18 +92,9 @@ def run(args: argparse.Namespace) -> int:
     if args.image is None:
         raise CLIError("--image is required (the image to route through the model)")
     check_file(args.image, "image", IMAGE_SUFFIXES)
-    model, info, tokenizer = load_trained(args.model)
-    from vlmoe.train.inference import load_image_array
-
-    image = load_image_array(args.image)
-    result = inspect_model(
-        model,
-        image,
-        args.text,
-        out,
-        tokenizer=tokenizer,
-        preprocess=lambda rgb: image_to_tensor(rgb, info.image_size),
-    )
+    model, task = load_trained(args.model)
+    image = load_image(args.image)
+    result = inspect_model(model, task, image, args.text, out)
     if result.caption:
         print(f"caption: {result.caption}")
     for path in result.paths():

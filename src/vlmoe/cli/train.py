@@ -100,7 +100,7 @@ def build_config(args: argparse.Namespace):
 
 def run(args: argparse.Namespace) -> int:
     if args.list_presets:
-        from vlmoe.registry import get_preset, list_presets
+        from vlmoe.models.registry import get_preset, list_presets
 
         for name in list_presets():
             print(f"{name:<24} {get_preset(name).description}")
@@ -109,7 +109,7 @@ def run(args: argparse.Namespace) -> int:
     if args.print_config:
         print(cfg.to_yaml(), end="")
         return 0
-    from vlmoe.train.run import train
+    from vlmoe.recipes.run import train
 
     out = Path(
         args.out

@@ -29,7 +29,7 @@ from vlmoe.models.config import (
     ViTConfig,
 )
 from vlmoe.models.dit import DiTConfig
-from vlmoe.registry import register_preset
+from vlmoe.models.registry import register_preset
 
 # (dim, num_layers, num_heads, dense FFN hidden)
 SIZES = {"debug": (32, 2, 2, 96), "small": (128, 4, 4, 384)}

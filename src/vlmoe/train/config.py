@@ -19,10 +19,9 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Literal
 
-from vlmoe.config import Config, check
+from vlmoe.config import Config, ConfigError, _parse_scalar, check
 
 Precision = Literal["fp32", "bf16"]
-Task = Literal["auto", "classification", "vqa", "vqa+classification", "captioning", "contrastive"]
 
 
 @dataclasses.dataclass
@@ -173,6 +172,7 @@ class DataSelection(Config):
     image_size: int | None = None  # None = the model's image_size
     seed: int = 0
     tokenizer_vocab: int | None = None  # None = the model preset's vocab_size
+    num_workers: int = 0  # DataLoader worker processes (0 = load in the training process)
     options: dict[str, Any] = dataclasses.field(default_factory=dict)  # passed to the dataset
 
     def __post_init__(self) -> None:
@@ -180,6 +180,7 @@ class DataSelection(Config):
             check(self.path is not None, f"data.path is required for data.name={self.name!r}")
         check(self.num_train >= 1, f"data.num_train must be >= 1, got {self.num_train}")
         check(self.num_eval >= 0, f"data.num_eval must be >= 0, got {self.num_eval}")
+        check(self.num_workers >= 0, f"data.num_workers must be >= 0, got {self.num_workers}")
         check(
             0 <= self.eval_fraction < 1,
             f"data.eval_fraction must lie in [0, 1), got {self.eval_fraction}",
@@ -192,7 +193,7 @@ class DataSelection(Config):
 class ModelSelection(Config):
     """Which model to build: a registry preset, a model directory, plus dotted overrides.
 
-    `preset` names an entry of `vlmoe.registry` (e.g. `fusion-debug`); `init_from` a model
+    `preset` names an entry of `vlmoe.models.registry` (e.g. `fusion-debug`); `init_from` a model
     directory (`config.json` + `model.safetensors`) to start from instead. `overrides` are
     applied to the preset's config like `--set` (`{"moe.num_experts": 8}`).
     """
@@ -224,7 +225,7 @@ class EvalConfig(Config):
 class RunConfig(Config):
     """Everything a training run needs; saved as `config.yaml` in the run directory."""
 
-    task: Task = "auto"  # auto = the model's natural task (see vlmoe.train.objectives)
+    task: str = "auto"  # a registered task (vlmoe.tasks), or auto = the architecture's default
     model: ModelSelection = dataclasses.field(default_factory=ModelSelection)
     data: DataSelection = dataclasses.field(default_factory=DataSelection)
     optim: OptimizerConfig = dataclasses.field(default_factory=OptimizerConfig)
@@ -236,7 +237,6 @@ class RunConfig(Config):
 
 def parse_value(text: str) -> Any:
     """A `--set` value read as YAML, plus what YAML 1.1 leaves as strings: `3e-4` is a float."""
-    from vlmoe.config import _parse_scalar
 
     value = _parse_scalar(text)
     if isinstance(value, str):
@@ -259,7 +259,6 @@ def apply_overrides(cfg: RunConfig, overrides: list[str]) -> RunConfig:
     (validated when the model is built), so one flag reaches every level. Values are read as
     YAML (`3`, `true`, `[1, 2]`, `{a: 1}`), and `3e-4` as a number.
     """
-    from vlmoe.config import ConfigError
 
     own = {f.name for f in dataclasses.fields(ModelSelection)}
     plain: dict[str, Any] = {}

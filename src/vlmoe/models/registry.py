@@ -1,6 +1,6 @@
 """Named model presets (timm / torchtitan style): `register_preset`, `list_presets`,
 `preset_config`, `create_model`. Every architecture has `debug` and `small` presets, dense and
-MoE (`vlmoe.models.presets`).
+MoE (`vlmoe.models.presets`, registered when `vlmoe.models` is imported).
 
 Overrides are dotted config keys (`"transformer.num_layers": 6`) or a bare field name that
 names exactly one field anywhere in the config (`vocab_size=300`, `num_classes=5`).
@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from vlmoe.config import Config, ConfigError
+from vlmoe.models.base import architectures
 
 if TYPE_CHECKING:
     from vlmoe.models.base import PretrainedModel
@@ -28,14 +29,8 @@ class Preset:
 _PRESETS: dict[str, Preset] = {}
 
 
-def _load_builtin() -> None:
-    import vlmoe.models.presets  # noqa: F401  (registers the built-in presets)
-
-
 def register_preset(name: str, architecture: str, config: Config, description: str = "") -> None:
     """Add a preset; re-registering a name replaces it."""
-    from vlmoe.models.base import architectures
-
     known = architectures()
     if architecture not in known:
         raise ConfigError(
@@ -52,14 +47,12 @@ def register_preset(name: str, architecture: str, config: Config, description: s
 
 def list_presets(architecture: str | None = None) -> list[str]:
     """Preset names, sorted; only those of `architecture` when given."""
-    _load_builtin()
     return sorted(
         n for n, p in _PRESETS.items() if architecture is None or p.architecture == architecture
     )
 
 
 def get_preset(name: str) -> Preset:
-    _load_builtin()
     if name not in _PRESETS:
         raise ConfigError(f"unknown preset {name!r}; available: {list_presets()}")
     return _PRESETS[name]
@@ -103,7 +96,5 @@ def preset_config(name: str, **overrides: Any) -> Config:
 
 def create_model(name: str, **overrides: Any) -> PretrainedModel:
     """Build the model of preset `name`, e.g. `create_model("fusion-small-moe", vocab_size=300)`."""
-    from vlmoe.models.base import architectures
-
     preset = get_preset(name)
     return architectures()[preset.architecture](preset_config(name, **overrides))
