@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -28,7 +29,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from vlmoe.models.flow import Sampler, sample
+from vlmoe.models.flow import Sampler, interpolate, sample
 
 log = logging.getLogger(__name__)
 
@@ -331,3 +332,49 @@ def routing_dependence(counts: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
             ("class", "class_LCE"),
         )
     }
+
+
+class FlowLossEvaluator:
+    """Held-out rectified-flow loss at fixed times (0.25, 0.5, 0.75) with fixed noise, so that
+    runs and checkpoints compare without sampling: yields `flow_loss` (the mean) and
+    `flow_loss_t<t>` per time. `conditions(batch)` gives the model's condition arguments."""
+
+    def __init__(
+        self,
+        loader: Any,
+        conditions: Callable[[dict], dict[str, Tensor]],
+        times: tuple[float, ...] = (0.25, 0.5, 0.75),
+        seed: int = 0,
+    ) -> None:
+        self.loader, self.conditions, self.times, self.seed = loader, conditions, times, seed
+
+    @torch.no_grad()
+    def run(self, model: nn.Module) -> Iterator[tuple[str, float]]:
+        g = torch.Generator().manual_seed(self.seed)
+        device = next(model.parameters()).device
+        sums = torch.zeros(len(self.times), dtype=torch.float64)
+        count = 0
+        for batch in self.loader:
+            images = to_model_channels(batch["images"], model.config.in_channels).to(device)
+            cond = {k: v.to(device) for k, v in self.conditions(batch).items()}
+            B = images.shape[0]
+            for i, t in enumerate(self.times):
+                noise = torch.randn(images.shape, generator=g).to(device)
+                t_B = torch.full((B,), t, device=device)
+                x_t, target = interpolate(images, noise, t_B)
+                v = model(x_t, t_B, **cond).velocity
+                sums[i] += (v.float() - target).square().mean((1, 2, 3)).sum().double().cpu()
+            count += B
+        per_t = sums / max(1, count)
+        yield "flow_loss", float(per_t.mean())
+        for t, value in zip(self.times, per_t.tolist()):
+            yield f"flow_loss_t{t:g}", value
+
+
+def to_model_channels(images_BCHW: Tensor, channels: int) -> Tensor:
+    """RGB batches (as the data path gives them) -> the model's channels (grey = channel mean)."""
+    if images_BCHW.shape[1] == channels:
+        return images_BCHW
+    if channels == 1:
+        return images_BCHW.mean(1, keepdim=True)
+    raise ValueError(f"cannot turn {images_BCHW.shape[1]}-channel images into {channels}")

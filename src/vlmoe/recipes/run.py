@@ -215,7 +215,7 @@ def make_evaluators(
         run.eval_data, run.task.collate, batch_size, run.cfg.data.num_workers, max_examples
     )
     out = run.task.evaluators(loader)
-    if routing and moe_layer_names(run.model):
+    if routing and moe_layer_names(run.model) and "routing" not in out:  # a task may route its own
         out["routing"] = RoutingEvaluator(loader)
     return out
 
