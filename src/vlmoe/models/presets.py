@@ -157,6 +157,7 @@ def _register() -> None:
 
 DIT_SIZES = {"debug": (32, 2, 2, 96), "small": (128, 6, 4, 384)}
 DIT_IMAGES = {"debug": (8, 2, 1), "small": (28, 4, 1)}  # (image_size, patch_size, channels)
+DIT_TEXT_IMAGES = {"debug": (16, 4), "small": (32, 4)}  # colour scenes: (image_size, patch_size)
 
 
 def dit_tower(size: str, variant: str) -> TransformerConfig:
@@ -221,8 +222,8 @@ def _register_dit() -> None:
                     f"dit-{size}-text{suffix}{variant}",
                     "dit",
                     DiTConfig(
-                        image_size=2 * image_size,
-                        patch_size=2 * patch,
+                        image_size=DIT_TEXT_IMAGES[size][0],
+                        patch_size=DIT_TEXT_IMAGES[size][1],
                         in_channels=3,
                         num_classes=0,
                         text=TextConfig(
