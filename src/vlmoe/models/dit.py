@@ -256,15 +256,13 @@ class DiT(PretrainedModel):
         self._init_weights()
 
     def _init_weights(self) -> None:
-        # DiT: Xavier-uniform linears, N(0, 0.02) embeddings; every adaLN and the output layer
-        # zero, so the untrained model predicts zero velocity and each block is the identity.
-        for module in (self.time_mlp, self.final_ada, self.out):
-            for m in module.modules():
-                if isinstance(m, nn.Linear):
-                    nn.init.xavier_uniform_(m.weight)
-                    nn.init.zeros_(m.bias)
-        nn.init.normal_(self.time_mlp[0].weight, std=0.02)
-        nn.init.normal_(self.time_mlp[2].weight, std=0.02)
+        # DiT: N(0, 0.02) timestep MLP and class table, Xavier-uniform patch projection, and
+        # every adaLN and the output layer zero, so the untrained model predicts zero velocity
+        # and each block is the identity. Attention, FFN and experts keep vlmoe's own init.
+        for m in self.time_mlp:
+            if isinstance(m, nn.Linear):
+                nn.init.normal_(m.weight, std=0.02)
+                nn.init.zeros_(m.bias)
         w = self.patch.proj.weight
         nn.init.xavier_uniform_(w.view(w.shape[0], -1))
         nn.init.zeros_(self.patch.proj.bias)
