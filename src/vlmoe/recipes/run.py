@@ -206,7 +206,7 @@ def make_evaluators(
         run.cfg.train.progress,
     )
     out = run.task.evaluators(loader)
-    if routing and moe_layer_names(run.model):
+    if routing and moe_layer_names(run.model) and "routing" not in out:  # a task may route its own
         out["routing"] = RoutingEvaluator(loader)
     return out
 
