@@ -55,7 +55,7 @@ def test_logged_throughput_counts_training_steps_only(tmp_path):
     import time
 
     def slow_eval(model):
-        time.sleep(0.2)
+        time.sleep(1.5)
         return {"score": 1.0}
 
     torch.manual_seed(0)
@@ -69,7 +69,9 @@ def test_logged_throughput_counts_training_steps_only(tmp_path):
     logged_seconds = sum(n / r["examples_per_s"] for n, r in zip(sizes, windows, strict=True))
     step_seconds = 9 * 8 / result.examples_per_s
     assert logged_seconds == pytest.approx(step_seconds, rel=1e-6)
-    assert logged_seconds < 0.2  # none of the three 0.2 s evaluations is in there
+    # None of the three 1.5 s evaluations is in there (9 toy steps take well under that, even
+    # on a busy machine).
+    assert logged_seconds < 1.5
 
 
 class InterruptError(Exception):
@@ -77,7 +79,8 @@ class InterruptError(Exception):
 
 
 class Interrupting(list):
-    """A dataset that raises after `limit` item reads: a crash in the middle of a run."""
+    """A dataset (read by stream position) that raises after `limit` item reads: a crash in
+    the middle of a run."""
 
     def __init__(self, items, limit):
         super().__init__(items)
@@ -87,14 +90,14 @@ class Interrupting(list):
         self.reads += 1
         if self.reads > self.limit:
             raise InterruptError
-        return super().__getitem__(i)
+        return super().__getitem__(i % len(self))
 
 
 def test_resume_equals_uninterrupted(tmp_path):
     opts = ("train.checkpoint_every=4", "train.grad_accum=2", "train.keep_last=5")
     full, full_model = _train(tmp_path / "full", *opts)
     with pytest.raises(InterruptError):  # dies during step 7, after the checkpoint at step 4
-        _train(tmp_path / "cut", *opts, data=Interrupting(dataset(), limit=6 * 2 * 8 + 3))
+        _train(tmp_path / "cut", *opts, data=Interrupting(dataset().dataset, limit=6 * 2 * 8 + 3))
     assert [p.name for p in checkpoint_dirs(tmp_path / "cut")] == ["step_0000004"]
     torch.manual_seed(123)  # resume must not depend on the caller's RNG
     resumed, resumed_model = _train(tmp_path / "cut", *opts, resume=True)

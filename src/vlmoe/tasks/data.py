@@ -57,6 +57,10 @@ class TaskDataset(Dataset):
             )
         return sample, example
 
+    def __iter__(self) -> Iterator[tuple[Sample, Example]]:
+        """One pass over the examples (indexing by stream position never ends)."""
+        return (self[k] for k in range(len(self)))
+
 
 class OrderSampler(Sampler[list[int]]):
     """Endless batches of stream positions from a copy of `order` (see the module docstring)."""
@@ -93,6 +97,9 @@ def train_loader(
         collate_fn=collate,
         num_workers=num_workers,
         persistent_workers=False,
+        # Its own generator: starting an iterator must not draw from the global RNG, which a
+        # resumed run has just restored (dropout would then differ from the uninterrupted run).
+        generator=torch.Generator().manual_seed(order.seed),
     )
 
 
@@ -121,3 +128,7 @@ class Cycle(Dataset):
 
     def __getitem__(self, k: int) -> Any:
         return self.dataset[k % len(self.dataset)]
+
+    def __iter__(self) -> Iterator[Any]:
+        """One pass over the items (indexing never ends, so `list()` must not rely on it)."""
+        return (self.dataset[i] for i in range(len(self.dataset)))
