@@ -17,7 +17,7 @@ def test_round_trip_and_overrides(tmp_path):
     ("overrides", "message"),
     [
         (["top_k=9"], "top_k=9 must be <= moe.num_experts=8"),
-        (["topk=2"], "unknown key 'topk'"),
+        (["topk=2"], "override 'topk' is unknown; did you mean 'top_k'"),
         (["top_k=two"], "top_k: expected an integer, got 'two'"),
         (["router=dense"], "router: 'dense' is not one of"),
         (["capacity_factor=-1"], "capacity_factor must be > 0"),
