@@ -80,3 +80,46 @@ def hf_lm_dir(tmp_path):
 
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a.double() - b.double()).norm() / b.double().norm())
+
+
+VISION = dict(
+    hidden_size=32,
+    intermediate_size=48,
+    num_hidden_layers=3,
+    num_attention_heads=4,
+    image_size=16,
+    patch_size=4,
+)
+VISION_FAMILIES = {
+    "clip": ("CLIPVisionConfig", "CLIPVisionModel", {}),
+    "siglip": ("SiglipVisionConfig", "SiglipVisionModel", {}),
+    "vit": ("ViTConfig", "ViTModel", {}),
+}
+BERT = dict(
+    vocab_size=97,
+    hidden_size=32,
+    intermediate_size=48,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    max_position_embeddings=40,
+)
+
+
+def _randomize(model):
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name.lower() or name.endswith("bias") or "token" in name:
+                p.add_(0.1 * torch.randn_like(p))
+    return model
+
+
+def build_hf_vision(family: str, seed: int = 0):
+    cfg_name, model_name, extra = VISION_FAMILIES[family]
+    torch.manual_seed(seed)
+    config = getattr(transformers, cfg_name)(**{**VISION, **extra})
+    return _randomize(getattr(transformers, model_name)(config).eval())
+
+
+def build_hf_bert(seed: int = 0):
+    torch.manual_seed(seed)
+    return _randomize(transformers.BertModel(transformers.BertConfig(**BERT)).eval())

@@ -9,7 +9,7 @@ from typing import Any
 
 from vlmoe.models.base import PretrainedModel
 from vlmoe.models.decoder import Decoder
-from vlmoe.models.hf import causal_lm
+from vlmoe.models.hf import bert, causal_lm, vision
 from vlmoe.models.hf.files import HFImportError, load_tensors, read_config, save_directory
 from vlmoe.models.text import TextTransformer
 
@@ -19,12 +19,17 @@ log = logging.getLogger(__name__)
 def model_types() -> dict[str, str]:
     """Supported Hugging Face `model_type`s -> what they become in vlmoe."""
     types = {t: "text (causal LM)" for t in causal_lm.MODEL_TYPES}
+    types.update({t: "text (encoder)" for t in bert.MODEL_TYPES})
+    types.update({t: "vit (vision tower)" for t in vision.MODEL_TYPES})
     return types
 
 
-def import_model(directory: str | Path, **options: Any) -> PretrainedModel:
+def import_model(directory: str | Path, *, feature_layer: int | None = None) -> PretrainedModel:
     """The vlmoe model for a local Hugging Face directory, weights loaded, tokenizer attached.
 
+    Args:
+        feature_layer: vision towers only: None for `last_hidden_state`, a negative n for
+            `hidden_states[n]` (LLaVA / MoE-LLaVA use -2); see `vlmoe.models.hf.vision`.
     Raises:
         HFImportError: the directory, its config or its weights cannot be imported exactly.
     """
@@ -32,10 +37,14 @@ def import_model(directory: str | Path, **options: Any) -> PretrainedModel:
     cfg = read_config(directory)
     mt = cfg["model_type"]
     source = str(directory)
+    if feature_layer is not None and mt not in vision.MODEL_TYPES:
+        raise HFImportError(f"{source}: feature_layer applies to vision towers, not {mt!r}")
     if mt in causal_lm.MODEL_TYPES:
-        if options:
-            raise HFImportError(f"{source}: options {sorted(options)} do not apply to {mt}")
         model = causal_lm.import_causal_lm(cfg, load_tensors(directory), source)
+    elif mt in bert.MODEL_TYPES:
+        model = bert.import_bert(cfg, load_tensors(directory), source)
+    elif mt in vision.MODEL_TYPES:
+        model = vision.import_vision(cfg, load_tensors(directory), source, feature_layer)
     else:
         raise HFImportError(
             f"{directory / 'config.json'}: model_type {mt!r} is not supported; supported: "

@@ -179,7 +179,8 @@ def _attention(r: StateReader, p: str, t: TransformerConfig, out: str, phi: bool
         f"{out}.qkv.weight": torch.cat([r.take(f"{p}{n}_proj.weight", (rows[n], D)) for n in "qkv"])
     }
     if t.attn_bias != "none":
-        ours[f"{out}.qkv.bias"] = torch.cat([r.take(f"{p}{n}_proj.bias", (rows[n],)) for n in "qkv"])
+        biases = [r.take(f"{p}{n}_proj.bias", (rows[n],)) for n in "qkv"]
+        ours[f"{out}.qkv.bias"] = torch.cat(biases)
     o = f"{p}dense" if phi else f"{p}o_proj"
     ours[f"{out}.proj.weight"] = r.take(f"{o}.weight", (D, rows["q"]))
     if t.attn_bias == "all":
@@ -228,8 +229,10 @@ def _experts(r: StateReader, p: str, names: tuple[str, str, str], moe: MoEConfig
         gate_up = torch.stack(
             [
                 torch.cat(
-                    [r.take(f"{p}experts.{e}.{g}.weight", (H, D)),
-                     r.take(f"{p}experts.{e}.{u}.weight", (H, D))]
+                    [
+                        r.take(f"{p}experts.{e}.{g}.weight", (H, D)),
+                        r.take(f"{p}experts.{e}.{u}.weight", (H, D)),
+                    ]
                 )
                 for e in range(E)
             ]
@@ -277,7 +280,8 @@ def import_causal_lm(
         if not phi:
             ours.update(_norm(r, f"{p}post_attention_layernorm", f"{out}.norm2", D, False))
         if i in moe_ids and mt == "mixtral":
-            base = f"{p}block_sparse_moe." if r.has(f"{p}block_sparse_moe.gate.weight") else f"{p}mlp."
+            legacy = r.has(f"{p}block_sparse_moe.gate.weight")
+            base = f"{p}block_sparse_moe." if legacy else f"{p}mlp."
             moe_blocks[i] = _experts(r, base, ("w1", "w3", "w2"), t.moe)
         elif i in moe_ids:
             moe_blocks[i] = _qwen2_moe_block(r, f"{p}mlp.", t.moe)
@@ -420,7 +424,10 @@ def hf_state_dict(model: TextTransformer, family: str) -> dict[str, Tensor]:
     t = model.config.transformer
     own = {k: v.detach() for k, v in model.state_dict().items()}
     H, Hkv, Dh = t.num_heads, t.num_kv_heads or t.num_heads, t.attn_head_dim
-    out = {"model.embed_tokens.weight": own["embed.weight"], "model.norm.weight": own["transformer.norm.weight"]}
+    out = {
+        "model.embed_tokens.weight": own["embed.weight"],
+        "model.norm.weight": own["transformer.norm.weight"],
+    }
     if not model.config.tie_embeddings:
         out["lm_head.weight"] = own["lm_head.weight"]
     for i, block in enumerate(model.transformer.blocks):
@@ -445,9 +452,11 @@ def hf_state_dict(model: TextTransformer, family: str) -> dict[str, Tensor]:
 def _moe_to_hf(layer: MoELayer, p: str, family: str) -> dict[str, Tensor]:
     """An MoE layer as per-expert Hugging Face weights (through `vlmoe.moe.hf`)."""
     if family == "mixtral":
-        block, base, (g, u, d) = mixtral_state_dict(layer), f"{p}block_sparse_moe.", ("w1", "w3", "w2")
+        block, base = mixtral_state_dict(layer), f"{p}block_sparse_moe."
+        g, u, d = "w1", "w3", "w2"
     else:
-        block, base, (g, u, d) = qwen2_moe_state_dict(layer), f"{p}mlp.", ("gate_proj", "up_proj", "down_proj")
+        block, base = qwen2_moe_state_dict(layer), f"{p}mlp."
+        g, u, d = "gate_proj", "up_proj", "down_proj"
     out = {f"{base}gate.weight": block.pop("gate.weight")}
     gate_up, down = block.pop("experts.gate_up_proj"), block.pop("experts.down_proj")
     for e in range(gate_up.shape[0]):

@@ -54,9 +54,7 @@ class StateReader:
         are regular expressions of keys the checkpoint may hold that vlmoe does not need."""
         patterns = [re.compile(p) for p in unused]
         unexpected = sorted(
-            k
-            for k in set(self.tensors) - self.used
-            if not any(p.fullmatch(k) for p in patterns)
+            k for k in set(self.tensors) - self.used if not any(p.fullmatch(k) for p in patterns)
         )
         problems = []
         if self.missing:
