@@ -3,15 +3,23 @@ compose a decoder VLM. See the package docstring."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Literal
 
+import torch
+from torch import Tensor, nn
+
+from vlmoe.data.tokenizer import Tokenizer
 from vlmoe.models.base import PretrainedModel
+from vlmoe.models.checkpoint import save_tokenizer
+from vlmoe.models.config import DecoderConfig
 from vlmoe.models.decoder import Decoder
 from vlmoe.models.hf import bert, causal_lm, vision
 from vlmoe.models.hf.files import HFImportError, load_tensors, read_config, save_directory
 from vlmoe.models.text import TextTransformer
+from vlmoe.models.vit import ViT
 
 log = logging.getLogger(__name__)
 
@@ -55,8 +63,43 @@ def import_model(directory: str | Path, *, feature_layer: int | None = None) -> 
     return model.eval()
 
 
-def _tokenizer(directory: Path, model: PretrainedModel) -> Any:
-    return None
+def _tokenizer(directory: Path, model: PretrainedModel) -> Tokenizer | None:
+    """The directory's `tokenizer.json` as a vlmoe `Tokenizer` (which adds an `<image>` token
+    when missing); a text model's vocabulary grows to cover any token it adds."""
+    if not (directory / "tokenizer.json").is_file():
+        return None
+    tokenizer = Tokenizer.from_pretrained(directory)
+    if isinstance(model, TextTransformer) and tokenizer.vocab_size > model.config.vocab_size:
+        grow_vocab(model, tokenizer.vocab_size)
+    return tokenizer
+
+
+@torch.no_grad()
+def grow_vocab(lm: TextTransformer, vocab_size: int) -> None:
+    """Give `lm` rows for token ids up to `vocab_size`; new input and output rows start at the
+    mean of the existing ones (as LLaVA does for its added tokens)."""
+    old = lm.config.vocab_size
+    if vocab_size <= old:
+        return
+    log.info(
+        "growing the vocabulary from %d to %d tokens for added special tokens", old, vocab_size
+    )
+    lm.config = dataclasses.replace(lm.config, vocab_size=vocab_size)
+    lm.embed = _grown(
+        lm.embed.weight, vocab_size, nn.Embedding(vocab_size, lm.embed.weight.shape[1])
+    )
+    if lm.lm_head is not None:
+        head = nn.Linear(lm.lm_head.in_features, vocab_size, bias=lm.lm_head.bias is not None)
+        lm.lm_head = _grown(lm.lm_head.weight, vocab_size, head)
+        if head.bias is not None:
+            head.bias[old:] = 0.0
+
+
+def _grown(weight: Tensor, vocab_size: int, module: nn.Module) -> nn.Module:
+    module = module.to(device=weight.device, dtype=weight.dtype)
+    module.weight[: weight.shape[0]] = weight
+    module.weight[weight.shape[0] :] = weight.mean(0)
+    return module
 
 
 def export_model(
@@ -64,9 +107,12 @@ def export_model(
     directory: str | Path,
     *,
     max_shard_size: int | None = None,
+    tokenizer: Tokenizer | None = None,
 ) -> Path:
     """Write a vlmoe LM (or a `Decoder`'s LM) as a Hugging Face directory that `transformers`
-    loads: Llama, Qwen2, Mixtral or Qwen2-MoE, whichever its config maps onto exactly."""
+    loads: Llama, Qwen2, Mixtral or Qwen2-MoE, whichever its config maps onto exactly; with
+    `tokenizer` (or the model's own), its tokenizer.json too. Shards past `max_shard_size`
+    bytes."""
     lm = model.lm if isinstance(model, Decoder) else model
     if not isinstance(lm, TextTransformer):
         raise HFImportError(
@@ -79,9 +125,47 @@ def export_model(
         causal_lm.hf_state_dict(lm, family),
         max_shard_size,
     )
+    tokenizer = tokenizer if tokenizer is not None else getattr(model, "tokenizer", None)
+    if tokenizer is not None:
+        save_tokenizer(tokenizer, directory)
     log.info("exported the LM as %s to %s", family, directory)
     return directory
 
 
-def compose_decoder(*args: Any, **kwargs: Any) -> Decoder:
-    raise NotImplementedError
+def compose_decoder(
+    vision_dir: str | Path,
+    text_dir: str | Path,
+    *,
+    feature_layer: int | None = -2,
+    vision_feature: Literal["patch", "all"] = "patch",
+    projector: Literal["linear", "mlp"] = "mlp",
+) -> Decoder:
+    """MoE-LLaVA's starting point: a `Decoder` whose vision tower and LM are pretrained
+    Hugging Face models and whose projector is fresh.
+
+    Args:
+        feature_layer: which vision hidden states feed the projector (-2: LLaVA's second-to-last
+            layer; None: the tower's last_hidden_state).
+        vision_feature: "patch" drops the class token (LLaVA's `select_feature='patch'`).
+    The LM's tokenizer comes along, with an `<image>` token: its id becomes `image_token_id`,
+    so prompts hold one placeholder per image token (LLaVA's layout).
+    """
+    vision = import_model(vision_dir, feature_layer=feature_layer)
+    lm = import_model(text_dir)
+    if not isinstance(vision, ViT):
+        raise HFImportError(f"{vision_dir}: not a vision tower (got {vision.architecture})")
+    if not isinstance(lm, TextTransformer) or not lm.causal:
+        raise HFImportError(f"{text_dir}: not a causal language model")
+    tokenizer = lm.tokenizer
+    config = DecoderConfig(
+        vision=vision.config,
+        vision_feature=vision_feature,
+        projector=projector,
+        image_token_id=tokenizer.image_id if tokenizer is not None else None,
+        text=lm.config,
+    )
+    model = Decoder(config)
+    model.vision.load_state_dict(vision.state_dict())
+    model.lm.load_state_dict(lm.state_dict())
+    model.tokenizer = tokenizer
+    return model.eval()
