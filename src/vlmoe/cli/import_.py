@@ -14,7 +14,9 @@ DESCRIPTION = """\
 Build a vlmoe model from a local Hugging Face model directory (config.json + safetensors,
 sharded included; pickled .bin weights are refused, never loaded), or compose MoE-LLaVA's
 starting point: a pretrained vision tower -> fresh projector -> pretrained language model.
-Then `vlmoe upcycle` turns the LM's FFNs into experts, and `vlmoe train --init-from` trains it.
+With --text ENCODER and a contrastive or fusion --preset, the text tower of a two-tower
+contrastive model, or the whole fusion encoder (VLMo), starts from a pretrained BERT / MiniLM.
+Then `vlmoe upcycle` turns chosen FFNs into experts, and `vlmoe train --init-from` trains it.
 
 Supported: vision towers clip, siglip, vit; text encoder bert (MiniLM); decoder LMs llama,
 mistral, qwen2, mixtral, qwen2_moe, phi. `--to-hf` writes a Llama-, Qwen2-, Mixtral- or
@@ -26,6 +28,7 @@ examples:
   vlmoe import hf/clip-vit-base-patch16 models/clip --feature-layer -2
   vlmoe import --vision hf/clip-vit-base-patch16 --text hf/Qwen2-0.5B models/llava-start
   vlmoe upcycle models/llava-start models/llava-moe --layers every-other --num-experts 4
+  vlmoe import --text hf/all-MiniLM-L6-v2 --preset contrastive-small-moe models/clip-minilm
   vlmoe import --to-hf models/llava-moe hf-out/llava-moe-lm --max-shard-size 2GB
 """
 
@@ -38,7 +41,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="SOURCE OUT (one model, or with --to-hf), or just OUT (with --vision and --text)",
     )
     p.add_argument("--vision", metavar="DIR", help="Hugging Face vision tower directory")
-    p.add_argument("--text", metavar="DIR", help="Hugging Face causal LM directory")
+    p.add_argument(
+        "--text", metavar="DIR", help="Hugging Face causal LM (with --vision) or text encoder"
+    )
+    p.add_argument(
+        "--preset",
+        help="with --text ENCODER alone: the contrastive-* or fusion-* preset giving the rest",
+    )
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="with --preset: change a field of its config, e.g. --set num_answers=40",
+    )
     p.add_argument(
         "--feature-layer",
         type=int,
@@ -72,8 +89,12 @@ def run(args: argparse.Namespace) -> int:
     from vlmoe.models.hf.files import parse_size
 
     compose = args.vision is not None or args.text is not None
-    if compose and (args.vision is None or args.text is None):
-        raise CLIError("--vision and --text go together")
+    if args.vision is not None and args.text is None:
+        raise CLIError("--vision needs --text (the language model)")
+    if args.text is not None and args.vision is None and args.preset is None:
+        raise CLIError("--text needs --vision (a decoder) or --preset (contrastive / fusion)")
+    if args.preset is not None and args.vision is not None:
+        raise CLIError("--preset goes with --text alone, not with --vision")
     if compose and args.to_hf:
         raise CLIError("--to-hf cannot be combined with --vision / --text")
     want = 1 if compose else 2
@@ -95,7 +116,9 @@ def run(args: argparse.Namespace) -> int:
         export_model(model, out, max_shard_size=shard, tokenizer=tokenizer)
         print(f"wrote {out} (Hugging Face layout)")
         return 0
-    if compose:
+    if args.preset is not None:
+        model = _compose_from_preset(args.text, args.preset, args.overrides)
+    elif compose:
         feature_layer = -2 if args.feature_layer is None else args.feature_layer
         model = compose_decoder(
             args.vision,
@@ -111,6 +134,18 @@ def run(args: argparse.Namespace) -> int:
     print(f"{model.architecture}: {total:,} parameters")
     print(f"wrote {out}")
     return 0
+
+
+def _compose_from_preset(text: str, preset: str, overrides: list[str]):
+    from vlmoe.models.hf import compose_contrastive, compose_fusion
+    from vlmoe.registry import get_preset, preset_config
+
+    arch = get_preset(preset).architecture
+    if arch not in ("contrastive", "fusion"):
+        raise CLIError(f"--preset {preset} is a {arch} model; expected contrastive-* or fusion-*")
+    base = preset_config(preset).with_overrides(overrides)
+    compose = compose_contrastive if arch == "contrastive" else compose_fusion
+    return compose(text, base)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

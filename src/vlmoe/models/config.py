@@ -258,9 +258,30 @@ class ContrastiveConfig(ImageTextConfig):
     logit_scale_init: float = 14.285714  # 1 / 0.07, as in CLIP
     logit_scale_max: float = 100.0
     transformer: TransformerConfig = field(default_factory=TransformerConfig)
+    # A separate text encoder (CLIP-style two towers, e.g. a pretrained MiniLM); None = texts
+    # share `transformer` with images (LIMoE).
+    text_tower: TextConfig | None = None
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], _path: str = "") -> ContrastiveConfig:
+        return super().from_dict(_build_optional(data, _path, "text_tower", TextConfig), _path)
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.text_tower is not None:
+            t = self.text_tower
+            check(
+                t.attention == "bidirectional",
+                f"text_tower.attention must be 'bidirectional', got {t.attention!r}",
+            )
+            check(
+                t.vocab_size == self.vocab_size,
+                f"vocab_size={self.vocab_size} must equal text_tower.vocab_size={t.vocab_size}",
+            )
+            check(
+                self.max_seq_len <= t.max_seq_len,
+                f"max_seq_len={self.max_seq_len} must be <= text_tower.max_seq_len={t.max_seq_len}",
+            )
         check(self.embed_dim >= 1, f"embed_dim must be >= 1, got {self.embed_dim}")
         check(
             self.logit_scale_init > 0, f"logit_scale_init must be > 0, got {self.logit_scale_init}"

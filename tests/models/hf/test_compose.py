@@ -8,12 +8,13 @@ import torch
 from tokenizers import Tokenizer as HFTokenizer
 from tokenizers import models, pre_tokenizers
 
-from tests.models.hf.conftest import build_hf_lm, build_hf_vision, rel_err
+from tests.models.hf.conftest import build_hf_bert, build_hf_lm, build_hf_vision, rel_err
 from vlmoe.cli.main import main
 from vlmoe.config import MoEConfig
 from vlmoe.models import Decoder, load_model, upcycle_model
-from vlmoe.models.hf import compose_decoder, import_model
+from vlmoe.models.hf import compose_contrastive, compose_decoder, compose_fusion, import_model
 from vlmoe.models.upcycle import LAYER_CHOICES, choose_layers
+from vlmoe.registry import preset_config
 
 
 def _save_tokenizer(directory, size: int) -> None:
@@ -143,10 +144,64 @@ def test_cli_import_compose_upcycle_export(hf_dirs, capsys):
         assert rel_err(back(ids).logits[..., :97], hf_lm(ids).logits) < 1e-5
 
 
+@pytest.fixture
+def bert_dir(tmp_path):
+    hf = build_hf_bert()
+    hf.save_pretrained(tmp_path / "bert")
+    _save_tokenizer(tmp_path / "bert", 90)
+    return tmp_path / "bert", hf
+
+
+def test_two_tower_contrastive_text_tower_is_the_pretrained_encoder(bert_dir):
+    directory, hf = bert_dir
+    base = preset_config("contrastive-debug-moe")
+    model = compose_contrastive(directory, base)
+    assert model.text_embed is None and model.config.max_seq_len == base.max_seq_len
+    ids = torch.randint(3, 90, (3, 8))
+    mask = torch.ones_like(ids)
+    mask[2, 5:] = 0
+    with torch.no_grad():
+        h = hf(input_ids=ids, attention_mask=mask).last_hidden_state
+        mean = (h * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)
+        want = torch.nn.functional.normalize(model.text_proj(mean), dim=-1)
+        out = model(torch.randn(3, 3, 16, 16), ids, mask)
+    assert rel_err(out.text_embeds, want) < 1e-5
+    assert out.logits_per_image.shape == (3, 3) and out.image_moe_aux  # MoE image tower
+    model.save_pretrained(directory.parent / "saved")
+    again = load_model(directory.parent / "saved")
+    with torch.no_grad():
+        assert torch.equal(again.encode_text(ids, mask), model.encode_text(ids, mask))
+
+
+def test_fusion_encoder_starts_as_the_pretrained_encoder(bert_dir):
+    directory, hf = bert_dir
+    model = compose_fusion(directory, preset_config("fusion-debug"))
+    assert model.config.transformer.layout == "post"
+    ids = torch.randint(3, 90, (2, 7))
+    with torch.no_grad():
+        out = model(None, ids)
+        theirs = hf(input_ids=ids).last_hidden_state
+    assert rel_err(out.hidden_states, theirs) < 1e-5
+    assert out.vqa_logits is not None
+
+
+def test_cli_import_text_encoder_with_preset(bert_dir):
+    directory, _ = bert_dir
+    out = directory.parent / "clip-bert"
+    args = ["import", "--text", str(directory), "--preset", "contrastive-debug", str(out)]
+    assert main(args) == 0
+    model = load_model(out)
+    assert model.config.text_tower is not None and model.tokenizer is not None
+
+
 def test_cli_import_usage_errors(hf_dirs, capsys):
     root, _, _ = hf_dirs
     assert main(["import", "--vision", str(root / "vision"), str(root / "x")]) == 2
-    assert "--vision and --text go together" in capsys.readouterr().err
+    assert "--vision needs --text" in capsys.readouterr().err
+    assert main(["import", "--text", str(root / "lm"), str(root / "x")]) == 2
+    assert "--text needs --vision" in capsys.readouterr().err
+    assert main(["import", "--text", str(root / "lm"), "--preset", "vit-debug", "x"]) == 2
+    assert "expected contrastive-* or fusion-*" in capsys.readouterr().err
     assert main(["import", str(root / "lm")]) == 2
     assert main(["import", str(root / "nope"), str(root / "y")]) == 2
     assert "not a directory" in capsys.readouterr().err

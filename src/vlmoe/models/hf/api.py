@@ -1,12 +1,11 @@
-"""The entry points of `vlmoe.models.hf`: import a directory by its `model_type`, export an LM,
-compose a decoder VLM. See the package docstring."""
+"""The entry points of `vlmoe.models.hf`: import a directory by its `model_type`, export an LM.
+See the package docstring."""
 
 from __future__ import annotations
 
 import dataclasses
 import logging
 from pathlib import Path
-from typing import Literal
 
 import torch
 from torch import Tensor, nn
@@ -14,12 +13,10 @@ from torch import Tensor, nn
 from vlmoe.data.tokenizer import Tokenizer
 from vlmoe.models.base import PretrainedModel
 from vlmoe.models.checkpoint import save_tokenizer
-from vlmoe.models.config import DecoderConfig
 from vlmoe.models.decoder import Decoder
 from vlmoe.models.hf import bert, causal_lm, vision
 from vlmoe.models.hf.files import HFImportError, load_tensors, read_config, save_directory
 from vlmoe.models.text import TextTransformer
-from vlmoe.models.vit import ViT
 
 log = logging.getLogger(__name__)
 
@@ -130,42 +127,3 @@ def export_model(
         save_tokenizer(tokenizer, directory)
     log.info("exported the LM as %s to %s", family, directory)
     return directory
-
-
-def compose_decoder(
-    vision_dir: str | Path,
-    text_dir: str | Path,
-    *,
-    feature_layer: int | None = -2,
-    vision_feature: Literal["patch", "all"] = "patch",
-    projector: Literal["linear", "mlp"] = "mlp",
-) -> Decoder:
-    """MoE-LLaVA's starting point: a `Decoder` whose vision tower and LM are pretrained
-    Hugging Face models and whose projector is fresh.
-
-    Args:
-        feature_layer: which vision hidden states feed the projector (-2: LLaVA's second-to-last
-            layer; None: the tower's last_hidden_state).
-        vision_feature: "patch" drops the class token (LLaVA's `select_feature='patch'`).
-    The LM's tokenizer comes along, with an `<image>` token: its id becomes `image_token_id`,
-    so prompts hold one placeholder per image token (LLaVA's layout).
-    """
-    vision = import_model(vision_dir, feature_layer=feature_layer)
-    lm = import_model(text_dir)
-    if not isinstance(vision, ViT):
-        raise HFImportError(f"{vision_dir}: not a vision tower (got {vision.architecture})")
-    if not isinstance(lm, TextTransformer) or not lm.causal:
-        raise HFImportError(f"{text_dir}: not a causal language model")
-    tokenizer = lm.tokenizer
-    config = DecoderConfig(
-        vision=vision.config,
-        vision_feature=vision_feature,
-        projector=projector,
-        image_token_id=tokenizer.image_id if tokenizer is not None else None,
-        text=lm.config,
-    )
-    model = Decoder(config)
-    model.vision.load_state_dict(vision.state_dict())
-    model.lm.load_state_dict(lm.state_dict())
-    model.tokenizer = tokenizer
-    return model.eval()
