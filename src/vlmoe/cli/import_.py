@@ -71,6 +71,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--projector", choices=("linear", "mlp"), default="mlp")
     p.add_argument(
+        "--image-placeholders",
+        action="store_true",
+        help="with --vision: prompts hold one <image> token per image token (LLaVA's layout) "
+        "instead of the image tokens going in front of the text",
+    )
+    p.add_argument(
         "--to-hf",
         action="store_true",
         help="export: SOURCE is a vlmoe model or run directory, OUT a Hugging Face directory",
@@ -126,6 +132,7 @@ def run(args: argparse.Namespace) -> int:
             feature_layer=feature_layer,
             vision_feature=args.vision_feature,
             projector=args.projector,
+            image_placeholders=args.image_placeholders,
         )
     else:
         model = import_model(args.paths[0], feature_layer=args.feature_layer)

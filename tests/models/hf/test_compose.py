@@ -46,7 +46,7 @@ def test_tokenizer_comes_with_the_lm_and_the_vocab_grows_for_image(hf_dirs):
 
 def test_composed_decoder_keeps_both_pretrained_parts(hf_dirs):
     root, hf_lm, hf_vision = hf_dirs
-    model = compose_decoder(root / "vision", root / "lm", feature_layer=-2)
+    model = compose_decoder(root / "vision", root / "lm", feature_layer=-2, image_placeholders=True)
     assert isinstance(model, Decoder) and model.config.image_token_id == 97
     images = torch.randn(2, 3, 16, 16)
     with torch.no_grad():
@@ -64,7 +64,7 @@ def test_composed_decoder_keeps_both_pretrained_parts(hf_dirs):
 @pytest.mark.parametrize("choice", LAYER_CHOICES)
 def test_upcycled_decoder_starts_equal(hf_dirs, choice):
     root, _, _ = hf_dirs
-    dense = compose_decoder(root / "vision", root / "lm")
+    dense = compose_decoder(root / "vision", root / "lm", image_placeholders=True)
     moe = upcycle_model(dense, MoEConfig(num_experts=4, top_k=2), layers=choice)
     L = dense.config.text.transformer.num_layers
     assert moe.config.text.transformer.moe_layer_ids() == choose_layers(L, choice)
@@ -107,6 +107,7 @@ def test_cli_import_compose_upcycle_export(hf_dirs, capsys):
     )
     start = load_model(root / "start")
     assert isinstance(start, Decoder) and start.tokenizer.image_id == 97
+    assert start.config.image_token_id is None  # image tokens in front by default
     assert (
         main(
             [
@@ -205,3 +206,76 @@ def test_cli_import_usage_errors(hf_dirs, capsys):
     assert main(["import", str(root / "lm")]) == 2
     assert main(["import", str(root / "nope"), str(root / "y")]) == 2
     assert "not a directory" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_moe_llava_three_stages_run_on_a_composed_decoder(hf_dirs, tmp_path):
+    """Stage I (projector) and II (all) on the dense composition, upcycle, stage III (MoE)."""
+    root, _, _ = hf_dirs
+    start, moe = root / "start", root / "moe"
+    assert (
+        main(["import", "--vision", str(root / "vision"), "--text", str(root / "lm"), str(start)])
+        == 0
+    )
+    common = [
+        "--task",
+        "captioning",
+        "--data",
+        "shapes",
+        "--set",
+        "data.num_train=40",
+        "--set",
+        "data.num_eval=8",
+        "--set",
+        "train.batch_size=8",
+    ]
+    stages = "[{name: projector, steps: 3, trainable: [projector]}, {name: all, steps: 3}]"
+    assert (
+        main(
+            [
+                "train",
+                "--init-from",
+                str(start),
+                *common,
+                "--set",
+                f"train.stages={stages}",
+                "--out",
+                str(tmp_path / "dense"),
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(
+            [
+                "upcycle",
+                str(tmp_path / "dense"),
+                str(moe),
+                "--layers",
+                "every-other",
+                "--num-experts",
+                "4",
+                "--top-k",
+                "2",
+            ]
+        )
+        == 0
+    )
+    stage3 = "[{name: moe, steps: 3, trainable: [moe]}]"
+    assert (
+        main(
+            [
+                "train",
+                "--init-from",
+                str(moe),
+                *common,
+                "--set",
+                f"train.stages={stage3}",
+                "--out",
+                str(tmp_path / "moe"),
+            ]
+        )
+        == 0
+    )
+    tuned = load_model(tmp_path / "moe" / "model")
+    assert tuned.config.text.transformer.moe_layer_ids() == [0]

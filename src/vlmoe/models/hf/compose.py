@@ -2,7 +2,7 @@
 
 - `compose_decoder` (MoE-LLaVA, Lin et al. 2024; LLaVA-1.5, Liu et al. 2023): a pretrained
   vision tower's chosen layer -> fresh projector -> pretrained causal LM, with the LM's
-  tokenizer and its `<image>` token as the placeholder for image tokens.
+  tokenizer (given an `<image>` token, the placeholder for image tokens if asked for).
 - `compose_contrastive` (CLIP's two towers, with LIMoE's MoE image tower): a pretrained
   text encoder (BERT / MiniLM) as the text tower; the image tower and both projections come
   from `base`, a config (e.g. a preset's) whose `text_tower` this fills in.
@@ -40,6 +40,7 @@ def compose_decoder(
     feature_layer: int | None = -2,
     vision_feature: Literal["patch", "all"] = "patch",
     projector: Literal["linear", "mlp"] = "mlp",
+    image_placeholders: bool = False,
 ) -> Decoder:
     """A `Decoder` from a pretrained vision tower and causal LM, with a fresh projector.
 
@@ -47,6 +48,9 @@ def compose_decoder(
         feature_layer: which vision hidden states feed the projector (-2: LLaVA's second-to-last
             layer; None: the tower's last_hidden_state).
         vision_feature: "patch" drops the class token (LLaVA's `select_feature='patch'`).
+        image_placeholders: prompts carry one `<image>` token per image token, replaced by
+            them (LLaVA's layout; `image_token_id` is the tokenizer's `<image>`); by default
+            the image tokens go in front of the text.
     """
     vision = import_model(vision_dir, feature_layer=feature_layer)
     lm = import_model(text_dir)
@@ -59,7 +63,7 @@ def compose_decoder(
         vision=vision.config,
         vision_feature=vision_feature,
         projector=projector,
-        image_token_id=tokenizer.image_id if tokenizer is not None else None,
+        image_token_id=tokenizer.image_id if image_placeholders and tokenizer else None,
         text=lm.config,
     )
     model = Decoder(config)
