@@ -49,8 +49,8 @@ import torch
 log = logging.getLogger("pretrained_start")
 
 RECIPE = {
-    "steps": 150,
-    "batch_size": 32,
+    "steps": 80,
+    "batch_size": 16,
     "lr": 3e-4,
     "weight_decay": 0.01,
     "warmup_frac": 0.1,
@@ -59,7 +59,7 @@ RECIPE = {
     "patch_size": 8,
     "max_seq_len": 24,
     "num_train": 2000,
-    "num_eval": 150,
+    "num_eval": 100,
 }
 TASKS = {
     "retrieval": ("contrastive", "contrastive-small-moe", "retrieval/r@1", "mean R@1"),

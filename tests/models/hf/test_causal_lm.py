@@ -29,7 +29,12 @@ def test_greedy_generation_matches_transformers(hf_lm_dir, family):
     ids = torch.randint(0, 97, (1, 5), generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
         theirs = hf.generate(
-            ids, max_new_tokens=12, do_sample=False, eos_token_id=None, pad_token_id=0
+            ids,
+            attention_mask=torch.ones_like(ids),  # else transformers masks ids equal to pad
+            max_new_tokens=12,
+            do_sample=False,
+            eos_token_id=None,
+            pad_token_id=0,
         )[:, ids.shape[1] :]
     ours = model.generate(ids, max_new_tokens=12)
     assert ours.tolist() == theirs.tolist()
@@ -64,3 +69,35 @@ def test_export_refuses_an_lm_with_no_hf_twin():
     model = TextTransformer(TextConfig())  # vlmoe's default: LayerNorm
     with pytest.raises(HFImportError, match="transformer.norm='layernorm'"):
         export_model(model, "unused")
+
+
+@pytest.mark.parametrize("preset", ["decoder-debug", "text-debug"])
+def test_vlmoe_native_lm_exports_as_llama(tmp_path, preset):
+    """A vlmoe decoder trained from scratch (RMSNorm, SwiGLU, RoPE: Llama-shaped) saves in the
+    Llama layout; transformers computes the same logits and greedy continuation."""
+    import transformers
+
+    from vlmoe.registry import create_model
+
+    torch.manual_seed(0)
+    model = create_model(preset).eval()
+    lm = model.lm if hasattr(model, "lm") else model
+    with torch.no_grad():  # random norms, so that a mixed-up norm would show
+        for name, p in lm.named_parameters():
+            if "norm" in name:
+                p.add_(0.1 * torch.randn_like(p))
+    export_model(model, tmp_path)
+    back = transformers.AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    assert type(back).__name__ == "LlamaForCausalLM"
+    ids = torch.randint(0, lm.config.vocab_size, (2, 6), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert rel_err(back(ids).logits, lm(ids).logits) < 1e-5
+        theirs = back.generate(
+            ids[:1],
+            attention_mask=torch.ones_like(ids[:1]),
+            max_new_tokens=6,
+            do_sample=False,
+            eos_token_id=None,
+            pad_token_id=0,
+        )[:, 6:]
+    assert lm.generate(ids[:1], max_new_tokens=6).tolist() == theirs.tolist()
