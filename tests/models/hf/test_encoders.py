@@ -48,3 +48,37 @@ def test_bert_hidden_states_match_transformers(tmp_path):
     assert rel_err(out.hidden_states[valid], theirs[valid]) < 1e-5
     mean = (theirs * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)
     assert rel_err(out.pooled, mean) < 1e-5
+
+
+@pytest.mark.parametrize("family", ["clip", "siglip"])
+def test_vision_half_of_a_full_checkpoint(tmp_path, family):
+    import transformers
+
+    names = {"clip": ("CLIPConfig", "CLIPModel"), "siglip": ("SiglipConfig", "SiglipModel")}
+    cfg_name, model_name = names[family]
+    text = dict(
+        vocab_size=50,
+        hidden_size=32,
+        intermediate_size=48,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=16,
+    )
+    vision = dict(
+        hidden_size=32,
+        intermediate_size=48,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        image_size=16,
+        patch_size=4,
+    )
+    torch.manual_seed(0)
+    config = getattr(transformers, cfg_name)(text_config=text, vision_config=vision)
+    hf = getattr(transformers, model_name)(config).eval()
+    hf.save_pretrained(tmp_path)
+    model = import_model(tmp_path, feature_layer=-2)
+    images = torch.randn(1, 3, 16, 16)
+    with torch.no_grad():
+        theirs = hf.vision_model(pixel_values=images, output_hidden_states=True).hidden_states[-2]
+        ours, _ = model.forward_features(images)
+    assert rel_err(ours, theirs) < 1e-5
