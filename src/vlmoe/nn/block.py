@@ -24,7 +24,8 @@ BlockLayout = Literal["pre", "post", "parallel"]
 
 
 class Block(nn.Module):
-    """One pre-norm transformer block with a dense or MoE feed-forward layer."""
+    """One transformer block (pre-norm unless `layout` says otherwise) with a dense or MoE
+    feed-forward layer."""
 
     def __init__(
         self,

@@ -6,8 +6,8 @@ approximation, SigLIP's `gelu_pytorch_tanh`), "gelu_erf" (the exact one, BERT an
 
 Weights are bias-free by default so that a dense MLP and its upcycled experts hold exactly the
 same parameters; `bias=True` is for imported checkpoints (CLIP, BERT, ...). `fc_in` packs the
-gate and up projections of SwiGLU side by side (gate first), the
-same layout the stacked experts use, so one matmul computes both.
+gate and up projections of SwiGLU side by side (gate first), the same layout the stacked experts
+use, so one matmul computes both.
 """
 
 from __future__ import annotations
