@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.models.hf.conftest import LM_FAMILIES, rel_err
+from tests.models.hf.helpers import LM_FAMILIES, rel_err
 from vlmoe.models import TextTransformer
 from vlmoe.models.hf import HFImportError, export_model, import_model
 

@@ -8,7 +8,7 @@ import torch
 from tokenizers import Tokenizer as HFTokenizer
 from tokenizers import models, pre_tokenizers
 
-from tests.models.hf.conftest import build_hf_bert, build_hf_lm, build_hf_vision, rel_err
+from tests.models.hf.helpers import build_hf_bert, build_hf_lm, build_hf_vision, rel_err
 from vlmoe.cli.main import main
 from vlmoe.config import MoEConfig
 from vlmoe.models import Decoder, load_model, upcycle_model

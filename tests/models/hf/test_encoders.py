@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.models.hf.conftest import VISION_FAMILIES, build_hf_bert, build_hf_vision, rel_err
+from tests.models.hf.helpers import VISION_FAMILIES, build_hf_bert, build_hf_vision, rel_err
 from vlmoe.models import TextTransformer, ViT
 from vlmoe.models.hf import HFImportError, import_model
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.models.hf.conftest import rel_err
+from tests.models.hf.helpers import rel_err
 from vlmoe.models.hf import import_model
 
 transformers = pytest.importorskip("transformers")
