@@ -112,8 +112,7 @@ def build_run(task: str, arm: str, seed: int, steps: int) -> Any:
 
     from vlmoe.models import ContrastiveModel, FusionModel
     from vlmoe.models.hf import compose_contrastive, compose_fusion
-    from vlmoe.train.run import prepare
-    from vlmoe.train.tasks import Collator
+    from vlmoe.recipes.run import prepare
 
     cfg = run_config(task, seed, steps)
     run = prepare(cfg)  # data and examples; its preset model and BPE tokenizer are replaced
@@ -129,27 +128,19 @@ def build_run(task: str, arm: str, seed: int, steps: int) -> Any:
         tokenizer = model.tokenizer
         model = cls(model.config)
         model.tokenizer = tokenizer
-    tok, max_len = model.tokenizer, model.config.max_seq_len
-    info = dataclasses.replace(run.info, max_len=max_len)
-    return dataclasses.replace(
-        run,
-        model=model.train(),
-        tokenizer=tok,
-        info=info,
-        train_collate=Collator(run.train_examples, tok, max_len),
-        eval_collate=Collator(run.eval_examples, tok, max_len),
-    )
+    info = dataclasses.replace(run.info, max_len=model.config.max_seq_len)
+    minilm_task = type(run.task)(info, model.tokenizer)
+    return dataclasses.replace(run, model=model.train(), task=minilm_task)
 
 
 def run_one(task: str, arm: str, seed: int, steps: int) -> dict[str, Any]:
     from vlmoe.models import count_parameters
-    from vlmoe.train.run import evaluate, make_trainer
+    from vlmoe.recipes.run import evaluate, make_trainer
 
     t0 = time.perf_counter()
     run = build_run(task, arm, seed, steps)
-    cfg = run.cfg
     with tempfile.TemporaryDirectory(prefix="pretrained-start-") as run_dir:
-        result = make_trainer(run, cfg, run_dir, eval_at_end=False).fit()
+        result = make_trainer(run, run.cfg, run_dir, eval_at_end=False).fit()
     run.model.eval()
     metrics = evaluate(run, None, batch_size=64, routing=False)
     if "retrieval/i2t_r@1" in metrics:

@@ -112,14 +112,14 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.paths[-1])
     _check_out(out)
     if args.to_hf:
-        from vlmoe.train.run import load_trained
+        from vlmoe.recipes.run import load_trained
 
         try:
             shard = parse_size(args.max_shard_size) if args.max_shard_size else None
         except ValueError:
             raise CLIError(f"--max-shard-size {args.max_shard_size!r}: not a size") from None
-        model, _, tokenizer = load_trained(args.paths[0])
-        export_model(model, out, max_shard_size=shard, tokenizer=tokenizer)
+        model, task = load_trained(args.paths[0])
+        export_model(model, out, max_shard_size=shard, tokenizer=task.tokenizer)
         print(f"wrote {out} (Hugging Face layout)")
         return 0
     if args.preset is not None:
@@ -145,7 +145,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _compose_from_preset(text: str, preset: str, overrides: list[str]):
     from vlmoe.models.hf import compose_contrastive, compose_fusion
-    from vlmoe.registry import get_preset, preset_config
+    from vlmoe.models.registry import get_preset, preset_config
 
     arch = get_preset(preset).architecture
     if arch not in ("contrastive", "fusion"):

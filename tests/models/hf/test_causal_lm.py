@@ -77,7 +77,7 @@ def test_vlmoe_native_lm_exports_as_llama(tmp_path, preset):
     Llama layout; transformers computes the same logits and greedy continuation."""
     import transformers
 
-    from vlmoe.registry import create_model
+    from vlmoe.models.registry import create_model
 
     torch.manual_seed(0)
     model = create_model(preset).eval()

@@ -13,8 +13,8 @@ from vlmoe.cli.main import main
 from vlmoe.config import MoEConfig
 from vlmoe.models import Decoder, load_model, upcycle_model
 from vlmoe.models.hf import compose_contrastive, compose_decoder, compose_fusion, import_model
+from vlmoe.models.registry import preset_config
 from vlmoe.models.upcycle import LAYER_CHOICES, choose_layers
-from vlmoe.registry import preset_config
 
 
 def _save_tokenizer(directory, size: int) -> None:
