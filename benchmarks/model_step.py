@@ -2,14 +2,16 @@
 (E=8, top-2, experts sized for equal active parameters) against the dense model, in fp32 and
 under bf16 autocast. Target: MoE >= 0.9x the dense twin's throughput.
 
-A step is forward, a stand-in task loss (+ 0.01 x load-balance loss for MoE), backward and an
-AdamW step, on random inputs of the preset's shapes. Dense and MoE steps are interleaved and
-both the median and the best step time are reported, so that a shared machine's load affects
-the two alike (the "best" ratio is the least noisy one on a busy CPU).
+A step is forward, a stand-in task loss (+ 0.01 x load-balance loss for MoE), backward and the
+trainer's AdamW step (`vlmoe.train.optim.build_optimizer`), on random inputs of the preset's
+shapes. Dense and MoE steps are interleaved and both the median and the best step time are
+reported, so that a shared machine's load affects the two alike (the "best" ratio is the least
+noisy one on a busy CPU; `--clock cpu --threads 1` leaves the load out altogether).
 
     python benchmarks/model_step.py                      # table
     python benchmarks/model_step.py --json               # JSON on stdout
     python benchmarks/model_step.py --arch fusion decoder --batch-size 32 --device cuda
+    python benchmarks/model_step.py --profile vit-small-moe --dtype fp32 --threads 1
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ import torch.nn.functional as F
 import vlmoe
 from vlmoe.models import count_parameters
 from vlmoe.moe.losses import load_balance_loss
+from vlmoe.train.config import OptimizerConfig
+from vlmoe.train.optim import build_optimizer
 
 ARCHS = ("vit", "text", "fusion", "contrastive", "decoder")
 
@@ -76,16 +80,25 @@ def task_loss(model, out, targets: torch.Tensor) -> torch.Tensor:
 class Runner:
     """One preset's model, optimizer and fixed batch; `step()` times one training step."""
 
-    def __init__(self, name: str, batch: int, text_len: int, dtype: str, device: torch.device):
+    def __init__(
+        self,
+        name: str,
+        batch: int,
+        text_len: int,
+        dtype: str,
+        device: torch.device,
+        clock=time.perf_counter,
+    ):
         torch.manual_seed(0)
+        self.clock = clock
         self.name, self.dtype, self.batch, self.device = name, dtype, batch, device
         self.model = vlmoe.create_model(name).to(device).train()
-        self.opt = torch.optim.AdamW(self.model.parameters(), lr=1e-4)
+        self.opt = build_optimizer(self.model, OptimizerConfig(lr=1e-4))  # the trainer's AdamW
         self.inputs, self.targets = make_batch(self.model, batch, text_len, device)
         self.times: list[float] = []
 
     def step(self) -> float:
-        start = time.perf_counter()
+        start = self.clock()
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.dtype == "bf16"):
             out = self.model(**self.inputs)
             loss = task_loss(self.model, out, self.targets)
@@ -96,7 +109,7 @@ class Runner:
         self.opt.step()
         if self.device.type == "cuda":
             torch.cuda.synchronize()
-        return time.perf_counter() - start
+        return self.clock() - start
 
     def result(self) -> dict:
         total, active = count_parameters(self.model)
@@ -114,10 +127,33 @@ class Runner:
         }
 
 
+def profile_table(preset: str, dtype: str, args, device: torch.device) -> str:
+    """Top ops of `args.steps` training steps of `preset`, by self CPU time."""
+    from torch.profiler import ProfilerActivity, profile
+
+    runner = Runner(preset, args.batch_size, args.text_len, dtype, device)
+    for _ in range(args.warmup):
+        runner.step()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(args.steps):
+            runner.step()
+    events = prof.key_averages()
+    ops = sum(e.count for e in events if e.key.startswith("aten::"))
+    head = (
+        f"{preset} {dtype}: {args.steps} steps, batch {args.batch_size}, "
+        f"{torch.get_num_threads()} threads; {ops / args.steps:.0f} aten ops per step"
+    )
+    table = events.table(
+        sort_by="self_cpu_time_total", row_limit=args.top, max_name_column_width=48
+    )
+    return head + "\n" + table
+
+
 def bench_pair(arch: str, size: str, dtype: str, args, device: torch.device) -> list[dict]:
     """Dense and MoE steps interleaved, so that load from other processes hits both alike."""
-    dense = Runner(f"{arch}-{size}", args.batch_size, args.text_len, dtype, device)
-    moe = Runner(f"{arch}-{size}-moe", args.batch_size, args.text_len, dtype, device)
+    clock = time.thread_time if args.clock == "cpu" else time.perf_counter
+    dense = Runner(f"{arch}-{size}", args.batch_size, args.text_len, dtype, device, clock)
+    moe = Runner(f"{arch}-{size}-moe", args.batch_size, args.text_len, dtype, device, clock)
     for _ in range(args.warmup):
         dense.step(), moe.step()
     for _ in range(args.steps):
@@ -141,10 +177,30 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = default)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument(
+        "--clock",
+        choices=["wall", "cpu"],
+        default="wall",
+        help="cpu: time steps by this thread's CPU time (needs --threads 1 on CPU); on a shared "
+        "machine it leaves out the time other processes hold the core",
+    )
+    p.add_argument(
+        "--profile",
+        metavar="PRESET",
+        help="instead of the table: the torch profiler's top ops over --steps steps of PRESET "
+        "(e.g. vit-small-moe), by self CPU time, and the step's op count",
+    )
+    p.add_argument("--top", type=int, default=25, help="rows of the --profile table")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
+    if args.clock == "cpu" and (device.type != "cpu" or torch.get_num_threads() != 1):
+        p.error("--clock cpu needs --device cpu and --threads 1 (all work on this thread)")
+    if args.profile:
+        dtype = args.dtype[0]
+        print(profile_table(args.profile, dtype, args, device))
+        return 0
     rows = []
     for arch in args.arch:
         for dtype in args.dtype:
@@ -160,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     print(
         f"device={device} threads={torch.get_num_threads()} batch={args.batch_size} "
-        f"text_len={args.text_len} steps={args.steps}"
+        f"text_len={args.text_len} steps={args.steps} clock={args.clock}"
     )
     head = (
         f"{'preset':<22}{'dtype':<6}{'total':>11}{'active':>11}{'ms (med)':>10}{'ms (best)':>10}"

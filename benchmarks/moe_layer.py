@@ -4,6 +4,12 @@ Mixtral block, and every vlmoe backend (`loop`, `grouped_mm`, `bmm`, `auto`).
 
     python benchmarks/moe_layer.py [--quick] [--json PATH]
 
+It first prints the CPU (model, ISA flags, torch's dispatch level, any oneDNN ISA cap) and the
+measured fp32 and bf16 matmul rates; cells in a dtype this CPU emulates (bf16 slower than fp32:
+no bf16 units, or `ONEDNN_MAX_CPU_ISA=AVX2`) are marked, and cells expected to outlast
+`--cell-budget` (20 s with `--quick`) are skipped with the reason, so `--quick` stays within
+3 minutes on an idle 2-core CPU whatever its bf16 rate.
+
 Configs: A (dim 512, hidden 1024) and B (dim 1024, hidden 2816), E=8 experts, top-2, SwiGLU;
 fp32 and bf16; T in {1, 16, 512, 4096, 16384} tokens; `fwd` (under no_grad) and `fwd_bwd`
 (forward, then backward of a fixed random output gradient, input and every weight requiring
@@ -29,7 +35,8 @@ How it measures (printed again at the top of every run):
   expert; the count comes from the vlmoe router on the same input.
 - gflops: useful expert FLOPs per second, 2*T*K*(D*I + H*D) forward and three times that for
   forward+backward, whatever the impl actually computes. fraction_of_peak: gflops over the rate
-  of one large square matmul of the same dtype (n=2048) timed at the start of the run.
+  of one square matmul of the same dtype (`vlmoe.nn.machine.measure_matmul_rates`: n=1024, or
+  n=256 for an emulated dtype) timed at the start of the run.
 - peak_mb: peak bytes held by CPU tensors during one extra run, above what was held before it,
   counted from the torch profiler's memory events (every CPU tensor allocation and free, in
   order; independent of the C allocator and of page granularity). For fwd_bwd the gradient
@@ -92,7 +99,7 @@ SLOW_REFERENCES = ("vlmoe_loop", "index_loop", "hf_eager")
 QUICK = dict(
     configs=("A",),
     dtypes=("fp32", "bf16"),
-    tokens=(1, 16, 4096),
+    tokens=(1, 16, 1024),
     impls=(
         "dense",
         "dense_touched",
@@ -312,16 +319,13 @@ def wait_idle(max_wait: float, threshold: float = 0.15, streak: int = 3) -> None
     print(f"  (machine still busy after waiting {max_wait:.0f} s; timing anyway)")
 
 
-def matmul_peak_gflops(dtype, n: int = 2048, runs: int = 5) -> float:
-    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-    for _ in range(2):
-        a @ b
-    times = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        a @ b
-        times.append(time.perf_counter() - t0)
-    return 2 * n**3 / statistics.median(times) / 1e9
+def cell_seconds(cell: Cell, rate_gflops: float, runs: int, warmup: int, impls: int) -> float:
+    """A cell's expected duration: every impl's runs at the dense FFN's FLOPs and this dtype's
+    measured matmul rate (the slow references take longer; this is a floor)."""
+    dim, hidden = CONFIGS[cell.config]
+    flops = 2 * cell.tokens * TOP_K * (dim * 2 * hidden + hidden * dim)
+    flops *= 3 if cell.mode == "fwd_bwd" else 1
+    return flops / (rate_gflops * 1e9) * (runs + warmup + 1) * impls
 
 
 def time_cell(
@@ -375,6 +379,7 @@ def time_cell(
                 "peak_mb": None if mem is None else round(mem, 1),
                 "gflops": round(gflops, 1),
                 "fraction_of_peak": round(gflops / peak[cell.dtype], 3),
+                "emulated": cell.dtype == "bf16" and peak["bf16"] < 0.5 * peak["fp32"],
             }
         )
     for impl in skipped:
@@ -394,8 +399,10 @@ def print_rows(rows: list[dict]) -> None:
     )
     c0 = rows[0]
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    emulated = "  [bf16 EMULATED on this CPU: < 0.5x fp32]" if c0["emulated"] else ""
     print(
         f"\n{c0['config']} {c0['dtype']} {c0['mode']} T={c0['tokens']}  (load average {load:.1f})"
+        + emulated
     )
     print("  " + "  ".join(f"{c:>16}" for c in cols))
     for r in rows:
@@ -405,7 +412,17 @@ def print_rows(rows: list[dict]) -> None:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument(
-        "--quick", action="store_true", help=f"a subset that runs in under 2 minutes: {QUICK}"
+        "--quick",
+        action="store_true",
+        help=f"a subset that runs in under 3 minutes on an idle 2-core CPU: {QUICK}",
+    )
+    p.add_argument(
+        "--cell-budget",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="skip cells expected to take longer (from the measured matmul rate; emulated bf16 "
+        "is ~100x slower than fp32); default 20 with --quick, else no limit",
     )
     p.add_argument("--json", metavar="PATH", help="also write the rows to PATH as a JSON list")
     p.add_argument("--configs", nargs="+", choices=sorted(CONFIGS))
@@ -441,6 +458,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for key in ("configs", "dtypes", "tokens", "impls"):
         if getattr(args, key) is None:
             setattr(args, key, preset[key])
+    if args.cell_budget is None:
+        args.cell_budget = 20.0 if args.quick else float("inf")
     if args.runs < 10:
         p.error(f"--runs {args.runs}: the median needs at least 10 runs")
     return args
@@ -463,11 +482,18 @@ def main(argv: list[str] | None = None) -> list[dict]:
     impls = list(args.impls)
     if "dense" not in impls:
         impls.insert(0, "dense")
-    peak = {}
+    from vlmoe.nn.machine import cpu_info, measure_matmul_rates
+
     wait_idle(args.wait_idle)
-    for dt in args.dtypes:
-        peak[dt] = matmul_peak_gflops({"fp32": torch.float32, "bf16": torch.bfloat16}[dt])
-        print(f"[moe_layer] {dt} large square matmul (n=2048): {peak[dt]:.0f} GFLOP/s")
+    cpu, rates = cpu_info(), measure_matmul_rates()
+    peak = {"fp32": rates.fp32, "bf16": rates.bf16}
+    print(f"[moe_layer] CPU: {cpu.describe()}")
+    print(
+        f"[moe_layer] square matmul (n={rates.size}, {rates.threads} threads): "
+        f"fp32 {rates.fp32:.0f} GFLOP/s, bf16 {rates.bf16:.0f} GFLOP/s "
+        f"(bf16/fp32 {rates.bf16_speedup:.2f}"
+        + (", bf16 EMULATED: no bf16 units in use)" if rates.bf16_emulated else ")")
+    )
     rows: list[dict] = []
     t_start = time.perf_counter()
     for config in args.configs:
@@ -475,9 +501,20 @@ def main(argv: list[str] | None = None) -> list[dict]:
             for tokens in args.tokens:
                 for mode in args.modes:
                     cell_impls = [i for i in impls if i != "dense_touched" or tokens <= 16]
+                    cell = Cell(config, dtype, mode, tokens)
+                    expected = cell_seconds(
+                        cell, peak[dtype], args.runs, args.warmup, len(cell_impls)
+                    )
+                    if expected > args.cell_budget:
+                        print(
+                            f"\n{config} {dtype} {mode} T={tokens}: skipped, expected "
+                            f">= {expected:.0f} s at {peak[dtype]:.1f} GFLOP/s "
+                            f"(--cell-budget {args.cell_budget:.0f})"
+                        )
+                        continue
                     wait_idle(args.wait_idle)
                     cell_rows = time_cell(
-                        Cell(config, dtype, mode, tokens),
+                        cell,
                         cell_impls,
                         args.runs,
                         args.warmup,

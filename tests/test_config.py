@@ -39,6 +39,28 @@ def test_unknown_yaml_key_names_the_file(tmp_path):
         MoEConfig.from_yaml(tmp_path / "missing.yaml")
 
 
+def test_duplicate_yaml_key_names_the_key_and_line(tmp_path):
+    path = tmp_path / "dup.yaml"
+    path.write_text("num_experts: 4\ntop_k: 1\nnum_experts: 8\n")
+    with pytest.raises(
+        ConfigError, match=r"dup.yaml: duplicate key 'num_experts' at line 3 \(first at line 1\)"
+    ):
+        MoEConfig.from_yaml(path)
+    nested = tmp_path / "nested.yaml"
+    nested.write_text("a:\n  b: 1\n  c: 2\n  b: 3\n")
+    with pytest.raises(ConfigError, match="duplicate key 'b' at line 4"):
+        MoEConfig.from_yaml(nested)
+    with pytest.raises(ConfigError, match="duplicate key 'x'"):
+        MoEConfig().with_overrides(["num_experts={x: 1, x: 2}"])
+
+
+def test_yaml_merge_keys_may_override(tmp_path):
+    from vlmoe.config import load_yaml
+
+    text = "base: &b {top_k: 1, dim: 8}\nmoe:\n  <<: *b\n  top_k: 2\n"
+    assert load_yaml(text)["moe"] == {"top_k": 2, "dim": 8}
+
+
 def test_nested_optional_errors_keep_their_detail():
     import dataclasses
 
@@ -68,3 +90,17 @@ def test_fixed_tuples_and_exponent_floats():
     assert opt.betas == (0.8, 0.99) and opt.lr == 3e-4 and opt.name == "sgd"
     with pytest.raises(ConfigError, match="expected 2 items"):
         Opt.from_dict({"betas": [0.9]})
+
+
+def test_to_yaml_writes_atomically_with_the_umask_mode(tmp_path):
+    import os
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        MoEConfig(num_experts=4).to_yaml(tmp_path / "c.yaml")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "c.yaml").stat().st_mode) == 0o644
+    assert MoEConfig.from_yaml(tmp_path / "c.yaml").num_experts == 4
+    assert [p.name for p in tmp_path.iterdir()] == ["c.yaml"]

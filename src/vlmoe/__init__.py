@@ -27,3 +27,8 @@ def __getattr__(name: str) -> Any:
     if name in _LAZY:
         return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'vlmoe' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    """List the lazy exports too, so `dir(vlmoe)` and tab completion show them."""
+    return sorted({*globals(), *_LAZY})

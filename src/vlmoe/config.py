@@ -22,6 +22,8 @@ from typing import Any, Literal, TypeVar, get_args, get_origin
 
 import yaml
 
+from vlmoe.io import write_text_atomic
+
 C = TypeVar("C", bound="Config")
 
 
@@ -107,6 +109,37 @@ def _coerce(value: Any, tp: Any, path: str) -> Any:
     raise ConfigError(f"{path}: cannot read {value!r} as {_type_name(tp)}")
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key repeated in one mapping (PyYAML keeps the last one)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        first_line: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *base` may override on purpose
+                continue
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            try:
+                if key in first_line:
+                    raise ConfigError(
+                        f"duplicate key {key!r} at line {line} (first at line {first_line[key]})"
+                    )
+                first_line[key] = line
+            except TypeError:  # an unhashable key; the base loader reports it
+                pass
+        return super().construct_mapping(node, deep=deep)
+
+
+def load_yaml(text: str, source: str = "<string>") -> Any:
+    """Parse YAML safely; a syntax error or a duplicate key raises ConfigError naming `source`."""
+    try:
+        return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+    except ConfigError as e:
+        raise ConfigError(f"{source}: {e}") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{source}: not valid YAML ({e})") from None
+
+
 def parse_override(text: str) -> tuple[str, Any]:
     """`"a.b=value"` -> ("a.b", value): the one parser of `--set` overrides. The value is read
     as YAML (`3`, `true`, `[1, 2]`, `{a: 1}`), and `3e-4` as a number."""
@@ -134,9 +167,11 @@ def _leaf_paths(data: dict[str, Any], prefix: str = "") -> list[str]:
 def _parse_scalar(text: str) -> Any:
     """Parse the right-hand side of `--set key=value` the way YAML would read it."""
     try:
-        value = yaml.safe_load(text)
+        value = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError:
         return text
+    except ConfigError as e:
+        raise ConfigError(f"value {text!r}: {e}") from None
     if isinstance(value, str):  # YAML 1.1 reads "3e-4" (no dot) as a string
         try:
             return float(value)
@@ -184,11 +219,10 @@ class Config:
     def from_yaml(cls: type[C], path: str | Path) -> C:
         path = Path(path)
         try:
-            data = yaml.safe_load(path.read_text()) or {}
+            text = path.read_text()
         except FileNotFoundError:
             raise ConfigError(f"config file not found: {path}") from None
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{path}: not valid YAML ({e})") from None
+        data = load_yaml(text, str(path)) or {}
         try:
             return cls.from_dict(data)
         except ConfigError as e:
@@ -197,7 +231,7 @@ class Config:
     def to_yaml(self, path: str | Path | None = None) -> str:
         text = yaml.safe_dump(self.to_dict(), sort_keys=False)
         if path is not None:
-            Path(path).write_text(text)
+            write_text_atomic(path, text)
         return text
 
     def replace(self: C, **changes: Any) -> C:
@@ -298,6 +332,9 @@ class MoEConfig(Config):
     # None = dropless. Otherwise capacity per expert = ceil(capacity_factor * T * k / E).
     capacity_factor: float | None = None
     drop_policy: Literal["position", "score"] = "score"
+    # Tokens per capacity group (GShard): capacity and drop priority (and expert choice's picks)
+    # are counted within each run of this many consecutive tokens. None = the whole batch.
+    capacity_group_size: int | None = None
     # Expert choice: each expert takes ceil(capacity * T / E) tokens (Zhou et al. 2022).
     expert_choice_capacity: float = 2.0
     # Soft MoE: slots per expert (Puigcerver et al. 2023).
@@ -330,6 +367,11 @@ class MoEConfig(Config):
             check(
                 self.capacity_factor > 0,
                 f"moe.capacity_factor must be > 0 or null (dropless), got {self.capacity_factor}",
+            )
+        if self.capacity_group_size is not None:
+            check(
+                self.capacity_group_size >= 1,
+                f"moe.capacity_group_size must be >= 1 or null, got {self.capacity_group_size}",
             )
         check(
             self.expert_choice_capacity > 0,

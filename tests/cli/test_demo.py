@@ -12,9 +12,10 @@ def test_quick_demo_end_to_end(tmp_path, capsys):
     assert f"Report: {out / 'report.md'}" in printed
     report = (out / "report.md").read_text()
     assert (
-        "| VQA + classification | fusion dense |" in report
+        "| vqa+classification | fusion dense |" in report
         and "| captioning | decoder moe |" in report
     )
+    assert "its dense twin" not in report  # no verdicts from a few seconds of training
     for png in (
         "fusion_curves.png",
         "decoder_curves.png",

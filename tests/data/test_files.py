@@ -179,21 +179,50 @@ def test_truncated_and_corrupt_images_in_manifest(good_dir):
     (good_dir / "c.png").write_bytes(b"garbage")
     lines = [{"image": "a.png"}, {"image": "t.png"}, {"image": "c.png"}, {"image": "b.png"}]
     m = write_lines(good_dir / "m.jsonl", lines)
-    with pytest.raises(DataError, match="c.png.*line 3.*not a readable image"):
-        ManifestDataset(m)
-    # The header of a truncated PNG is fine: found when decoding, up front with check="decode".
-    with pytest.raises(DataError, match="t.png.*line 2.*truncated"):
-        ManifestDataset(m, check="decode")
-    ds = ManifestDataset(m, check="decode", on_error="skip")
-    assert len(ds) == 2 and ds.errors.skipped == 2
-    # With the default header check the truncated file is caught at load time.
-    lazy = ManifestDataset(m, on_error="skip")
-    assert len(lazy) == 3 and lazy.errors.skipped == 1
-    got = lazy[1]  # t.png fails to decode; the next good sample comes instead
-    assert got.meta["file"].endswith("b.png") and lazy.errors.skipped == 2
+    with pytest.raises(DataError, match="c.png.*line 2.*not a readable image"):
+        ManifestDataset(write_lines(good_dir / "c.jsonl", [{"image": "a.png"}, {"image": "c.png"}]))
+    for check in ("header", "decode"):  # the header check finds a PNG without its end
+        with pytest.raises(DataError, match="t.png.*line 2.*truncated"):
+            ManifestDataset(m, check=check, on_error="raise")
+        ds = ManifestDataset(m, check=check, on_error="skip")
+        assert len(ds) == 2 and ds.errors.skipped == 2
+        assert [s.meta["file"][-5:] for s in ds] == ["a.png", "b.png"]
+    # Unchecked, the bad file is found at load time: an error naming it, never another sample.
+    lazy = ManifestDataset(m, check="none", on_error="skip")
+    assert len(lazy) == 4 and lazy.errors.skipped == 0
+    with pytest.raises(DataError, match=r"t.png.*line 2.*check='decode'"):
+        lazy[1]
+    assert lazy.errors.skipped == 0
     strict = ManifestDataset(m, check="none")
     with pytest.raises(DataError, match="t.png"):
         strict[1]
+
+
+@pytest.mark.parametrize("fmt", ["png", "jpg", "bmp", "webp"])
+def test_skip_drops_exactly_the_truncated_images(tmp_path, fmt):
+    rng = np.random.default_rng(0)
+    lines = []
+    for i in range(12):
+        noise = rng.integers(0, 256, (24, 32, 3), dtype=np.uint8)
+        Image.fromarray(noise).save(tmp_path / f"{i}.{fmt}")
+        lines.append({"image": f"{i}.{fmt}", "caption": f"sample {i}"})
+    for i in (3, 7):  # cut two files short: their headers stay readable
+        data = (tmp_path / f"{i}.{fmt}").read_bytes()
+        (tmp_path / f"{i}.{fmt}").write_bytes(data[: len(data) * 2 // 3])
+    m = write_lines(tmp_path / "m.jsonl", lines)
+    ds = ManifestDataset(m, on_error="skip")  # the default header check
+    assert ds.errors.skipped == 2 and len(ds) == 10
+    texts = [s.captions[0] for s in ds]
+    assert texts == [f"sample {i}" for i in range(12) if i not in (3, 7)]  # no duplicate
+    assert ds.errors.skipped == 2  # loading every sample counted nothing twice
+
+
+def test_header_check_accepts_bytes_after_the_end_marker(tmp_path):
+    Image.new("RGB", (8, 8), "red").save(tmp_path / "a.jpg")
+    with open(tmp_path / "a.jpg", "ab") as f:
+        f.write(b"\0" * 10_000)  # a camera trailer after the JPEG's end marker
+    m = write_lines(tmp_path / "m.jsonl", [{"image": "a.jpg"}])
+    assert len(ManifestDataset(m)) == 1
 
 
 def test_bomb_in_manifest_refused(good_dir):

@@ -88,6 +88,31 @@ def test_32_bit_int_and_float(tmp_path):
     assert pil_to_rgb(f2)[0, :, 0].tolist() == [0, 128, 255]
 
 
+@pytest.mark.parametrize(
+    ("mode", "value", "grey"),
+    [
+        ("F", 250.0, 250),  # 8-bit range
+        ("F", 0.5, 128),  # [0, 1]
+        ("F", -0.5, 64),  # [-1, 1]
+        ("I", 200, 200),  # 8-bit
+        ("I", 30000, 117),  # 16-bit: 30000 * 255 / 65535
+        ("I", 300000, 146),  # 19-bit: 300000 * 255 / (2**19 - 1)
+    ],
+)
+def test_uniform_high_bit_depth_images_keep_their_grey_level(tmp_path, mode, value, grey):
+    dtype = np.float32 if mode == "F" else np.int32
+    im = Image.fromarray(np.full((4, 5), value, dtype=dtype), mode)
+    out = load_image(save(tmp_path, im, f"u{mode}.tif"))
+    assert out.shape == (4, 5, 3) and (out == grey).all(), out[0, 0]
+
+
+def test_high_bit_depth_scale_does_not_depend_on_the_image_range():
+    # A 20-bit image holding only its upper half stays bright, not stretched to black..white.
+    a = np.array([[600_000, 700_000, 1_000_000]], dtype=np.int32)
+    out = pil_to_rgb(Image.fromarray(a, "I"))[0, :, 0].tolist()
+    assert out == [round(v * 255 / (2**20 - 1)) for v in a[0].tolist()]
+
+
 def test_cmyk_and_other_colour_spaces(tmp_path):
     cmyk = Image.new("CMYK", (2, 2), (0, 255, 255, 0))
     assert (load_image(save(tmp_path, cmyk, "c.tif")) == [255, 0, 0]).all()

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from vlmoe.config import MoEConfig
-from vlmoe.eval.routing import RoutingStats, layer_sums
+from vlmoe.eval.routing import RoutingStats, layer_sums, starved_experts_warning
 from vlmoe.moe import stats
 from vlmoe.moe.layer import MoEAux, MoELayer
 
@@ -78,6 +78,47 @@ def test_routing_stats_accumulates_and_derives_rates():
     assert results["num_moe_layers"] == 1
     assert results["dead_experts"] == 1
     assert rs.load_LME() == [[[4, 2, 0, 0], [0, 2, 2, 0]]]
+
+
+def test_starved_experts_per_layer_and_modality():
+    rs = RoutingStats(["blocks.1.ffn"])
+    rs.update([hand_aux()])
+    results = dict(rs.results())
+    # routed pairs: image [2, 1, 1, 0], text [0, 1, 1, 0]; expert 0 gets no text token but
+    # the image tokens give it its share, so only expert 3 is starved in the layer.
+    assert results["blocks.1.ffn/image/starved_expert_ids"] == [3]
+    assert results["blocks.1.ffn/text/starved_expert_ids"] == [0, 3]
+    assert results["blocks.1.ffn/starved_expert_ids"] == [3]
+    assert results["blocks.1.ffn/starved_experts"] == 1 and results["starved_experts"] == 1
+    message = starved_experts_warning(rs.summaries())
+    assert message is not None and "under 1% of their uniform share" in message
+    assert "blocks.1.ffn/image: [3]" in message and "blocks.1.ffn/text: [0, 3]" in message
+
+
+def test_starved_warning_with_modality_groups_and_a_nearly_dead_expert():
+    cfg = MoEConfig(dim=4, hidden_dim=4, num_experts=4, top_k=1, expert_groups="modality")
+    layer = MoELayer(cfg)
+    # Image tokens may reach experts 0, 1; text tokens 2, 3. Hand-set the router so image
+    # tokens all pick expert 0 but one, and text tokens split evenly.
+    T = 400
+    modality = torch.tensor([0] * 200 + [1] * 200)
+    x = torch.zeros(T, 4)
+    x[:199, 0] = 1.0  # image -> expert 0
+    x[199, 1] = 1.0  # one image token -> expert 1: 1 of 200, under 2% of the uniform 100
+    x[200:300, 2] = 1.0
+    x[300:, 3] = 1.0
+    with torch.no_grad():
+        layer.router.gate.weight.copy_(torch.eye(4) * 5)
+    _, aux = layer(x, modality)
+    rs = RoutingStats(["moe"], starved_fraction=0.02)
+    rs.update([aux])
+    (s,) = rs.summaries()
+    assert s.load_ME == [[199, 1, 0, 0], [0, 0, 100, 100]] and s.dead_experts == []
+    assert s.starved_M == [[1], []] and s.starved_experts == [1]
+    assert "moe/image: [1]" in starved_experts_warning([s], fraction=0.02)
+    rs_loose = RoutingStats(["moe"], starved_fraction=0.005)
+    rs_loose.update([aux])
+    assert starved_experts_warning(rs_loose.summaries()) is None
 
 
 def test_routing_stats_without_modality_and_layer_count_check():

@@ -27,6 +27,8 @@ def make_inputs(model, batch: int = 2, seq_len: int = 7, seed: int = 0) -> dict:
     """Images and/or right-padded token ids (the last row is padded) for `model`'s forward."""
     g = torch.Generator().manual_seed(seed)
     arch = model.architecture
+    if arch == "dit":
+        return dit_inputs(model, batch, seq_len, g)
     if arch == "vit":
         return {"images": torch.randn(batch, 3, image_size(model), image_size(model), generator=g)}
     ids = torch.randint(0, vocab_size(model), (batch, seq_len), generator=g)
@@ -36,6 +38,23 @@ def make_inputs(model, batch: int = 2, seq_len: int = 7, seed: int = 0) -> dict:
         return {"input_ids": ids, "attention_mask": mask}
     images = torch.randn(batch, 3, image_size(model), image_size(model), generator=g)
     return {"images": images, "input_ids": ids, "attention_mask": mask}
+
+
+def dit_inputs(model, batch: int, seq_len: int, g: torch.Generator) -> dict:
+    """Noisy images, times and the conditions a DiT takes (class ids and/or padded captions)."""
+    c = model.config
+    inputs = {
+        "x": torch.randn(batch, c.in_channels, c.image_size, c.image_size, generator=g),
+        "t": torch.rand(batch, generator=g),
+    }
+    if c.num_classes:
+        inputs["labels"] = torch.randint(0, c.num_classes, (batch,), generator=g)
+    if c.text is not None:
+        inputs["input_ids"] = torch.randint(0, c.text.vocab_size, (batch, seq_len), generator=g)
+        mask = torch.ones(batch, seq_len, dtype=torch.long)
+        mask[-1, seq_len - 2 :] = 0
+        inputs["attention_mask"] = mask
+    return inputs
 
 
 def float_tensors(out) -> dict[str, torch.Tensor]:

@@ -158,3 +158,33 @@ def test_placeholder_generation_cached_batched():
     for i, r in enumerate(rows):
         alone = model.generate(torch.tensor([r]), images=images[i : i + 1], max_new_tokens=6)
         assert torch.equal(alone[0], cached[i])
+
+
+@pytest.mark.parametrize("name", ["text-debug-moe", "decoder-debug-moe"])
+@pytest.mark.parametrize("temperature", [0.0, 0.8])
+def test_iter_generate_yields_what_generate_returns(name, temperature):
+    from vlmoe.models.generation import iter_generate
+
+    model = _model(name)
+    ids, mask, _ = _prompts(_vocab(model))
+    kw = dict(images=_images(model, 3)) if model.architecture == "decoder" else {}
+    opts = dict(max_new_tokens=9, temperature=temperature, top_p=0.9, stop_tokens=[5, 7], **kw)
+    whole = model.generate(ids, mask, generator=torch.Generator().manual_seed(3), **opts)
+    steps = list(
+        iter_generate(model, ids, mask, generator=torch.Generator().manual_seed(3), **opts)
+    )
+    assert all(s.shape == (3,) for s in steps)
+    assert torch.equal(torch.stack(steps, dim=1), whole)
+
+
+def test_iter_generate_stops_when_closed():
+    from vlmoe.models.generation import iter_generate
+
+    model = _model("text-debug-moe")
+    calls = []
+    real = model.next_token_logits
+    model.next_token_logits = lambda *a: calls.append(1) or real(*a)
+    it = iter_generate(model, torch.tensor([[1, 2]]), max_new_tokens=50)
+    next(it), next(it)
+    it.close()
+    assert len(calls) == 2  # the prompt, then one decode step; nothing after close

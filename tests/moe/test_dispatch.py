@@ -68,6 +68,18 @@ def test_capacity_score_policy_keeps_most_confident_tokens():
     assert plan.kept_TK[:, 0].tolist() == [False, True, False, True, True, True]
 
 
+def test_capacity_score_policy_ranks_by_the_given_priority():
+    # Top-1 renormalized weights are all 1: only the pre-renormalization priority tells tokens
+    # apart (V-MoE's batch priority); ranking by the weights would keep the first three.
+    ids = torch.tensor([[0], [0], [0], [0], [1], [0]])
+    w = torch.ones(6, 1)
+    priority = torch.tensor([0.3, 0.9, 0.5, 0.8, 0.7, 0.95])
+    d = Dispatcher(2, capacity_factor=1.0, drop_policy="score")
+    assert d.plan(ids, w).kept_TK[:, 0].tolist() == [True, True, True, False, True, False]
+    kept = d.plan(ids, w, priority).kept_TK[:, 0].tolist()
+    assert kept == [False, True, False, True, True, True]
+
+
 def test_capacity_serves_first_choices_before_second_choices():
     # 4 tokens, top-2 over 2 experts, C = ceil(0.5 * 4 * 2 / 2) = 2 per expert.
     ids = torch.tensor([[0, 1], [0, 1], [1, 0], [1, 0]])

@@ -188,3 +188,54 @@ def test_expanded_output_gradient(backend):
         grads.append([leaf.grad for leaf in leaves])
     for a, b in zip(*grads):
         torch.testing.assert_close(a, b)
+
+
+def _emulating(monkeypatch, emulated: bool) -> None:
+    """Make `auto` see a CPU whose bf16 is (not) emulated, whatever this machine is."""
+    import vlmoe.moe.experts as experts_module
+
+    monkeypatch.setattr(experts_module, "bf16_is_fast", lambda device="cpu": not emulated)
+
+
+def test_auto_on_emulated_bf16_computes_in_fp32(monkeypatch):
+    _emulating(monkeypatch, True)
+    torch.manual_seed(0)
+    mod = Experts(4, 16, 8, "swiglu", backend="auto").to(torch.bfloat16)
+    counts = torch.tensor([3, 0, 4, 1])
+    x = torch.randn(10, 16).bfloat16().requires_grad_()  # one dropped row at the end
+    y = mod(x, counts)
+    assert y.dtype == torch.bfloat16 and torch.all(y[8:] == 0)
+    x32 = x.detach().float().requires_grad_()
+    w_in = mod.w_in.detach().float().requires_grad_()
+    w_out = mod.w_out.detach().float().requires_grad_()
+    ref = experts_loop(x32, counts, w_in, w_out, "swiglu")
+    torch.testing.assert_close(y, ref.bfloat16())  # fp32 math, one rounding at the end
+    g = torch.randn(10, 16)
+    y.backward(g.bfloat16())
+    ref.backward(g.bfloat16().float())
+    assert mod.w_in.grad.dtype == torch.bfloat16
+    for a, b in ((x.grad, x32.grad), (mod.w_in.grad, w_in.grad), (mod.w_out.grad, w_out.grad)):
+        torch.testing.assert_close(a, b.bfloat16())
+
+
+def test_emulated_bf16_weight_copies_follow_weight_updates(monkeypatch):
+    _emulating(monkeypatch, True)
+    torch.manual_seed(0)
+    mod = Experts(2, 8, 8, "gelu", backend="auto").to(torch.bfloat16)
+    counts, x = torch.tensor([2, 3]), torch.randn(5, 8).bfloat16()
+    with torch.no_grad():
+        first = mod(x, counts)
+        cached = mod.__dict__["_fp32_cache"][1]
+        assert mod(x, counts).equal(first) and mod.__dict__["_fp32_cache"][1] is cached
+        mod.w_in.mul_(2)  # an optimizer step: the version counter moves
+        second = mod(x, counts)
+    assert mod.__dict__["_fp32_cache"][1] is not cached and not second.equal(first)
+    assert "_fp32_cache" not in str(mod.state_dict().keys())
+
+
+def test_auto_with_fast_bf16_keeps_bf16(monkeypatch):
+    _emulating(monkeypatch, False)
+    mod = Experts(2, 8, 8, "swiglu", backend="auto").to(torch.bfloat16)
+    with torch.no_grad():
+        mod(torch.randn(4, 8).bfloat16(), torch.tensor([2, 2]))
+    assert "_fp32_cache" not in mod.__dict__

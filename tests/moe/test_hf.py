@@ -84,3 +84,41 @@ def test_mismatched_state_dict_is_named():
     del state["gate.weight"]
     with pytest.raises(ValueError, match="missing keys \\['gate.weight'\\]"):
         load_mixtral_state_dict(layer, state)
+
+
+def test_mixtral_router_jitter_noise_is_carried():
+    from transformers.models.mixtral.configuration_mixtral import MixtralConfig
+    from transformers.models.mixtral.modeling_mixtral import MixtralSparseMoeBlock
+
+    hf_cfg = MixtralConfig(
+        hidden_size=16,
+        intermediate_size=24,
+        num_local_experts=8,
+        num_experts_per_tok=2,
+        router_jitter_noise=0.5,
+    )
+    cfg = mixtral_config(hf_cfg)
+    assert cfg.router_noise == "jitter" and cfg.router_noise_eps == 0.5
+    assert mixtral_config(hf_cfg, router_noise="none").router_noise == "none"
+    hf_cfg.router_jitter_noise = 0.0
+    assert mixtral_config(hf_cfg).router_noise == "none"
+    hf_cfg.router_jitter_noise = 1.5
+    with pytest.raises(ValueError, match="router_jitter_noise must be in"):
+        mixtral_config(hf_cfg)
+
+    # In training, the same seed jitters both routers alike: the same experts are chosen.
+    hf_cfg.router_jitter_noise = 0.5
+    block = MixtralSparseMoeBlock(hf_cfg).train()
+    _init(block)
+    layer = MoELayer(mixtral_config(hf_cfg)).train()
+    load_mixtral_state_dict(layer, block.state_dict())
+    captured = {}
+    block.gate.register_forward_hook(lambda m, i, out: captured.update(ids=out[2]))
+    x = torch.randn(2, 40, 16)
+    torch.manual_seed(3)
+    block(x.clone())
+    torch.manual_seed(3)
+    _, aux = layer(x)
+    assert torch.equal(aux.expert_ids_TK, captured["ids"])
+    layer.eval()
+    assert not torch.equal(layer(x)[1].expert_ids_TK, captured["ids"])  # the jitter mattered

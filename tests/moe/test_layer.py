@@ -5,9 +5,10 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tests.moe.reference import reference_moe, reference_soft_moe
+from tests.moe.reference import reference_kept, reference_moe, reference_soft_moe
 from vlmoe.config import MoEConfig
 from vlmoe.moe import MoELayer
+from vlmoe.moe.dispatch import capacity
 from vlmoe.nn.mlp import MLP
 
 
@@ -80,7 +81,39 @@ def test_capacity_layer_matches_reference(T, E, k, factor, policy, seed):
         capacity_factor=factor,
         drop_policy=policy,
     )
-    _check_against(MoELayer(cfg), torch.randn(T, 8))
+    layer = MoELayer(cfg)
+    x = torch.randn(T, 8)
+    _check_against(layer, x)
+    # Which pairs survive, against the pair-by-pair twin ranked by the pre-renormalization prob.
+    routing = layer.router(x)
+    priority_T = routing.probs_TE.gather(1, routing.expert_ids_TK).max(dim=1).values.detach()
+    C = capacity(T, cfg.top_k, E, factor)
+    want = reference_kept(routing.expert_ids_TK, priority_T, C, policy)
+    assert torch.equal(layer(x)[1].kept_TK, want)
+
+
+@pytest.mark.parametrize("score_func", ["softmax", "sigmoid"])
+def test_batch_priority_keeps_the_most_confident_tokens_with_top1(score_func):
+    # Top-1 with renormalization: every combine weight is 1, so ranking by it degrades to
+    # position order. V-MoE ranks by the router's probability before renormalizing.
+    torch.manual_seed(0)
+    T, E = 16, 2
+    cfg = MoEConfig(
+        dim=4, hidden_dim=4, num_experts=E, top_k=1, score_func=score_func, capacity_factor=0.5
+    )
+    layer = MoELayer(cfg)
+    with torch.no_grad():
+        layer.router.gate.weight.copy_(torch.tensor([[1.0, 0, 0, 0], [-1.0, 0, 0, 0]]))
+    # All tokens prefer expert 0; confidence grows with x[:, 0], in shuffled order.
+    strength = torch.randperm(T).float() / T + 0.1
+    x = torch.zeros(T, 4)
+    x[:, 0] = strength
+    _, aux = layer(x)
+    assert (aux.expert_ids_TK[:, 0] == 0).all() and torch.allclose(aux.weights_TK, torch.ones(T, 1))
+    C = capacity(T, 1, E, 0.5)  # 4 of the 16 tokens fit
+    kept = aux.kept_TK[:, 0]
+    assert int(kept.sum()) == C
+    assert set(kept.nonzero().flatten().tolist()) == set(strength.topk(C).indices.tolist())
 
 
 @settings(max_examples=15, deadline=None)

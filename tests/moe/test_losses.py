@@ -130,3 +130,14 @@ def test_local_entropy_of_a_top2_router_stops_at_two_experts():
     torch.testing.assert_close(top1["local/all"], torch.tensor((math.log(2) + math.log(4)) / 3))
     chosen = entropy_losses(make_aux(probs, [[0, 1], [0, 1], [2, 3]], router="expert_choice"))
     torch.testing.assert_close(chosen["local/all"], top1["local/all"])
+
+
+def test_load_balance_one_pool_fast_path_equals_the_pooled_sums():
+    torch.manual_seed(0)
+    probs = torch.randn(50, 8).softmax(-1)
+    ids = probs.topk(2, -1).indices
+    ids[3, 1] = -1  # an unused slot counts for nothing
+    kept = (ids >= 0).tolist()
+    aux = make_aux(probs.tolist(), ids.tolist(), kept=kept)
+    one_modality = MoEAux(**{**aux.__dict__, "modality_T": torch.zeros(50, dtype=torch.long)})
+    torch.testing.assert_close(load_balance_loss(aux), load_balance_loss(one_modality))

@@ -1,6 +1,7 @@
 """`inspect_model` on tiny real models: PNGs and routing.json for each architecture."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -98,3 +99,52 @@ def test_inspect_vit_without_text(image_path, tmp_path):
     result = inspect_model(model, task_of(model), Image.open(image_path), None, tmp_path)
     record = json.loads(result.routing_json.read_text())
     assert all("patch_experts" in layer and "tokens" not in layer for layer in record["layers"])
+
+    assert "patch_experts_topk" in record["layers"][0]
+
+
+def test_inspect_a_huge_image_stays_small(tmp_path):
+    import tracemalloc
+
+    torch.manual_seed(0)
+    model = create_model("vit-debug-moe")
+    image = np.zeros((3000, 3000, 3), np.uint8)  # 27 MB, allocated before tracing
+    image[::7] = 255
+    tracemalloc.start()
+    result = inspect_model(model, task_of(model), image, None, tmp_path)
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert peak < 64e6, f"{peak / 1e6:.0f} MB traced"  # full resolution: over 200 MB
+    with Image.open(result.routing_png) as im:
+        assert max(im.size) < 1200
+
+
+@pytest.mark.slow
+def test_inspect_an_8000_pixel_image_under_1_gb(tmp_path):
+    """Peak RSS of a fresh process inspecting the largest accepted image (7999 x 8000)."""
+    import subprocess
+    import sys
+
+    path = tmp_path / "big.png"
+    row = np.linspace(0, 255, 7999).astype(np.uint8)
+    img = np.broadcast_to(row[None, :, None], (8000, 7999, 3))
+    Image.fromarray(np.ascontiguousarray(img)).save(path, compress_level=1)
+    del img
+    script = (
+        "import resource, sys, torch\n"
+        "from tests.viz.test_inspect import task_of\n"
+        "from vlmoe.models.registry import create_model\n"
+        "from vlmoe.viz.inspect import inspect_model\n"
+        "model = create_model('vit-debug-moe')\n"
+        "inspect_model(model, task_of(model), sys.argv[1], None, sys.argv[2])\n"
+        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script, str(path), str(tmp_path / "out")],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=Path(__file__).parents[2],  # the repository root, where `tests` imports from
+    )
+    peak_mb = int(out.stdout.split()[-1]) / 1024
+    assert peak_mb < 1024, f"peak RSS {peak_mb:.0f} MB"

@@ -48,6 +48,7 @@ def _expected_errors() -> tuple[type[BaseException], ...]:
         ("vlmoe.train.trainer", "TrainingError"),
         ("vlmoe.models.checkpoint", "CheckpointError"),
         ("vlmoe.data.errors", "DataError"),
+        ("vlmoe.distributed.mesh", "DistributedError"),
     ):
         try:
             mod = __import__(module, fromlist=[name])

@@ -22,6 +22,7 @@ COMMANDS = {
     "inspect": "vlmoe.cli.inspect",
     "upcycle": "vlmoe.cli.upcycle",
     "import": "vlmoe.cli.import_",
+    "serve": "vlmoe.cli.serve",
     "data": "vlmoe.cli.data",
 }
 
@@ -50,6 +51,7 @@ examples:
   vlmoe inspect runs/my-run --image scene.png --text "a red circle"
   vlmoe upcycle runs/dense-run runs/moe-init --num-experts 8 --top-k 2
   vlmoe data shapes data/shapes --num 200
+  vlmoe serve runs/my-run --port 8000
 
 Run `vlmoe COMMAND --help` for the options of one command.
 """

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -25,6 +26,13 @@ examples:
   vlmoe train --preset fusion-debug --data jsonl --data-path my/train.jsonl --task classification
   vlmoe train runs/fusion/config.yaml --set train.steps=400 --out runs/fusion-long
   vlmoe train --out runs/fusion --resume          # continue from the latest checkpoint
+  vlmoe train --preset fusion-debug-moe --nproc 2 --out runs/ep2   # 2 processes, experts split
+
+Scale out: `--nproc N` starts torchrun's elastic agent, which runs N processes on this node
+(gloo on CPU, nccl on GPUs); `torchrun --nproc-per-node N -m vlmoe train ...` does the same.
+Experts are split over `--ep` ranks (default: all, when that divides the experts), the rest is
+data parallel (`--dp ddp|fsdp`). train.batch_size is the global batch: each process takes its
+share. Several nodes: the same command on each with `--nnodes M --rdzv-endpoint HOST:PORT`.
 """
 
 
@@ -47,7 +55,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=int, help="optimizer steps")
     p.add_argument("--batch-size", type=int)
     p.add_argument("--lr", type=float, help="peak learning rate")
-    p.add_argument("--precision", choices=["fp32", "bf16"])
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16"])
     p.add_argument(
         "--set",
         dest="overrides",
@@ -73,6 +81,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--print-config", action="store_true", help="print the resolved config as YAML and exit"
     )
     p.add_argument("--list-presets", action="store_true", help="list the model presets and exit")
+    dist = p.add_argument_group("scale out (see the README's Scale out section)")
+    dist.add_argument(
+        "--nproc", type=int, default=None, help="processes on this node (torchrun's agent)"
+    )
+    dist.add_argument("--nnodes", type=int, default=1, help="nodes taking part (default 1)")
+    dist.add_argument(
+        "--rdzv-endpoint", metavar="HOST:PORT", help="c10d rendezvous for --nnodes > 1"
+    )
+    dist.add_argument("--ep", type=int, help="experts-parallel degree (parallel.ep)")
+    dist.add_argument("--dp", choices=["ddp", "fsdp"], help="dense data parallel (parallel.dp)")
 
 
 def build_config(args: argparse.Namespace):
@@ -100,6 +118,8 @@ def build_config(args: argparse.Namespace):
         "train.batch_size": args.batch_size,
         "optim.lr": args.lr,
         "train.precision": args.precision,
+        "parallel.ep": getattr(args, "ep", None),
+        "parallel.dp": getattr(args, "dp", None),
     }
     given = {k: v for k, v in flags.items() if v is not None}
     # Flags are plain strings: keep them from being read as YAML (a path like "2024.jsonl").
@@ -139,7 +159,15 @@ def run(args: argparse.Namespace) -> int:
         args.out
         or f"runs/{Path(cfg.model.init_from).name if cfg.model.init_from else cfg.model.preset}"
     )
-    cfg, run = start_run(cfg, out, args.resume, args.overwrite)
+    if (args.nproc or 1) > 1 or args.nnodes > 1:
+        return _launch(args, cfg, out)
+    # Under torchrun, rank 0 alone checks (and with --overwrite clears) the run directory,
+    # prints and reports; every rank trains.
+    rank0 = os.environ.get("RANK", "0") == "0"
+    cfg, run = start_run(cfg, out, args.resume, args.overwrite, check_dir=rank0)
+    if not rank0:
+        train(cfg, out, resume=args.resume, run=run)
+        return 0
     for line in describe_run(run, out):
         print(line, flush=True)
     result = train(cfg, out, resume=args.resume, run=run)
@@ -158,6 +186,41 @@ def run(args: argparse.Namespace) -> int:
             and key.count("/") == 1
         ):
             print(f"  {key}: {value:.4f}")
+    print(f"model: {out / 'model'}")
+    print(f"run:   {out}  (metrics.jsonl, eval.json, checkpoints/)")
+    return 0
+
+
+def _launch(args: argparse.Namespace, cfg, out: Path) -> int:
+    """Run this training on --nproc processes through torchrun's elastic agent."""
+    from vlmoe.distributed import DistributedError
+    from vlmoe.distributed.launch import launch
+    from vlmoe.models.checkpoint import write_text_atomic
+    from vlmoe.recipes.run import check_run_dir
+
+    if "WORLD_SIZE" in os.environ:
+        raise CLIError("--nproc inside a torchrun worker: start either torchrun or --nproc")
+    nproc = args.nproc or 1
+    if cfg.train.batch_size % (nproc * args.nnodes):
+        raise CLIError(
+            f"train.batch_size={cfg.train.batch_size} does not split over "
+            f"{nproc * args.nnodes} processes; use a multiple of {nproc * args.nnodes}"
+        )
+    # Checked (and with --overwrite cleared) once, here: the workers find it ready.
+    check_run_dir(out, args.resume, args.overwrite)
+    # Every worker reads the same resolved config.
+    out.mkdir(parents=True, exist_ok=True)
+    config = out / "launch.yaml"
+    write_text_atomic(config, cfg.to_yaml())
+    command = ["-m", "vlmoe", "train", str(config), "--out", str(out)]
+    command += ["--resume"] if args.resume else []
+    command += ["-v"] * args.verbose + (["-q"] if args.quiet else [])
+    try:
+        launch(command, nproc, args.nnodes, args.rdzv_endpoint)
+    except DistributedError as e:
+        world = nproc * args.nnodes
+        raise CLIError(f"training on {world} processes stopped: {e}", code=1) from None
+    print(f"trained on {nproc * args.nnodes} processes")
     print(f"model: {out / 'model'}")
     print(f"run:   {out}  (metrics.jsonl, eval.json, checkpoints/)")
     return 0

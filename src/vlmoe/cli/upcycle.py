@@ -81,9 +81,12 @@ def run(args: argparse.Namespace) -> int:
         noise_std=args.noise,
     )
     model.save_pretrained(out, tokenizer)
-    task = resolve_model_dir(args.dense) / TASK_FILE
-    if task.is_file():
-        shutil.copyfile(task, out / TASK_FILE)
+    source = resolve_model_dir(args.dense)
+    if (source / TASK_FILE).is_file():
+        shutil.copyfile(source / TASK_FILE, out / TASK_FILE)
+    run_config = source.parent / "config.yaml"  # the source run's config: its data, for later
+    if run_config.is_file():  # `vlmoe train --init-from OUT` trains on the same data by default
+        shutil.copyfile(run_config, out / "config.yaml")
     (t0, a0), (t1, a1) = count_parameters(dense), count_parameters(model)
     print(f"dense:     {t0:>10,} parameters ({a0:,} active per token)")
     print(

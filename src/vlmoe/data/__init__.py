@@ -11,7 +11,11 @@ the fields it needs.
   :class:`PhotosDataset`;
 - users' files: :func:`load_image`, :class:`ImageFolderDataset`, :class:`ManifestDataset`,
   :class:`CocoDataset`, :func:`write_manifest`, :func:`write_coco`; errors are
-  :class:`DataError`;
+  :class:`DataError`. Bad files follow ``on_error`` (:data:`OnError`: ``"raise"`` stops at the
+  first one naming file and line, ``"skip"`` drops exactly the bad samples up front and counts
+  each once in ``dataset.errors``) after the up-front check ``check`` (:data:`Check`:
+  ``"header"`` by default, which also finds truncated PNG/JPEG/BMP/WebP files; ``"decode"``
+  finds every undecodable image; ``"none"``); see :mod:`vlmoe.data.files`;
 - text: :class:`Tokenizer`;
 - batches: :class:`ImageTransform`, :func:`preprocess_image` (the one model-input
   pre-processing) and the shared collate pieces in :mod:`vlmoe.data.collate`.
@@ -20,7 +24,7 @@ the fields it needs.
 from vlmoe.data.coco import CocoDataset, write_coco
 from vlmoe.data.collate import IGNORE_INDEX, stack_images
 from vlmoe.data.errors import DataError, ErrorReport, OnError
-from vlmoe.data.files import FileDataset, ImageFolderDataset
+from vlmoe.data.files import Check, FileDataset, ImageFolderDataset
 from vlmoe.data.grammar import QUESTION_KINDS, answer_vocab, swap_left_right
 from vlmoe.data.images import DEFAULT_MAX_PIXELS, load_image, pil_to_rgb, to_rgb_array
 from vlmoe.data.manifest import ManifestDataset, write_manifest
@@ -68,6 +72,7 @@ __all__ = [
     "SPECIAL_TOKENS",
     "SPLITS",
     "Box",
+    "Check",
     "CocoDataset",
     "DataError",
     "DigitsDataset",

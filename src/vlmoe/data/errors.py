@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+# What a dataset does with a bad sample: "raise" (stop, naming the file and line) or "skip" (drop
+# exactly that sample before the dataset is used, count it once in `ErrorReport`, warn once).
 OnError = Literal["raise", "skip"]
 
 logger = logging.getLogger(__name__)

@@ -6,11 +6,20 @@ record, by default reading each image's header (missing, unreadable or oversized
 boxes outside the image are found here); ``check="decode"`` also decodes every image so
 truncated files are found up front too.
 
-Under ``on_error="skip"`` a bad record is dropped and counted in ``dataset.errors``
-(:class:`~vlmoe.data.errors.ErrorReport`) and a warning lists the first reasons. An image that
-only fails when it is decoded in ``__getitem__`` is counted the same way and replaced by the
-next good one (in a DataLoader worker the count stays in that worker; use ``check="decode"``
-to find such files up front).
+The policy for bad samples is ``on_error`` (:data:`~vlmoe.data.errors.OnError`):
+
+- ``"raise"`` (default): the first bad record stops construction with a
+  :class:`~vlmoe.data.errors.DataError` naming the file and line.
+- ``"skip"``: every bad record found by the check is dropped before the dataset is used, counted
+  once in ``dataset.errors`` (:class:`~vlmoe.data.errors.ErrorReport`), and one warning lists the
+  first reasons. Exactly the bad samples are dropped: nothing is ever replaced by another sample.
+
+How much the check finds is ``check`` (:data:`Check`): ``"header"`` (default) reads each header
+and looks for the end marker of PNG and JPEG files (the declared size of BMP and WebP), so
+truncated files of those formats are found without decoding; ``"decode"`` decodes every image
+and finds every undecodable file; ``"none"`` checks nothing up front. An image that passes the
+check but fails when loaded raises a DataError naming it, under either policy, since by then the
+dataset's length is fixed (use ``check="decode"`` to rule that out).
 """
 
 from __future__ import annotations
@@ -82,7 +91,6 @@ class FileDataset(VLDataset):
         if check not in ("none", "header", "decode"):
             raise ValueError(f"check must be 'none', 'header' or 'decode', got {check!r}")
         self.check = check
-        self._bad: set[int] = set()
         self.max_pixels = max_pixels
         self.source = source
         for e in parse_errors or []:
@@ -129,20 +137,22 @@ class FileDataset(VLDataset):
         return self._sample(r, np.zeros((0, 0, 3), np.uint8), list(r.boxes))
 
     def get(self, index: int) -> Sample:
-        n = len(self.records)
-        for k in range(n):
-            j = (index + k) % n
-            if j in self._bad:
-                continue
-            try:
-                return self._load(self.records[j])
-            except DataError as e:
-                self.errors.handle(e, self.on_error)
-                self._bad.add(j)
-                logger.warning(
-                    "%s; using the next sample instead (%d skipped so far)", e, self.errors.skipped
-                )
-        raise DataError("every sample failed to load", self.source)
+        r = self.records[index]
+        try:
+            return self._load(r)
+        except DataError as e:
+            if self.on_error == "raise":
+                raise
+            # Never hand out another sample in its place: that would duplicate one sample and
+            # shift the rest. The dataset's length and examples are already fixed, so the only
+            # honest choice left is to stop, naming the file and the check that finds it.
+            raise DataError(
+                f"{e.reason}; the file passed check={self.check!r} when the dataset was built, "
+                "so on_error='skip' cannot drop it any more: use check='decode' to find every "
+                "undecodable image before training",
+                r.path,
+                r.where,
+            ) from e
 
 
 def _label_text(name: str) -> str:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -102,6 +103,18 @@ def _parse_refs(v: Any, n_boxes: int, err: Any) -> list[RefExp]:
     return refs
 
 
+def _shared_strings(value: Any) -> Any:
+    """The parsed JSON with every string interned: answers, question kinds, labels and keys
+    repeat across lines, so a 20,000-line manifest holds each of them once."""
+    if isinstance(value, str):
+        return sys.intern(value)
+    if isinstance(value, list):
+        return [_shared_strings(v) for v in value]
+    if isinstance(value, dict):
+        return {sys.intern(k): _shared_strings(v) for k, v in value.items()}
+    return value
+
+
 def parse_record(rec: Any, root: Path, manifest: Path, lineno: int) -> tuple[FileRecord, Any]:
     """Validate one manifest object. Returns the record (label not yet mapped) and the raw label."""
     where = f"line {lineno}"
@@ -167,7 +180,7 @@ def read_manifest(manifest: str | Path) -> tuple[list[FileRecord], list[Any], li
                 continue
             try:
                 try:
-                    obj = json.loads(line)
+                    obj = _shared_strings(json.loads(line))
                 except json.JSONDecodeError as e:
                     raise DataError(
                         f"invalid JSON: {e.msg} at column {e.colno}", manifest, f"line {lineno}"

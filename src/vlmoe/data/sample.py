@@ -28,7 +28,7 @@ from vlmoe.nn.modality import MODALITY_IMAGE, MODALITY_TEXT
 __all__ = ["MODALITY_IMAGE", "MODALITY_TEXT", "QA", "Box", "RefExp", "Sample", "VLDataset"]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Box:
     """An axis-aligned box in pixels, ``x1``/``y1`` exclusive, with a text label."""
 
@@ -47,7 +47,7 @@ class Box:
         return max(0.0, self.x1 - self.x0) * max(0.0, self.y1 - self.y0)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class QA:
     """A question, its short answer ("red", "3", "yes") and the question type."""
 
@@ -56,7 +56,7 @@ class QA:
     kind: str = "other"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class RefExp:
     """A referring expression ("the red circle") and the index of its box in ``Sample.boxes``."""
 

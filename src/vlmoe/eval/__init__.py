@@ -6,7 +6,7 @@
 - `retrieval`: recall@1/5/10 image->text and text->image, several captions per image.
 - `captioning`: corpus BLEU-4 with multiple references (sacrebleu).
 - `routing`: per MoE layer and modality: tokens per expert, drop rate, router entropy, dead
-  experts (from `vlmoe.moe.stats`).
+  and starved experts (from `vlmoe.moe.stats`); `starved_experts_warning` for the trainer.
 """
 
 from vlmoe.eval.captioning import CaptioningEvaluator, bleu4
@@ -19,7 +19,12 @@ from vlmoe.eval.classification import (
 )
 from vlmoe.eval.common import Evaluator
 from vlmoe.eval.retrieval import RetrievalEvaluator, recall_at_k, retrieval_metrics
-from vlmoe.eval.routing import RoutingEvaluator, RoutingStats, moe_layer_names
+from vlmoe.eval.routing import (
+    RoutingEvaluator,
+    RoutingStats,
+    moe_layer_names,
+    starved_experts_warning,
+)
 from vlmoe.eval.runner import evaluate, run_evaluators, write_eval_json
 from vlmoe.eval.vqa import VQAEvaluator, answers_from_logits, normalize_answer, vqa_accuracy
 
@@ -41,6 +46,7 @@ __all__ = [
     "recall_at_k",
     "retrieval_metrics",
     "run_evaluators",
+    "starved_experts_warning",
     "vqa_accuracy",
     "write_eval_json",
     "zero_shot_logits",

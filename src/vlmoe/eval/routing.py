@@ -2,7 +2,11 @@
 
 For every MoE layer, and inside it for every modality (image, text): the token-to-expert
 assignments each expert computed, the fraction of routed pairs that capacity dropped, and the
-mean router entropy; per layer, the experts that received nothing ("dead"). These are the
+mean router entropy; per layer, the experts that received nothing ("dead"), and per layer and
+modality the experts below a fraction (default 1%) of their uniform share of that modality's
+tokens ("starved": 3 tokens of 10,000 is not a healthy expert). With modality groups the
+uniform share is 1/(experts the modality can reach), and experts a modality cannot reach are
+never counted against it. These are the
 diagnostics of V-MoE (Riquelme et al. 2021) and LIMoE (Mustafa et al. 2022), whose per-modality
 expert loads show whether experts specialise by modality. Also the effective number of experts
 a token uses (`vlmoe.moe.stats.effective_top_k`): a top-2 router whose second weight is near 0
@@ -86,6 +90,8 @@ class LayerSummary:
     effective_k: float
     dead_experts: list[int]
     load_imbalance: float
+    starved_M: list[list[int]] = dataclasses.field(default_factory=list)
+    starved_experts: list[int] = dataclasses.field(default_factory=list)
 
 
 class RoutingStats:
@@ -95,16 +101,23 @@ class RoutingStats:
         layer_names: a name per MoE layer, in the order of the model's `moe_aux` list
             (default `moe0`, `moe1`, ...).
         modality_names: a name per modality id.
+        starved_fraction: an expert below this fraction of its uniform share of a modality's
+            routed pairs is reported as starved (`vlmoe.moe.stats.starved_experts`).
     """
 
     def __init__(
         self,
         layer_names: Sequence[str] | None = None,
         modality_names: Sequence[str] = MODALITY_NAMES,
+        starved_fraction: float = stats.STARVED_FRACTION,
     ) -> None:
+        if not 0 <= starved_fraction <= 1:
+            raise ValueError(f"starved_fraction must be in [0, 1], got {starved_fraction}")
         self.layer_names = list(layer_names) if layer_names is not None else None
         self.modality_names = tuple(modality_names)
+        self.starved_fraction = starved_fraction
         self.sums: list[dict[str, Tensor]] = []
+        self.allowed: list[Tensor | None] = []  # per layer: (M, E) reachable experts, or None
         self.num_batches = 0
 
     def update(self, aux_list: Sequence[MoEAux]) -> None:
@@ -123,13 +136,14 @@ class RoutingStats:
             new = layer_sums(aux, len(self.modality_names))
             if i == len(self.sums):
                 self.sums.append({k: v.detach().clone() for k, v in new.items()})
+                self.allowed.append(aux.allowed_ME)
             else:
                 for k, v in new.items():
                     self.sums[i][k] = _add_padded(self.sums[i][k], v.detach())
         self.num_batches += 1
 
     def reset(self) -> None:
-        self.sums, self.num_batches = [], 0
+        self.sums, self.allowed, self.num_batches = [], [], 0
 
     def name(self, i: int) -> str:
         if self.layer_names is not None and len(self.layer_names) == len(self.sums):
@@ -146,6 +160,8 @@ class RoutingStats:
             h: dict[str, Any] = {k: v.cpu() for k, v in s.items()}
             load_E = h["load_ME"].sum(0)
             pairs_M, tokens_M = h["pairs_M"].clamp_min(1), h["tokens_M"].clamp_min(1)
+            allowed = None if self.allowed[i] is None else self.allowed[i].cpu()
+            starved_ME = stats.starved_experts(h["routed_ME"], allowed, self.starved_fraction)
             out.append(
                 LayerSummary(
                     name=self.name(i),
@@ -159,6 +175,8 @@ class RoutingStats:
                     effective_k=float(h["eff_k_sum_M"].sum() / h["tokens_M"].sum().clamp_min(1)),
                     dead_experts=torch.nonzero(stats.dead_experts(load_E)).flatten().tolist(),
                     load_imbalance=float(stats.load_imbalance(load_E)),
+                    starved_M=[row.nonzero().flatten().tolist() for row in starved_ME],
+                    starved_experts=_starved_in_layer(h["routed_ME"], allowed, starved_ME),
                 )
             )
         return out
@@ -167,10 +185,25 @@ class RoutingStats:
         """(L, M, E) kept-pair counts, for `vlmoe.viz.expert_load.plot_expert_load`."""
         return [s.load_ME for s in self.summaries()]
 
+    def reachable_LME(self) -> list[list[list[bool]]] | None:
+        """(L, M, E) which experts each modality can reach in each layer (modality groups), for
+        `plot_expert_load`; None when every layer routes all tokens in one pool."""
+        if all(a is None for a in self.allowed):
+            return None
+        out = []
+        for s, allowed in zip(self.sums, self.allowed):
+            M, E = s["load_ME"].shape
+            reach = torch.ones(M, E, dtype=torch.bool)
+            if allowed is not None:
+                rows = allowed[:M].cpu()
+                reach = torch.cat([rows, reach.new_zeros(M - rows.shape[0], E)])
+            out.append(reach.tolist())
+        return out
+
     def results(self) -> Iterator[tuple[str, Any]]:
         """`(name, value)` pairs: per layer and modality, then means over layers."""
         summaries = self.summaries()
-        for s in summaries:
+        for i, s in enumerate(summaries):
             for m, tokens in enumerate(s.tokens_M):
                 if tokens == 0:
                     continue  # a modality absent from this model/data
@@ -179,12 +212,18 @@ class RoutingStats:
                 yield f"{s.name}/{mod}/drop_rate", s.drop_rate_M[m]
                 yield f"{s.name}/{mod}/router_entropy", s.entropy_M[m]
                 yield f"{s.name}/{mod}/effective_top_k", s.effective_k_M[m]
+                yield f"{s.name}/{mod}/starved_expert_ids", s.starved_M[m]
+                if self.allowed[i] is not None and m < self.allowed[i].shape[0]:
+                    reach = self.allowed[i][m].nonzero().flatten().tolist()
+                    yield f"{s.name}/{mod}/reachable_expert_ids", reach
             yield f"{s.name}/drop_rate", s.drop_rate
             yield f"{s.name}/router_entropy", s.entropy
             yield f"{s.name}/effective_top_k", s.effective_k
             yield f"{s.name}/load_imbalance", s.load_imbalance
             yield f"{s.name}/dead_experts", len(s.dead_experts)
             yield f"{s.name}/dead_expert_ids", s.dead_experts
+            yield f"{s.name}/starved_experts", len(s.starved_experts)
+            yield f"{s.name}/starved_expert_ids", s.starved_experts
         if summaries:
             n = len(summaries)
             yield "num_moe_layers", n
@@ -193,6 +232,47 @@ class RoutingStats:
             yield "effective_top_k", sum(s.effective_k for s in summaries) / n
             yield "load_imbalance", sum(s.load_imbalance for s in summaries) / n
             yield "dead_experts", sum(len(s.dead_experts) for s in summaries)
+            yield "starved_experts", sum(len(s.starved_experts) for s in summaries)
+
+
+def _starved_in_layer(
+    routed_ME: Tensor, allowed_ME: Tensor | None, starved_ME: Tensor
+) -> list[int]:
+    """Experts starved by every modality that has tokens and can reach them (and by at least
+    one): no modality gives them their share."""
+    M, E = routed_ME.shape
+    reach_ME = torch.ones(M, E, dtype=torch.bool)
+    if allowed_ME is not None:
+        reach_ME = torch.cat(
+            [allowed_ME[:M], reach_ME.new_zeros(M - min(M, allowed_ME.shape[0]), E)]
+        )
+    relevant_ME = reach_ME & (routed_ME.sum(-1) > 0)[:, None]
+    starved_E = relevant_ME.any(0) & (starved_ME | ~relevant_ME).all(0)
+    return starved_E.nonzero().flatten().tolist()
+
+
+def starved_experts_warning(
+    summaries: Sequence[LayerSummary],
+    modality_names: Sequence[str] = MODALITY_NAMES,
+    fraction: float = stats.STARVED_FRACTION,
+) -> str | None:
+    """One warning line naming the starved experts per layer and modality, or None if none.
+
+    Pure: the trainer calls it on `RoutingStats.summaries()` and logs what it returns.
+    """
+    parts = []
+    for s in summaries:
+        for m, ids in enumerate(s.starved_M):
+            if ids:
+                mod = modality_names[m] if m < len(modality_names) else f"modality{m}"
+                parts.append(f"{s.name}/{mod}: {ids}")
+    if not parts:
+        return None
+    return (
+        f"starved experts (under {fraction:.0%} of their uniform share of tokens): "
+        + "; ".join(parts)
+        + ". They learn little; consider the balance loss weights (losses.*) or fewer experts."
+    )
 
 
 def _add_padded(a: Tensor, b: Tensor) -> Tensor:
@@ -227,17 +307,21 @@ class RoutingEvaluator:
         forward: BatchFn | None = None,
         aux_field: str = "moe_aux",
         modality_names: Sequence[str] = MODALITY_NAMES,
+        starved_fraction: float = stats.STARVED_FRACTION,
     ) -> None:
         self.loader = loader
         self.forward = forward or default_forward
         self.aux_field = aux_field
         self.modality_names = tuple(modality_names)
+        self.starved_fraction = starved_fraction
         self.stats: RoutingStats | None = None
 
     @torch.no_grad()
     def run(self, model: torch.nn.Module) -> Iterator[tuple[str, Any]]:
         device = model_device(model)
-        self.stats = RoutingStats(moe_layer_names(model), self.modality_names)
+        self.stats = RoutingStats(
+            moe_layer_names(model), self.modality_names, self.starved_fraction
+        )
         for batch in self.loader:
             out = self.forward(model, to_device(batch, device))
             self.stats.update(get_field(out, self.aux_field))

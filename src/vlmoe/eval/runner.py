@@ -6,11 +6,8 @@ per-expert counts), written atomically as JSON, together with the time each eval
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-import os
-import tempfile
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -20,6 +17,7 @@ import numpy as np
 import torch
 
 from vlmoe.eval.common import Evaluator
+from vlmoe.io import write_json_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -59,21 +57,10 @@ def run_evaluators(model: torch.nn.Module, evaluators: Mapping[str, Evaluator]) 
 
 
 def write_eval_json(results: Mapping[str, Any], path: str | Path) -> Path:
-    """Write results as indented JSON, atomically (temporary file, fsync, rename)."""
+    """Write results as indented JSON, atomically (`vlmoe.io`: temporary file, fsync, rename)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(_plain(dict(results)), f, indent=2, sort_keys=False)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return write_json_atomic(path, _plain(dict(results)))
 
 
 def evaluate(

@@ -1,5 +1,6 @@
-"""vlmoe models: ViT, text transformer, and the three vision-language architectures (fusion,
-contrastive, decoder), built on one transformer stack whose blocks are dense or MoE by config."""
+"""vlmoe models: ViT, text transformer, the three vision-language architectures (fusion,
+contrastive, decoder) and a diffusion transformer (DiT), built on one transformer stack or block
+design whose feed-forward layers are dense or MoE by config."""
 
 from vlmoe.models.base import PretrainedModel, architectures, count_parameters
 from vlmoe.models.checkpoint import CheckpointError, load_model
@@ -13,6 +14,7 @@ from vlmoe.models.config import (
 )
 from vlmoe.models.contrastive import ContrastiveModel
 from vlmoe.models.decoder import Decoder
+from vlmoe.models.dit import DiT, DiTConfig, DiTOutput
 from vlmoe.models.freeze import freeze, set_trainable, unfreeze
 from vlmoe.models.fusion import FusionModel
 from vlmoe.models.generation import generate
@@ -46,6 +48,9 @@ __all__ = [
     "Decoder",
     "DecoderConfig",
     "DecoderOutput",
+    "DiT",
+    "DiTConfig",
+    "DiTOutput",
     "FusionConfig",
     "FusionModel",
     "FusionOutput",

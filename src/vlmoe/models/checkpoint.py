@@ -1,15 +1,15 @@
 """Hugging Face-layout model directories: `config.json` + `model.safetensors` (+ `tokenizer.json`).
 
-Files are written atomically (temporary name in the same directory, fsync, `os.replace`), so a
-crash never leaves a half-written checkpoint under the real name. Loading never unpickles:
-weights come from safetensors, the config from JSON, and each problem (a missing file, an
-unknown architecture, an invalid config value, a missing or unexpected tensor, a shape mismatch)
-raises one `CheckpointError` that names it.
+Files are written atomically with `vlmoe.io` (temporary name in the same directory, fsync,
+`os.replace`, the user's umask), so a crash never leaves a half-written checkpoint under the real
+name. Loading never unpickles: weights come from safetensors, the config from JSON, and each
+problem (a missing file, an unknown architecture, an invalid config value, a missing or
+unexpected tensor, a shape mismatch) raises the one `vlmoe.io.CheckpointError` (re-exported
+here) that names it.
 """
 
 from __future__ import annotations
 
-import contextlib
 import importlib.metadata
 import json
 import logging
@@ -20,11 +20,17 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
 
 from vlmoe.config import ConfigError
 from vlmoe.data.tokenizer import Tokenizer
+from vlmoe.io import (
+    CheckpointError,
+    check_tensors,
+    fsync_dir,
+    load_safetensors,
+    save_safetensors,
+    write_text_atomic,
+)
 
 if TYPE_CHECKING:
     from vlmoe.models.base import PretrainedModel
@@ -45,37 +51,6 @@ def _version() -> str:
         return "unknown"
 
 
-class CheckpointError(ValueError):
-    """A model directory is missing a file or does not match the model it describes."""
-
-
-@contextlib.contextmanager
-def _atomic_path(path: Path):
-    """Yield a temporary path beside `path`; on success fsync it and rename it over `path`."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    with contextlib.suppress(OSError):  # make the rename durable where the OS allows it
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    with _atomic_path(path) as tmp:
-        tmp.write_text(text)
-
-
 def save_pretrained(model: PretrainedModel, directory: str | Path, tokenizer: Any = None) -> Path:
     """Write `model` (and `tokenizer`, or the one attached as `model.tokenizer`) to `directory`."""
     directory = Path(directory)
@@ -86,9 +61,11 @@ def save_pretrained(model: PretrainedModel, directory: str | Path, tokenizer: An
         "vlmoe_version": _version(),
         **model.config.to_dict(),
     }
-    tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    with _atomic_path(directory / WEIGHTS_NAME) as tmp:
-        save_file(tensors, str(tmp), metadata={"format": "pt", "architecture": model.architecture})
+    save_safetensors(
+        model.state_dict(),
+        directory / WEIGHTS_NAME,
+        metadata={"format": "pt", "architecture": model.architecture},
+    )
     tokenizer = tokenizer if tokenizer is not None else getattr(model, "tokenizer", None)
     if tokenizer is not None:
         check_tokenizer_fits(tokenizer, model.config, f"saving to {directory}")
@@ -135,31 +112,8 @@ def read_config(directory: str | Path) -> tuple[str, Any]:
 def load_weights(model: torch.nn.Module, directory: str | Path) -> None:
     """Load `directory/model.safetensors` into `model`, checking names and shapes first."""
     path = Path(directory) / WEIGHTS_NAME
-    if not path.is_file():
-        raise CheckpointError(f"{path}: not found")
-    try:
-        tensors = load_file(str(path))
-    except (SafetensorError, OSError) as e:
-        raise CheckpointError(f"{path}: not a readable safetensors file ({e})") from None
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(tensors))
-    unexpected = sorted(set(tensors) - set(expected))
-    if missing:
-        raise CheckpointError(
-            f"{path}: missing tensor(s) {missing[:10]}{' ...' if len(missing) > 10 else ''}"
-        )
-    if unexpected:
-        raise CheckpointError(
-            f"{path}: unexpected tensor(s) {unexpected[:10]}"
-            f"{' ...' if len(unexpected) > 10 else ''} "
-            "(the checkpoint does not match its config.json)"
-        )
-    for name, tensor in tensors.items():
-        if tensor.shape != expected[name].shape:
-            raise CheckpointError(
-                f"{path}: tensor {name!r} has shape {tuple(tensor.shape)}, "
-                f"but the model expects {tuple(expected[name].shape)}"
-            )
+    tensors = load_safetensors(path)
+    check_tensors(path, tensors, model.state_dict())
     model.load_state_dict(tensors, strict=True)
 
 
@@ -185,6 +139,7 @@ def save_tokenizer(tokenizer: Any, directory: Path) -> None:
             os.replace(file, directory / file.name)
     finally:
         shutil.rmtree(tmp_dir, ignore_errors=True)
+    fsync_dir(directory)
 
 
 def load_tokenizer(directory: str | Path) -> Any:

@@ -9,7 +9,7 @@ every step.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any, Literal, Protocol
 
 import torch
@@ -93,6 +93,41 @@ def generate(
     Returns:
         (B, T) new tokens, T <= max_new_tokens; `pad_token_id` after a row has stopped.
     """
+    steps = iter_generate(
+        model,
+        input_ids,
+        attention_mask,
+        images=images,
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        stop_tokens=stop_tokens,
+        pad_token_id=pad_token_id,
+        cache=cache,
+        generator=generator,
+    )
+    return torch.stack(list(steps), dim=1)
+
+
+def iter_generate(
+    model: Generator,
+    input_ids: Tensor,
+    attention_mask: Tensor | None = None,
+    *,
+    images: Tensor | None = None,
+    max_new_tokens: int = 32,
+    temperature: float = 0.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    stop_tokens: Sequence[int] = (),
+    pad_token_id: int = 0,
+    cache: Literal["kv", "none"] = "kv",
+    generator: torch.Generator | None = None,
+) -> Iterator[Tensor]:
+    """`generate` one step at a time: yields each step's new tokens (B,) as soon as they are
+    chosen (for streaming); stacked along dim 1 they are what `generate` returns. Closing the
+    iterator early stops the generation. Arguments as in `generate`."""
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
     if not 0.0 < top_p <= 1.0:
@@ -103,25 +138,28 @@ def generate(
         raise ValueError(
             "prompts must be left-padded: the last position of every row must be a real token"
         )
-    kv = KVCache() if cache == "kv" else None
-    stops = torch.tensor(list(stop_tokens), dtype=input_ids.dtype, device=input_ids.device)
-    finished_B = torch.zeros(B, dtype=torch.bool, device=input_ids.device)
-    tokens_BL, out = input_ids, []
-    logits_BV = model.next_token_logits(input_ids, mask_BL, images, kv)
+    with torch.no_grad():  # re-entered on every resume: grad mode is per thread and per frame
+        kv = KVCache() if cache == "kv" else None
+        stops = torch.tensor(list(stop_tokens), dtype=input_ids.dtype, device=input_ids.device)
+        finished_B = torch.zeros(B, dtype=torch.bool, device=input_ids.device)
+        tokens_BL = input_ids
+        logits_BV = model.next_token_logits(input_ids, mask_BL, images, kv)
     for step in range(max_new_tokens):
-        # Finished rows keep running (their results are discarded) on the sampled token, which is
-        # always a valid id, while the output shows `pad_token_id`.
-        next_B = sample_next(logits_BV, temperature, top_k, top_p, generator)
-        out.append(torch.where(finished_B, torch.full_like(next_B, pad_token_id), next_B))
-        if len(stops):
-            finished_B = finished_B | torch.isin(next_B, stops)
+        with torch.no_grad():
+            # Finished rows keep running (their results are discarded) on the sampled token,
+            # which is always a valid id, while the output shows `pad_token_id`.
+            next_B = sample_next(logits_BV, temperature, top_k, top_p, generator)
+            shown_B = torch.where(finished_B, torch.full_like(next_B, pad_token_id), next_B)
+            if len(stops):
+                finished_B = finished_B | torch.isin(next_B, stops)
+        yield shown_B
         if step == max_new_tokens - 1 or bool(finished_B.all()):
-            break
-        one_B1 = torch.ones(B, 1, dtype=mask_BL.dtype, device=mask_BL.device)
-        if kv is not None:
-            logits_BV = model.next_token_logits(next_B[:, None], one_B1, None, kv)
-        else:
-            tokens_BL = torch.cat([tokens_BL, next_B[:, None]], dim=1)
-            mask_BL = torch.cat([mask_BL, one_B1], dim=1)
-            logits_BV = model.next_token_logits(tokens_BL, mask_BL, images, None)
-    return torch.stack(out, dim=1)
+            return
+        with torch.no_grad():
+            one_B1 = torch.ones(B, 1, dtype=mask_BL.dtype, device=mask_BL.device)
+            if kv is not None:
+                logits_BV = model.next_token_logits(next_B[:, None], one_B1, None, kv)
+            else:
+                tokens_BL = torch.cat([tokens_BL, next_B[:, None]], dim=1)
+                mask_BL = torch.cat([mask_BL, one_B1], dim=1)
+                logits_BV = model.next_token_logits(tokens_BL, mask_BL, images, None)

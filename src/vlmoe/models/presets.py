@@ -9,6 +9,12 @@ dense FFN of hidden width h, its experts have hidden width h / (top_k + num_shar
   - `fusion-*-moe` (VL-MoE): modality groups of 3 image + 3 text experts, 2 cross-modal
     experts, 1 shared expert, top-2: experts (and the shared expert) of width h/3.
 Routing variants of the ViT (`vit-debug-soft`, `vit-debug-ec`) cover soft MoE and expert choice.
+
+Diffusion transformers (`dit-*`, `vlmoe.models.dit`): `dit-small` is class-conditional on 28x28
+grey digits (patch 4, width 128, 6 blocks, GELU FFN of width 384); `dit-small-moe` is its DiT-MoE
+twin (every FFN an MoE of 8 routed experts, top-2, plus 1 shared expert, all of width 128);
+`dit-small-ec` the EC-DiT one (expert choice, 8 experts of width 192, capacity 2).
+`dit-small-text` takes captions of 32x32 colour scenes instead of classes.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from vlmoe.models.config import (
     TransformerConfig,
     ViTConfig,
 )
+from vlmoe.models.dit import DiTConfig
 from vlmoe.models.registry import register_preset
 
 # (dim, num_layers, num_heads, dense FFN hidden)
@@ -159,4 +166,90 @@ def _register() -> None:
     )
 
 
+DIT_SIZES = {"debug": (32, 2, 2, 96), "small": (128, 6, 4, 384)}
+DIT_IMAGES = {"debug": (8, 2, 1), "small": (28, 4, 1)}  # (image_size, patch_size, channels)
+DIT_TEXT_IMAGES = {"debug": (16, 4), "small": (32, 4)}  # colour scenes: (image_size, patch_size)
+
+
+def dit_tower(size: str, variant: str) -> TransformerConfig:
+    """The DiT's transformer slice: dense, DiT-MoE (shared + routed) or EC-DiT (expert choice),
+    with MoE in every block and equal active FFN parameters."""
+    dim, layers, heads, hidden = DIT_SIZES[size]
+    moe = None
+    if variant == "-moe":
+        moe = MoEConfig(
+            dim=dim,
+            hidden_dim=hidden // 3,
+            num_experts=8,
+            top_k=2,
+            num_shared_experts=1,
+            activation="gelu",
+        )
+    elif variant == "-ec":
+        moe = MoEConfig(
+            dim=dim,
+            hidden_dim=hidden // 2,
+            num_experts=8,
+            top_k=2,
+            router="expert_choice",
+            expert_choice_capacity=2.0,
+            activation="gelu",
+        )
+    return TransformerConfig(
+        dim=dim,
+        num_layers=layers,
+        num_heads=heads,
+        hidden_dim=hidden,
+        activation="gelu",
+        moe=moe,
+        moe_every=1,
+    )
+
+
+def _register_dit() -> None:
+    what = {
+        "": "(dense)",
+        "-moe": "with DiT-MoE FFNs (8 experts top-2 + 1 shared)",
+        "-ec": "with EC-DiT FFNs (8 experts, expert choice)",
+    }
+    for size in ("debug", "small"):
+        image_size, patch, channels = DIT_IMAGES[size]
+        for variant in ("", "-moe", "-ec"):
+            register_preset(
+                f"dit-{size}{variant}",
+                "dit",
+                DiTConfig(
+                    image_size=image_size,
+                    patch_size=patch,
+                    in_channels=channels,
+                    num_classes=10,
+                    transformer=dit_tower(size, variant),
+                ),
+                f"class-conditional diffusion transformer {size} {what[variant]}",
+            )
+        for variant in ("", "-moe"):
+            for mode, suffix in (("pooled", ""), ("cross_attention", "-xattn")):
+                register_preset(
+                    f"dit-{size}-text{suffix}{variant}",
+                    "dit",
+                    DiTConfig(
+                        image_size=DIT_TEXT_IMAGES[size][0],
+                        patch_size=DIT_TEXT_IMAGES[size][1],
+                        in_channels=3,
+                        num_classes=0,
+                        text=TextConfig(
+                            vocab_size=VOCAB[size],
+                            max_seq_len=TEXT_LEN[size] // 2,
+                            attention="bidirectional",
+                            positions="learned",
+                            transformer=tower(size),
+                        ),
+                        text_conditioning=mode,
+                        transformer=dit_tower(size, variant),
+                    ),
+                    f"caption-conditioned diffusion transformer {size} ({mode}) {what[variant]}",
+                )
+
+
 _register()
+_register_dit()

@@ -9,7 +9,13 @@ most C = ceil(capacity_factor * T * K / E) pairs (Switch, GShard); the rest are 
 the end of the buffer, where the experts return zeros, so a dropped pair adds nothing and the
 token passes through the residual. Which pairs an expert keeps follows a priority order: all
 first choices before any second choice, then either token position (`position`) or the token's
-top router weight, highest first (`score`: batch-prioritized routing, V-MoE, Riquelme et al. 2021).
+priority, highest first (`score`: batch-prioritized routing, V-MoE, Riquelme et al. 2021). The
+priority is the router's top probability *before* top-k renormalization (`priority_T`, given by
+the layer): after renormalization a top-1 weight is always 1 and would say nothing.
+With `group_size` G, capacity is defined per group of G consecutive tokens (GShard's groups,
+Lepikhin et al. 2020): each expert keeps at most ceil(capacity_factor * G * K / E) pairs of every
+group, in the group's own priority order. A batch split across ranks along group boundaries then
+drops exactly the pairs one process drops (`vlmoe.distributed`).
 
 Both directions of the permutation are gathers (rows by index), in forward and in backward,
 through small autograd functions: no scatter-add, no atomics, deterministic, and the gradient of
@@ -45,6 +51,13 @@ class DispatchPlan:
     inverse_N: Tensor
     kept_TK: Tensor
     weights_TK: Tensor
+    # Expert parallelism: rows per local expert of the buffer `Experts` sees; None = counts_E.
+    local_counts: Tensor | None = None
+
+    @property
+    def expert_counts(self) -> Tensor:
+        """Rows per expert of the buffer handed to `Experts` (its own experts under EP)."""
+        return self.counts_E if self.local_counts is None else self.local_counts
 
 
 class _GatherPairs(torch.autograd.Function):
@@ -104,13 +117,17 @@ def count_ids(ids: Tensor, num_bins: int) -> Tensor:
     )
 
 
-def _priority_rank(weights_TK: Tensor, drop_policy: DropPolicy) -> Tensor:
-    """(T*K,) rank of every pair in keep-priority order (0 = kept first)."""
+def _priority_rank(
+    weights_TK: Tensor, drop_policy: DropPolicy, priority_T: Tensor | None = None
+) -> Tensor:
+    """(T*K,) rank of every pair in keep-priority order (0 = kept first). Under `score`, tokens
+    rank by `priority_T` (default: their top weight), highest first, ties by position."""
     T, K = weights_TK.shape
     if drop_policy == "position":
         token_order = torch.arange(T, device=weights_TK.device)
     else:  # batch-prioritized: tokens with the most confident router go first
-        token_order = weights_TK.max(dim=1).values.argsort(descending=True, stable=True)
+        score_T = weights_TK.max(dim=1).values if priority_T is None else priority_T
+        token_order = score_T.argsort(descending=True, stable=True)
     token_rank = torch.empty_like(token_order)
     token_rank[token_order] = torch.arange(T, device=weights_TK.device)
     rank_TK = torch.arange(K, device=weights_TK.device)[None, :] * T + token_rank[:, None]
@@ -130,13 +147,18 @@ class Dispatcher:
         num_experts: int,
         capacity_factor: float | None = None,
         drop_policy: DropPolicy = "score",
+        group_size: int | None = None,
     ) -> None:
         self.num_experts = num_experts
         self.capacity_factor = capacity_factor
         self.drop_policy = drop_policy
+        self.group_size = group_size  # tokens per capacity group; None = the whole batch
 
-    def plan(self, expert_ids_TK: Tensor, weights_TK: Tensor) -> DispatchPlan:
-        """Sort the pairs by expert (kept pairs first, dropped ones at the end)."""
+    def plan(
+        self, expert_ids_TK: Tensor, weights_TK: Tensor, priority_T: Tensor | None = None
+    ) -> DispatchPlan:
+        """Sort the pairs by expert (kept pairs first, dropped ones at the end). `priority_T`
+        ranks tokens for `drop_policy="score"` (the router's probability before renormalizing)."""
         T, K = expert_ids_TK.shape
         E, N = self.num_experts, T * K
         ids_N = expert_ids_TK.reshape(-1)
@@ -147,18 +169,27 @@ class Dispatcher:
             order_N = key_N.argsort(stable=True)
             kept_N = routed_N
         else:
-            C = capacity(T, K, E, self.capacity_factor)
-            rank_N = _priority_rank(weights_TK, self.drop_policy)
-            key_N = torch.where(routed_N, ids_N, E) * N + rank_N
-            by_expert_N = key_N.argsort()
-            sorted_ids = torch.where(routed_N, ids_N, E)[by_expert_N]
-            counts_all = count_ids(sorted_ids, E + 1)
+            G = self.group_size or T
+            if G and T % G:
+                raise ValueError(
+                    f"{T} tokens do not split into capacity groups of moe.capacity_group_size={G}"
+                )
+            groups = T // G if G else 1
+            C = capacity(G, K, E, self.capacity_factor)
+            rank_N = _priority_rank(weights_TK, self.drop_policy, priority_T)
+            # One bin per (expert, group); unrouted pairs go to the last bin.
+            group_N = torch.arange(N, device=ids_N.device) // K // max(G, 1)
+            bin_N = torch.where(routed_N, ids_N * groups + group_N, E * groups)
+            key_N = bin_N * N + rank_N
+            by_bin_N = key_N.argsort()
+            sorted_bins = bin_N[by_bin_N]
+            counts_all = count_ids(sorted_bins, E * groups + 1)
             starts = torch.cumsum(counts_all, 0) - counts_all
-            slot_N = torch.arange(N, device=ids_N.device) - starts[sorted_ids]
-            kept_sorted = (slot_N < C) & (sorted_ids < E)
+            slot_N = torch.arange(N, device=ids_N.device) - starts[sorted_bins]
+            kept_sorted = (slot_N < C) & (sorted_bins < E * groups)
             kept_N = torch.empty_like(kept_sorted)
-            kept_N[by_expert_N] = kept_sorted
-            final_key = torch.where(kept_N, key_N, (E + 1) * N + rank_N)
+            kept_N[by_bin_N] = kept_sorted
+            final_key = torch.where(kept_N, key_N, (E * groups + 1) * N + rank_N)
             order_N = final_key.argsort()
         kept_ids = torch.where(kept_N, ids_N, E)
         counts_E = count_ids(kept_ids, E + 1)[:E]
@@ -168,15 +199,23 @@ class Dispatcher:
         return DispatchPlan(counts_E, order_N, inverse_N, kept_TK, weights_TK)
 
     def dispatch(
-        self, x_TD: Tensor, expert_ids_TK: Tensor, weights_TK: Tensor
+        self,
+        x_TD: Tensor,
+        expert_ids_TK: Tensor,
+        weights_TK: Tensor,
+        priority_T: Tensor | None = None,
     ) -> tuple[Tensor, DispatchPlan]:
         """(T, D) tokens -> (N, D) buffer sorted by expert, and the plan to undo it."""
-        plan = self.plan(expert_ids_TK, weights_TK)
+        plan = self.plan(expert_ids_TK, weights_TK, priority_T)
         K = expert_ids_TK.shape[1]
         x_ND = _GatherPairs.apply(x_TD, plan.order_N, plan.inverse_N, K)
         return x_ND, plan
 
     def combine(self, y_ND: Tensor, plan: DispatchPlan) -> Tensor:
         """(N, D) expert outputs -> (T, D): each token's router-weighted sum over its experts."""
-        w_TK = torch.where(plan.kept_TK, plan.weights_TK, 0.0)
+        w_TK = plan.weights_TK
+        # Dropless, the only pairs not kept are unrouted ones (-1): routers give them weight 0
+        # and their buffer rows come back from the experts as zeros, so no mask is needed.
+        if self.capacity_factor is not None:
+            w_TK = torch.where(plan.kept_TK, w_TK, 0.0)
         return _WeightedCombine.apply(y_ND, w_TK, plan.order_N, plan.inverse_N)  # (T, D)

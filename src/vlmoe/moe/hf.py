@@ -2,7 +2,8 @@
 
 Supported blocks (transformers >= 5 layouts, the block's own keys, no prefix):
 - `MixtralSparseMoeBlock`: `gate.weight` (E, D), `experts.gate_up_proj` (E, 2H, D) with the gate
-  rows first, `experts.down_proj` (E, D, H). Routing: softmax, top-k, renormalized.
+  rows first, `experts.down_proj` (E, D, H). Routing: softmax, top-k, renormalized; its
+  `router_jitter_noise` becomes vlmoe's router jitter (`router_noise="jitter"`).
 - `Qwen2MoeSparseMoeBlock`: the same routed part plus `shared_expert.{gate,up,down}_proj.weight`
   and `shared_expert_gate.weight` (1, D); top-k weights renormalized iff `norm_topk_prob`.
 
@@ -19,9 +20,26 @@ from vlmoe.config import MoEConfig
 from vlmoe.moe.layer import MoELayer
 
 
+def _mixtral_jitter(hf_config) -> dict[str, object]:
+    """`router_jitter_noise` as vlmoe's router settings (training only, like Mixtral's).
+
+    Mixtral multiplies the block's input by U(1 - eps, 1 + eps) before both the router and the
+    experts; vlmoe jitters the router's input only (Switch Transformer's router jitter). The
+    router sees the same noise for the same seed, so tokens go to the same experts; the experts
+    compute on the clean input. Eval outputs are identical either way.
+    """
+    eps = getattr(hf_config, "router_jitter_noise", 0.0) or 0.0
+    if not isinstance(eps, int | float) or not 0 <= eps < 1:
+        raise ValueError(f"Mixtral config: router_jitter_noise must be in [0, 1), got {eps!r}")
+    if eps == 0:
+        return {"router_noise": "none"}
+    return {"router_noise": "jitter", "router_noise_eps": float(eps)}
+
+
 def mixtral_config(hf_config, **overrides) -> MoEConfig:
-    """MoEConfig equivalent to a transformers MixtralConfig's sparse block."""
-    return MoEConfig(
+    """MoEConfig equivalent to a transformers MixtralConfig's sparse block, including its
+    `router_jitter_noise` (see `_mixtral_jitter`); `overrides` win over what is derived."""
+    derived = dict(
         dim=hf_config.hidden_size,
         hidden_dim=hf_config.intermediate_size,
         num_experts=hf_config.num_local_experts,
@@ -29,8 +47,9 @@ def mixtral_config(hf_config, **overrides) -> MoEConfig:
         activation="swiglu",
         score_func="softmax",
         renormalize=True,
-        **overrides,
+        **_mixtral_jitter(hf_config),
     )
+    return MoEConfig(**{**derived, **overrides})
 
 
 def qwen2_moe_config(hf_config, **overrides) -> MoEConfig:

@@ -68,6 +68,13 @@ class MoEAux:
         return count_ids(ids, self.num_experts + 1)[: self.num_experts]
 
 
+def _priority_T(routing: RouterOutput) -> Tensor:
+    """(T,) batch-priority score (V-MoE): a token's top router probability before top-k
+    renormalization, so that with top-1 the most confident tokens are kept, not the first ones."""
+    ids_TK = routing.expert_ids_TK.clamp_min(0)
+    return routing.probs_TE.gather(1, ids_TK).max(dim=1).values
+
+
 class MoELayer(nn.Module):
     """A sparse MoE feed-forward layer; a drop-in for `vlmoe.nn.mlp.MLP` that also returns aux."""
 
@@ -78,7 +85,9 @@ class MoELayer(nn.Module):
         self.experts = Experts(
             cfg.num_experts, cfg.dim, cfg.hidden_dim, cfg.activation, cfg.backend
         )
-        self.dispatcher = Dispatcher(cfg.num_experts, cfg.capacity_factor, cfg.drop_policy)
+        self.dispatcher = Dispatcher(
+            cfg.num_experts, cfg.capacity_factor, cfg.drop_policy, cfg.capacity_group_size
+        )
         self.shared_experts = None
         self.shared_gate = None
         if cfg.num_shared_experts:
@@ -106,8 +115,10 @@ class MoELayer(nn.Module):
             kept_TK = torch.ones_like(routing.expert_ids_TK, dtype=torch.bool)
         else:
             routing = self.router(x_TD, modality_T)
-            x_ND, plan = self.dispatcher.dispatch(x_TD, routing.expert_ids_TK, routing.weights_TK)
-            y_ND = self.experts(x_ND, plan.counts_E)  # (N, D)
+            x_ND, plan = self.dispatcher.dispatch(
+                x_TD, routing.expert_ids_TK, routing.weights_TK, _priority_T(routing)
+            )
+            y_ND = self.experts(x_ND, plan.expert_counts)  # (N, D)
             y_TD = self.dispatcher.combine(y_ND, plan)  # (T, D)
             kept_TK, counts_E = plan.kept_TK, plan.counts_E
         if self.shared_experts is not None:

@@ -24,6 +24,7 @@ import math
 import torch
 from torch import Tensor
 
+from vlmoe.moe.dispatch import count_ids
 from vlmoe.moe.layer import MoEAux
 from vlmoe.nn.modality import MODALITY_NAMES
 
@@ -64,6 +65,11 @@ def load_balance_loss(aux: MoEAux) -> Tensor:
         return zero
     p_TE = _per_token_distribution(aux)
     ids_TK = aux.expert_ids_TK
+    if aux.modality_T is None:  # one pool of all tokens: the same sums in a few ops
+        T, E = p_TE.shape
+        routed_E = count_ids(torch.where(ids_TK >= 0, ids_TK, E), E + 1)[:E]
+        frac_E = routed_E.to(p_TE.dtype) / max(1, T * aux.top_k)
+        return E * (frac_E * p_TE.mean(dim=0)).sum() if T else zero
     one_hot_TE = torch.zeros_like(p_TE).scatter_add_(
         1, ids_TK.clamp(min=0), (ids_TK >= 0).to(p_TE.dtype)
     )  # (T, E) routed pairs per token and expert

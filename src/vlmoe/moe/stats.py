@@ -81,6 +81,44 @@ def dead_experts(counts_E: Tensor, threshold: int = 0) -> Tensor:
     return counts_E <= threshold
 
 
+STARVED_FRACTION = 0.01  # an expert below 1% of its uniform share of the tokens is starved
+
+
+def uniform_load(load_ME: Tensor, allowed_ME: Tensor | None = None) -> Tensor:
+    """(M,) fp32: the pairs each expert of modality m would get under a perfectly even split,
+    i.e. modality m's pairs / the experts it can reach (its group and the cross-modal experts
+    with modality groups, all E experts in one shared pool)."""
+    pairs_M = load_ME.float().sum(-1)
+    if allowed_ME is None:
+        return pairs_M / load_ME.shape[-1]
+    M = load_ME.shape[0]
+    reach_M = allowed_ME[:M].to(load_ME.device).sum(-1).float()
+    if reach_M.shape[0] < M:  # more modalities in the data than groups: they reach nothing
+        reach_M = torch.cat([reach_M, reach_M.new_zeros(M - reach_M.shape[0])])
+    return pairs_M / reach_M.clamp_min(1)
+
+
+def starved_experts(
+    load_ME: Tensor, allowed_ME: Tensor | None = None, fraction: float = STARVED_FRACTION
+) -> Tensor:
+    """(M, E) bool: expert e is starved by modality m when m has tokens, e is reachable by m,
+    and e got fewer than `fraction` of m's uniform share (`uniform_load`). Pass loads summed
+    over many batches: an expert with 3 of 10,000 tokens is starved, not merely "alive".
+
+    Experts a modality cannot reach (another modality's group) are never starved by it.
+    """
+    if not 0 <= fraction <= 1:
+        raise ValueError(f"fraction must be in [0, 1], got {fraction}")
+    M, E = load_ME.shape
+    reach_ME = torch.ones(M, E, dtype=torch.bool, device=load_ME.device)
+    if allowed_ME is not None:
+        rows = allowed_ME[:M].to(load_ME.device)
+        reach_ME = torch.cat([rows, reach_ME.new_zeros(M - rows.shape[0], E)])
+    present_M = load_ME.sum(-1) > 0
+    below_ME = load_ME.float() < fraction * uniform_load(load_ME, allowed_ME)[:, None]
+    return below_ME & reach_ME & present_M[:, None]
+
+
 def load_imbalance(counts_E: Tensor) -> Tensor:
     """max / mean of the per-expert load: 1.0 is perfectly balanced."""
     counts = counts_E.float()

@@ -30,16 +30,18 @@ from vlmoe.config import ConfigError
 from vlmoe.data.registry import load_dataset
 from vlmoe.data.shapes import ShapesConfig
 from vlmoe.data.tokenizer import Tokenizer
+from vlmoe.distributed.runtime import Runtime
 from vlmoe.eval.routing import RoutingEvaluator, moe_layer_names
 from vlmoe.eval.runner import evaluate as run_evaluators
+from vlmoe.io import CheckpointError
 from vlmoe.models import load_model
 from vlmoe.models.base import architectures, count_parameters
-from vlmoe.models.checkpoint import CheckpointError, read_config
+from vlmoe.models.checkpoint import read_config
 from vlmoe.models.registry import get_preset, preset_config
 from vlmoe.tasks import Task, TaskDataset, TaskInfo, eval_loader, resolve_task
 from vlmoe.train.checkpoint import latest_checkpoint
 from vlmoe.train.config import DataSelection, ModelSelection, RunConfig
-from vlmoe.train.metrics import MetricsLogger
+from vlmoe.train.metrics import MetricsLogger, ProgressLoader
 from vlmoe.train.trainer import Trainer, TrainResult
 
 log = logging.getLogger(__name__)
@@ -63,6 +65,7 @@ def load_datasets(data: DataSelection, image_size: int) -> tuple[Any, Any]:
         )
     if data.name in ("mnist", "digits", "photos"):
         return load_dataset(data.name, "train"), load_dataset(data.name, "test")
+    opts.update(on_error=data.on_error, check=data.check)
     train_set = _file_dataset(data, data.path, opts)
     if data.eval_path:
         return train_set, _file_dataset(data, data.eval_path, opts)
@@ -195,11 +198,15 @@ def make_evaluators(
     MoE model."""
     if run.eval_data is None:
         return {}
-    loader = eval_loader(
-        run.eval_data, run.task.collate, batch_size, run.cfg.data.num_workers, max_examples
+    loader = ProgressLoader(
+        eval_loader(
+            run.eval_data, run.task.collate, batch_size, run.cfg.data.num_workers, max_examples
+        ),
+        f"eval {run.task.name}",
+        run.cfg.train.progress,
     )
     out = run.task.evaluators(loader)
-    if routing and moe_layer_names(run.model):
+    if routing and moe_layer_names(run.model) and "routing" not in out:  # a task may route its own
         out["routing"] = RoutingEvaluator(loader)
     return out
 
@@ -236,11 +243,17 @@ def make_trainer(run: Run, cfg: RunConfig, run_dir: str | Path, **kwargs: Any) -
 
 
 def start_run(
-    cfg: RunConfig, run_dir: str | Path, resume: bool | str | Path = False, overwrite: bool = False
+    cfg: RunConfig,
+    run_dir: str | Path,
+    resume: bool | str | Path = False,
+    overwrite: bool = False,
+    check_dir: bool = True,
 ) -> tuple[RunConfig, Run]:
-    """Check the run directory (`check_run_dir`), settle a resumed run's config
-    (`resume_config`) and prepare the run; nothing is written yet."""
-    check_run_dir(run_dir, bool(resume), overwrite)
+    """Check the run directory (`check_run_dir`; one rank of a distributed run does, with
+    `check_dir`), settle a resumed run's config (`resume_config`) and prepare the run;
+    nothing is written yet."""
+    if check_dir:
+        check_run_dir(run_dir, bool(resume), overwrite)
     if resume:
         cfg = resume_config(RunConfig.from_yaml(Path(run_dir) / "config.yaml"), cfg)
     return cfg, prepare(cfg)
@@ -347,15 +360,23 @@ def train(
 
     `resume=True` continues the run in `run_dir` (its saved config wins, see `resume_config`);
     a new run refuses a directory that holds one unless `overwrite` (`check_run_dir`).
+
+    Under torchrun every rank calls it (`cfg.parallel` says how the model is spread); rank 0
+    alone evaluates and writes the model, from a single-process copy with every expert.
     """
     if run is None:
         cfg, run = start_run(cfg, run_dir, resume, overwrite)
     run_dir = Path(run_dir)
     ev = cfg.eval
+    runtime = Runtime.start(cfg.parallel, run.model)
 
     def evaluate_fn(model: nn.Module) -> dict[str, Any]:
         return evaluate(
-            run, None, max_examples=ev.max_examples, batch_size=ev.batch_size, routing=False
+            dataclasses.replace(run, model=model),
+            None,
+            max_examples=ev.max_examples,
+            batch_size=ev.batch_size,
+            routing=False,
         )
 
     trainer = make_trainer(
@@ -365,11 +386,18 @@ def train(
         evaluate=evaluate_fn if run.eval_data is not None else None,
         on_save=run.info.save,
         eval_at_end=False,
+        runtime=runtime,
     )
-    result = trainer.fit(resume=resume)
-    save_model(run, run_dir / MODEL_DIR)
-    # The final evaluation uses every held-out example (periodic ones use eval.max_examples).
-    final = evaluate(run, run_dir / "eval.json", batch_size=ev.batch_size)
+    try:
+        result = trainer.fit(resume=resume)
+        final_run = dataclasses.replace(run, model=runtime.full_model())  # collective
+        if not runtime.is_rank0:  # nothing left to do together: rank 0 evaluates alone
+            return result
+        save_model(final_run, run_dir / MODEL_DIR)
+        # The final evaluation uses every held-out example (periodic ones use max_examples).
+        final = evaluate(final_run, run_dir / "eval.json", batch_size=ev.batch_size)
+    finally:
+        runtime.close()
     if final:
         metrics = MetricsLogger(run_dir, resume_step=result.steps, tensorboard="none")
         metrics.log(
@@ -426,8 +454,14 @@ def load_trained(path: str | Path) -> tuple[nn.Module, Task]:
     tokenizer = None
     if (directory / "tokenizer.json").is_file():
         tokenizer = Tokenizer.load(directory)
+    task_cls = resolve_task(info.task, info.architecture)
+    if task_cls.needs_text and tokenizer is None:
+        raise CheckpointError(
+            f"{directory}: no tokenizer.json, but this {info.architecture} model ({info.task}) "
+            "reads text: copy in the tokenizer.json it was trained with"
+        )
     model.eval()
-    return model, resolve_task(info.task, info.architecture)(info, tokenizer)
+    return model, task_cls(info, tokenizer)
 
 
 def _run_config_near(directory: Path) -> RunConfig | None:

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,12 +35,14 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from vlmoe.config import ConfigError
 from vlmoe.data.collate import IGNORE_INDEX, stack_images
 from vlmoe.data.sample import Sample
 from vlmoe.data.transforms import preprocess_image
-from vlmoe.models.checkpoint import CheckpointError, write_text_atomic
+from vlmoe.io import CheckpointError, write_text_atomic
 
 TASK_FILE = "task.json"
+log = logging.getLogger(__name__)
 
 __all__ = [
     "IGNORE_INDEX",
@@ -145,10 +148,11 @@ class Task:
     default_for: ClassVar[tuple[str, ...]] = ()
     needs_text: ClassVar[bool] = False
     headline: ClassVar[tuple[str, ...]] = ()  # the evaluation results a summary shows first
+    predicts: ClassVar[tuple[str, ...]] = ()  # the `Prediction.kind`s its `predict` gives
 
     def __init__(self, info: TaskInfo, tokenizer: Any = None) -> None:
         if self.needs_text and tokenizer is None:
-            raise ValueError(f"task {self.name!r} needs a tokenizer (tokenizer.json) to read text")
+            raise ConfigError(f"task {self.name!r} needs a tokenizer (tokenizer.json) to read text")
         self.info, self.tokenizer = info, tokenizer
         self._answer_index = {a: i for i, a in enumerate(info.answer_vocab)}
 
@@ -186,9 +190,23 @@ class Task:
         """`input_ids` and `attention_mask` of `texts` as training encodes them (<bos> ... <eos>,
         cut at the model's `max_len`, right-padded)."""
         if self.tokenizer is None:
-            raise ValueError("this model has no tokenizer.json, so it cannot read text")
+            raise ConfigError("this model has no tokenizer.json, so it cannot read text")
         enc = self.tokenizer.encode_batch(list(texts), max_len=self.info.max_len or None)
         return {k: enc[k].to(device) for k in ("input_ids", "attention_mask")}
+
+    def encode_input(self, text: str, device: torch.device | str) -> dict[str, Tensor]:
+        """`encode` for a user's text at prediction time; a text longer than the model reads
+        is cut as in training, and the user is told."""
+        n = len(self.tokenizer.encode(text)) if self.tokenizer is not None else 0
+        if self.info.max_len and n > self.info.max_len:
+            log.warning(
+                "the text is %d tokens (with <bos> and <eos>); this model reads %d, so it was "
+                "cut to its first %d tokens",
+                n,
+                self.info.max_len,
+                self.info.max_len - 1,
+            )
+        return self.encode([text], device)
 
     def token_strings(self, ids: Sequence[int]) -> list[str]:
         return [self.tokenizer.token_string(int(i)) for i in ids]

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vlmoe.config import ConfigError
 from vlmoe.data.sample import Sample
 from vlmoe.eval.captioning import CaptioningEvaluator
 from vlmoe.tasks.base import IGNORE_INDEX, Example, Prediction, StepOutput, Task
@@ -45,6 +46,7 @@ class Captioning(Task):
     default_for = ("decoder",)
     needs_text = True
     headline = ("captioning/bleu4",)
+    predicts = ("caption",)
     max_new_tokens = 24  # evaluation's generation length (EvalConfig.max_new_tokens sets it)
 
     def examples(self, dataset: Any, split: str) -> list[Example]:
@@ -81,7 +83,7 @@ class Captioning(Task):
     def _generate(self, model, prompt_ids, images, max_new_tokens: int, **sampling: Any):
         room = (self.info.max_len or prompt_ids.shape[1] + max_new_tokens) - prompt_ids.shape[1]
         if room < 1:
-            raise ValueError(
+            raise ConfigError(
                 f"the prompt is {prompt_ids.shape[1]} tokens; the model reads at most "
                 f"{self.info.max_len}: shorten it"
             )
@@ -110,7 +112,7 @@ class Captioning(Task):
         """Token ids generated after the image and `prompt` (greedy when temperature == 0),
         <eos> excluded. The whole sequence fits the model's `max_len`."""
         if temperature < 0:
-            raise ValueError(f"temperature must be >= 0, got {temperature}")
+            raise ConfigError(f"temperature must be >= 0, got {temperature}")
         images = self.image_batch(image, model)
         ids = [self.tokenizer.bos_id]
         if prompt:

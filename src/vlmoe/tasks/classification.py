@@ -43,6 +43,7 @@ class Classification(Task):
     architectures = ("vit", "fusion")
     default_for = ("vit",)
     headline = ("classification/accuracy",)
+    predicts = ("label",)
 
     def model_sizes(self) -> dict[str, int]:
         return {"num_classes": len(self.info.label_names)} if self.info.label_names else {}

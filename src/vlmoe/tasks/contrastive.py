@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vlmoe.config import ConfigError
 from vlmoe.data.sample import Sample
 from vlmoe.eval.classification import ZeroShotEvaluator
 from vlmoe.eval.retrieval import RetrievalEvaluator
@@ -30,6 +31,7 @@ class Contrastive(Task):
     default_for = ("contrastive",)
     needs_text = True
     headline = ("retrieval/i2t_r@1", "retrieval/t2i_r@1")
+    predicts = ("match",)
 
     def examples(self, dataset: Any, split: str) -> list[Example]:
         return caption_examples(dataset, split)
@@ -77,7 +79,7 @@ class Contrastive(Task):
             or [f"a photo of a {n}" for n in self.info.label_names]
         )
         if not options:
-            raise ValueError("give the texts to match with --text (one or more, separated by '|')")
+            raise ConfigError("give the texts to match with --text (one or more, separated by '|')")
         enc = self.encode(options, next(model.parameters()).device)
         out = model(images=self.image_batch(image, model), **enc)
         scores = top_scores(out.logits_per_image[0], options, len(options))

@@ -61,8 +61,11 @@ class TaskDataset(Dataset):
 class OrderSampler(Sampler[list[int]]):
     """Endless batches of stream positions from a copy of `order` (see the module docstring)."""
 
-    def __init__(self, order: DataOrder, batch_size: int) -> None:
+    def __init__(
+        self, order: DataOrder, batch_size: int, take: Callable[[list], list] | None = None
+    ) -> None:
         self.state, self.batch_size = order.state_dict(), batch_size
+        self.take = take  # this rank's share of each global batch (None: all of it)
 
     def __iter__(self) -> Iterator[list[int]]:
         order = DataOrder.from_state(self.state)
@@ -70,7 +73,8 @@ class OrderSampler(Sampler[list[int]]):
             epoch, cursor = order.epoch, order.cursor
             ids = order.next(self.batch_size)
             # The position of each item in the stream: items past the epoch end wrap over.
-            yield [(epoch + (cursor + j) // order.size) * order.size + i for j, i in enumerate(ids)]
+            pos = [(epoch + (cursor + j) // order.size) * order.size + i for j, i in enumerate(ids)]
+            yield pos if self.take is None else self.take(pos)
 
 
 def train_loader(
@@ -79,11 +83,13 @@ def train_loader(
     order: DataOrder,
     batch_size: int,
     num_workers: int = 0,
+    take: Callable[[list], list] | None = None,
 ) -> DataLoader:
-    """Batches in `order`'s sequence, from its current position on, without end."""
+    """Batches in `order`'s sequence, from its current position on, without end; `take` picks
+    this rank's share of each (`vlmoe.distributed.Runtime.local_indices`)."""
     return DataLoader(
         data,
-        batch_sampler=OrderSampler(order, batch_size),
+        batch_sampler=OrderSampler(order, batch_size, take),
         collate_fn=collate,
         num_workers=num_workers,
         persistent_workers=False,

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vlmoe.config import ConfigError
 from vlmoe.data.sample import Sample
 from vlmoe.eval.classification import ClassificationEvaluator, class_logits
 from vlmoe.eval.vqa import VQAEvaluator, answers_from_logits
@@ -36,6 +37,7 @@ class VQA(Task):
     architectures = ("fusion",)
     needs_text = True
     headline = ("vqa/accuracy",)
+    predicts = ("answer",)
 
     def model_sizes(self) -> dict[str, int]:
         return {"num_answers": len(self.info.answer_vocab)} if self.info.answer_vocab else {}
@@ -89,9 +91,9 @@ class VQA(Task):
         top: int = 3,
         **_: Any,
     ) -> Prediction:
-        if not text:
-            raise ValueError("this is a VQA model: ask a question (--question)")
-        enc = self.encode([text], next(model.parameters()).device)
+        if not text or not text.strip():
+            raise ConfigError("this is a VQA model: ask a question (--question)")
+        enc = self.encode_input(text, next(model.parameters()).device)
         out = model(images=self.image_batch(image, model), **enc)
         scores = top_scores(out.vqa_logits[0], self.info.answer_vocab, top)
         tokens = self.token_strings(enc["input_ids"][0].tolist())
@@ -106,6 +108,7 @@ class VQAClassification(VQA):
     name = "vqa+classification"
     default_for = ("fusion",)
     headline = ("vqa/accuracy", "classification/accuracy")
+    predicts = ("answer", "label")
 
     def model_sizes(self) -> dict[str, int]:
         sizes = super().model_sizes()
@@ -135,7 +138,7 @@ class VQAClassification(VQA):
         top: int = 3,
         **_: Any,
     ) -> Prediction:
-        if not text:
+        if not text or not text.strip():
             out = model(images=self.image_batch(image, model))
             scores = top_scores(class_logits(out)[0], self.info.label_names, top)
             return Prediction("label", scores[0][0], scores, output=out)

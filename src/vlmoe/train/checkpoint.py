@@ -34,14 +34,13 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file, save_model
 from torch import nn
 
+from vlmoe.io import CheckpointError, write_json_atomic  # noqa: F401 - re-exported names
+from vlmoe.io import fsync_dir as _fsync_dir
+
 log = logging.getLogger(__name__)
 
 _STEP_DIR = re.compile(r"^step_(\d+)$")
 MODEL_WEIGHTS = "model.safetensors"
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint is missing, corrupt, or does not match the model / optimizer."""
 
 
 # ----------------------------------------------------------------------------- file helpers
@@ -50,29 +49,6 @@ class CheckpointError(RuntimeError):
 def _fsync_file(path: Path) -> None:
     with open(path, "rb") as f:
         os.fsync(f.fileno())
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # some platforms cannot open directories
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_json_atomic(path: str | Path, data: Any) -> None:
-    """Write JSON to `path` via a temporary file + fsync + os.replace."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=2)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
 
 
 # ----------------------------------------------------------------------------- state <-> files

@@ -20,8 +20,9 @@ import dataclasses
 from typing import Any, Literal
 
 from vlmoe.config import Config, check, parse_override
+from vlmoe.distributed.mesh import ParallelConfig
 
-Precision = Literal["fp32", "bf16"]
+Precision = Literal["auto", "fp32", "bf16"]
 
 
 @dataclasses.dataclass
@@ -121,7 +122,7 @@ class TrainConfig(Config):
     steps: int = 200  # optimizer steps (ignored when `stages` is set: the stages' sum)
     batch_size: int = 32
     grad_accum: int = 1  # micro-batches per optimizer step
-    precision: Precision = "fp32"  # bf16 = autocast to bfloat16 (CPU and CUDA)
+    precision: Precision = "fp32"  # bf16 = autocast to bfloat16; auto: vlmoe.nn.machine decides
     seed: int = 0
     deterministic: bool = True  # torch.use_deterministic_algorithms where torch allows
     device: str = "auto"  # auto = cuda if available else cpu
@@ -174,6 +175,10 @@ class DataSelection(Config):
     seed: int = 0
     tokenizer_vocab: int | None = None  # None = the model preset's vocab_size
     num_workers: int = 0  # DataLoader worker processes (0 = load in the training process)
+    # Your files: a bad image or line stops the run ("raise", naming file and line) or is left
+    # out and counted ("skip"); "check" reads each image's header up front, or decodes it all.
+    on_error: Literal["raise", "skip"] = "raise"
+    check: Literal["none", "header", "decode"] = "header"
     options: dict[str, Any] = dataclasses.field(default_factory=dict)  # passed to the dataset
 
     def __post_init__(self) -> None:
@@ -234,6 +239,7 @@ class RunConfig(Config):
     losses: MoELossConfig = dataclasses.field(default_factory=MoELossConfig)
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
     eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
+    parallel: ParallelConfig = dataclasses.field(default_factory=ParallelConfig)
 
 
 def apply_overrides(cfg: RunConfig, overrides: list[str]) -> RunConfig:

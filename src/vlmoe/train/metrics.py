@@ -10,6 +10,7 @@ import json
 import logging
 import math
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
@@ -85,6 +86,29 @@ class MetricsLogger:
             self._tb.close()
 
 
+class ProgressLoader:
+    """A loader that shows a tqdm bar over its batches each time it is iterated (evaluation,
+    generation), when `mode` allows ("auto": stderr is a terminal); the bar stays on screen."""
+
+    def __init__(
+        self, loader: Any, desc: str, mode: Literal["auto", "bar", "none"] = "auto"
+    ) -> None:
+        self.loader, self.desc = loader, desc
+        self.enabled = mode == "bar" or (mode == "auto" and sys.stderr.isatty())
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self) -> Iterator[Any]:
+        if not self.enabled:
+            yield from self.loader
+            return
+        with tqdm(total=len(self.loader), desc=self.desc, unit="batch", leave=True) as bar:
+            for batch in self.loader:
+                yield batch
+                bar.update(1)
+
+
 class Progress:
     """A tqdm bar over optimizer steps showing loss and throughput; tqdm supplies the ETA."""
 
@@ -104,7 +128,7 @@ class Progress:
                 desc=desc,
                 unit="step",
                 dynamic_ncols=True,
-                leave=False,
+                leave=True,
             )
 
     @property

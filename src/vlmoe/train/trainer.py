@@ -11,6 +11,11 @@ default) whose batch sampler walks a `DataOrder`: `dataset[k]` is called with st
 `k = epoch * len(dataset) + index` (`vlmoe.tasks.TaskDataset` takes them as they are; wrap other
 map-style datasets in `vlmoe.tasks.data.Cycle`).
 
+Many processes (`torchrun`, `vlmoe train --nproc N`): a `vlmoe.distributed.Runtime` wraps the
+model (expert parallel, DDP or FSDP2), gives each rank its share of every global batch, makes
+the router losses global, reduces gradients, and saves checkpoints in the single-process layout
+from rank 0, which alone logs and evaluates. With one process it is a no-op.
+
 Exact resume: the data order's position, every RNG, the optimizer state and the step are
 stored, and the learning rate is a pure function of the step, so a resumed run computes the same
 losses as an uninterrupted one (same device and thread count).
@@ -33,8 +38,10 @@ import torch
 from torch import Tensor, nn
 
 from vlmoe.data.order import DataOrder
-from vlmoe.models.checkpoint import write_text_atomic
+from vlmoe.distributed.runtime import Runtime
+from vlmoe.io import write_text_atomic
 from vlmoe.moe.layer import update_balance_bias
+from vlmoe.nn.machine import resolve_precision
 from vlmoe.tasks.base import StepOutput
 from vlmoe.tasks.data import train_loader
 from vlmoe.train.checkpoint import (
@@ -211,6 +218,16 @@ class _Loop:
         return next(i for i, b in enumerate(self.bounds) if step < b)
 
 
+class _NoMetrics:
+    """What ranks other than 0 log to: nothing."""
+
+    def log(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
 class Trainer:
     """Train `model` on `dataset` with `objective`, as configured by `cfg.train` & co.
 
@@ -225,6 +242,7 @@ class Trainer:
         evaluate: `model -> {name: value}`, called every `train.eval_every` steps and at the end.
         on_save: called with each checkpoint's (temporary) directory to add files to it.
         eval_at_end: also evaluate after the last step (off when the caller does a fuller one).
+        runtime: the distributed runtime (`vlmoe.distributed.Runtime.start`); one process if None.
     """
 
     def __init__(
@@ -239,11 +257,16 @@ class Trainer:
         evaluate: EvalFn | None = None,
         on_save: Callable[[Path], None] | None = None,
         eval_at_end: bool = True,
+        runtime: Runtime | None = None,
     ) -> None:
         self.model, self.objective = model, objective
         self.dataset, self.collate_fn = dataset, collate_fn
         self.cfg, self.run_dir, self.arch, self.evaluate = cfg, Path(run_dir), arch, evaluate
         self.device = resolve_device(cfg.train.device)
+        if runtime is not None and runtime.distributed:
+            self.device = runtime.mesh.device  # this rank's GPU under torchrun
+        self.runtime = runtime or Runtime.single(self.device)
+        self.forward_model = model  # what the objective calls: the DDP wrapper, if any
         self.use_entropy = arch in cfg.losses.entropy_for
         self.on_save, self.eval_at_end = on_save, eval_at_end
         self.optimizer: torch.optim.Optimizer | None = None
@@ -268,7 +291,7 @@ class Trainer:
             )
 
     def _autocast(self):
-        if self.cfg.train.precision == "bf16":
+        if resolve_precision(self.cfg.train.precision, self.device) == "bf16":
             return torch.autocast(self.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
@@ -289,6 +312,8 @@ class Trainer:
         if cfg.train.num_threads is not None:
             torch.set_num_threads(cfg.train.num_threads)
         self.model.to(self.device).train()
+        if self.runtime.module is None:  # expert parallel, DDP/FSDP2; before the optimizer
+            self.forward_model = self.runtime.wrap(self.model)
         warn_if_unbalanced(self.model, cfg.losses, self.use_entropy)
         stages = _stages(cfg)
         bounds = [sum(s.steps for s in stages[: i + 1]) for i in range(len(stages))]
@@ -302,14 +327,24 @@ class Trainer:
             # A checkpoint from the stage before a boundary holds that stage's optimizer state;
             # the uninterrupted run starts the new stage with a fresh optimizer, and so does this.
             same_stage = state.get("stage_index", index) == index
-            load_checkpoint(ckpt_path, self.model, self.optimizer if same_stage else None)
+            # Checkpoints hold the single-process layout: load into a plain model, then shard.
+            plain = self.runtime.plain_model()
+            opt = self.runtime.optimizer_for_loading(self.optimizer) if same_stage else None
+            load_checkpoint(ckpt_path, plain, opt)
+            self.runtime.load_full_state_dict(plain.state_dict())
             order = DataOrder.from_state(state["data_order"])
             losses = list(state.get("losses", []))
             log.info("resumed from %s at step %d", ckpt_path, start)
         self.model.to(self.device)
         loader = train_loader(
-            self.dataset, self.collate_fn, order, cfg.train.batch_size, cfg.data.num_workers
+            self.dataset,
+            self.collate_fn,
+            order,
+            cfg.train.batch_size,
+            cfg.data.num_workers,
+            take=self.runtime.local_indices,
         )
+        rank0 = self.runtime.is_rank0
         return _Loop(
             stages=stages,
             bounds=bounds,
@@ -321,8 +356,12 @@ class Trainer:
                 self.run_dir,
                 resume_step=start if state else None,
                 tensorboard=cfg.train.tensorboard,
+            )
+            if rank0
+            else _NoMetrics(),
+            progress=Progress(
+                bounds[-1], initial=start, mode=cfg.train.progress if rank0 else "none"
             ),
-            progress=Progress(bounds[-1], initial=start, mode=cfg.train.progress),
         )
 
     # ------------------------------------------------------------------ one optimizer step
@@ -333,18 +372,20 @@ class Trainer:
 
     def _forward_loss(self, batch: dict) -> tuple[Tensor, dict[str, Tensor], Sequence]:
         with self._autocast():
-            out = self.objective(self.model, batch)
-        aux_total, aux_terms = moe_aux_losses(out.moe_aux, self.cfg.losses, self.use_entropy)
+            out = self.objective(self.forward_model, batch)
+        # Router losses over the global batch (each rank's own batch on one process).
+        auxes = self.runtime.global_aux(out.moe_aux)
+        aux_total, aux_terms = moe_aux_losses(auxes, self.cfg.losses, self.use_entropy)
         loss = out.loss.float() if aux_total is None else out.loss.float() + aux_total
         terms = {"loss/task": out.loss.detach(), **{f"loss/{k}": v for k, v in aux_terms.items()}}
         terms.update(out.metrics)
-        return loss, terms, out.moe_aux
+        return loss, terms, auxes
 
     def _micro_batch(self, step: int, batch: dict, accum: int) -> tuple[float, dict, Sequence]:
         """Forward and backward of one micro-batch; stops on a non-finite loss."""
         loss, terms, aux = self._forward_loss(batch)
         value = loss.item()
-        if not math.isfinite(value):
+        if not self.runtime.all_finite(math.isfinite(value)):  # every rank stops together
             where = locate_nonfinite_forward(self.model, lambda: self.objective(self.model, batch))
             raise NonFiniteError(
                 f"step {step + 1}: loss is {value}"
@@ -365,27 +406,34 @@ class Trainer:
             n_examples += _batch_size(batch)
             for k, v in terms.items():
                 totals[k] = totals.get(k, 0.0) + float(v) / accum
+        self.runtime.finish_backward()
         self._check_grads(step)
         if self.cfg.optim.grad_clip is not None:
-            params = [p for p in self.model.parameters() if p.grad is not None]
-            totals["grad_norm"] = float(
-                torch.nn.utils.clip_grad_norm_(params, self.cfg.optim.grad_clip)
-            )
+            totals["grad_norm"] = self.runtime.clip_grad_norm(self.cfg.optim.grad_clip)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         if last_aux and uses_balance_bias(self.model):
             # Aux-loss-free balancing (DeepSeek-V3): after the step, from the last micro-batch.
             update_balance_bias(self.model, list(last_aux))
         totals.update(routing_summary(last_aux))
+        if self.runtime.distributed:  # the global batch's numbers, the same on every rank
+            totals = self.runtime.mean_metrics({"loss": loss_sum, **totals})
+            loss_sum = totals.pop("loss")
+            n_examples *= self.runtime.world_size
         return loss_sum, totals, n_examples
 
     def _check_grads(self, step: int) -> None:
-        named = [(n, p.grad) for n, p in self.model.named_parameters() if p.grad is not None]
+        # FSDP2 gradients are DTensors: check this rank's shard (the ranks then agree).
+        named = [
+            (n, getattr(p.grad, "to_local", lambda g=p.grad: g)())
+            for n, p in self.model.named_parameters()
+            if p.grad is not None
+        ]
         if not named:
             raise TrainingError(f"step {step + 1}: no parameter received a gradient")
         ok = torch.stack([torch.isfinite(g).all() for _, g in named]).all()
-        if not bool(ok):
-            name = next(n for n, g in named if not torch.isfinite(g).all())
+        if not self.runtime.all_finite(bool(ok)):
+            name = next((n for n, g in named if not torch.isfinite(g).all()), "on another rank")
             layer = name.rsplit(".", 1)[0]
             raise NonFiniteError(
                 f"step {step + 1}: gradient of {name} holds NaN/Inf (layer {layer})"
@@ -428,9 +476,9 @@ class Trainer:
         eff = record.get("moe/effective_top_k")
         if eff is not None and not loop.warned_top1 and done > self.cfg.schedule.warmup_steps:
             loop.warned_top1 = warn_if_top1_in_effect(eff, max_top_k(self.model), done)
-        # With a progress bar on screen the bar shows this; keep the log quiet.
+        # With a progress bar on screen the bar shows this; keep the log quiet (and one rank's).
         log.log(
-            logging.DEBUG if loop.progress.active else logging.INFO,
+            logging.DEBUG if loop.progress.active or not self.runtime.is_rank0 else logging.INFO,
             "step %d/%d loss %.4f (%.0f ex/s)",
             done,
             loop.total,
@@ -445,9 +493,15 @@ class Trainer:
         periodic = every and done % every == 0 and done != loop.total
         if self.evaluate is None or not (at_end or periodic):
             return
-        loop.final_eval = self.evaluate(self.model)
-        self.model.train()
+        loop.final_eval = self._evaluate()
         loop.metrics.log(done, "eval", loop.final_eval)
+
+    def _evaluate(self) -> dict[str, Any]:
+        """Evaluate on rank 0, on a single-process copy (EP off: no collectives to hang on)."""
+        model = self.runtime.eval_model()  # collective under torchrun
+        results = self.evaluate(model) if self.runtime.is_rank0 else {}
+        self.model.train()
+        return results
 
     def _maybe_checkpoint(self, loop: _Loop, done: int, now: bool = False) -> None:
         every = self.cfg.train.checkpoint_every
@@ -456,11 +510,18 @@ class Trainer:
         if not now and done != loop.total and not (every and done % every == 0):
             return
         index = loop.stage_of(done - 1)
+        # Gathered on every rank (experts, FSDP shards, optimizer moments); rank 0 writes.
+        model = self.runtime.full_model()
+        optimizer = self.runtime.optimizer_for_saving(self.optimizer)
+        if not self.runtime.is_rank0:
+            loop.checkpoint = self.run_dir / "checkpoints" / f"step_{done:07d}"
+            self.runtime.barrier()
+            return
         loop.checkpoint = save_checkpoint(
             self.run_dir,
             done,
-            self.model,
-            self.optimizer,
+            model,
+            optimizer,
             {
                 "data_order": loop.order.state_dict(),
                 "losses": loop.losses,
@@ -472,12 +533,14 @@ class Trainer:
             keep_last=self.cfg.train.keep_last,
             extra=self.on_save,
         )
+        self.runtime.barrier()
 
     def fit(self, resume: bool | str | Path = False) -> TrainResult:
         """Train to `cfg.train.total_steps`; `resume=True` continues from the latest checkpoint."""
         loop = self._setup(resume)  # a failed resume stops here, before anything is written
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(self.run_dir / "config.yaml", self.cfg.to_yaml())
+        if self.runtime.is_rank0:
+            write_text_atomic(self.run_dir / "config.yaml", self.cfg.to_yaml())
         t0 = time.perf_counter()
         try:
             with StopRequest() as stop:
@@ -487,8 +550,10 @@ class Trainer:
                     if done % self.cfg.train.log_every == 0 or done == loop.total:
                         self._log_window(loop, done)
                     self._maybe_evaluate(loop, done)
-                    self._maybe_checkpoint(loop, done, now=stop.requested)
-                    if stop.requested:
+                    # A stop asked on any rank stops every rank, after one checkpoint.
+                    stopping = self.runtime.any_rank(stop.requested)
+                    self._maybe_checkpoint(loop, done, now=stopping)
+                    if stopping:
                         raise KeyboardInterrupt(
                             f"interrupted after step {done}; checkpoint {loop.checkpoint} "
                             "written: continue with --resume"
@@ -497,7 +562,7 @@ class Trainer:
             loop.progress.close()
             loop.metrics.close()
         if self.evaluate is not None and self.eval_at_end and loop.start >= loop.total:
-            loop.final_eval = self.evaluate(self.model)
+            loop.final_eval = self._evaluate()
         return TrainResult(
             run_dir=self.run_dir,
             steps=loop.total,

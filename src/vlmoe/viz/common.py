@@ -18,6 +18,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: E402
 from matplotlib.colors import ListedColormap  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
+from vlmoe.io import atomic_path  # noqa: E402
+
 DPI = 100
 
 
@@ -29,10 +31,11 @@ def new_figure(width_in: float, height_in: float) -> Figure:
 
 
 def save_png(fig: Figure, out_path: str | Path) -> Path:
-    """Save as PNG (creating the folder) and return the path."""
+    """Save as PNG (creating the folder, atomically via `vlmoe.io`) and return the path."""
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_path, format="png", dpi=DPI, facecolor="white")
+    with atomic_path(out_path) as tmp:
+        fig.savefig(tmp, format="png", dpi=DPI, facecolor="white")
     return out_path
 
 

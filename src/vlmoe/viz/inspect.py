@@ -7,15 +7,14 @@ routing of that forward pass is drawn into `out_dir`:
 - `routing.png`: per MoE layer, the image with each patch coloured by its top-1 expert and the
   text tokens coloured the same way (`vlmoe.viz.routing.draw_patch_routing`);
 - `expert_load.png`: this example's tokens per expert, per layer and modality;
-- `routing.json`: the same top-1 routing as numbers (per layer: the patch grid of expert ids,
-  and a list of (token, expert, confidence)).
+- `routing.json`: the same routing as numbers (per layer: the patch grid of top-1 expert ids
+  and of all kept top-k experts, and per token its top-1 expert, confidence and all experts).
 
 A captioning model given no text captions the image first and inspects the caption's tokens.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -27,14 +26,24 @@ import torch
 from PIL import Image
 from torch import Tensor
 
+from vlmoe.config import ConfigError
 from vlmoe.data.images import load_image, to_rgb_array
 from vlmoe.eval.routing import RoutingStats, moe_layer_names
+from vlmoe.io import write_json_atomic
 from vlmoe.moe.layer import MoEAux
 from vlmoe.nn.modality import MODALITY_TEXT
 from vlmoe.viz.expert_load import plot_expert_load
-from vlmoe.viz.routing import LayerRouting, draw_patch_routing, layer_routing
+from vlmoe.viz.routing import (
+    MAX_DRAW_SIDE,
+    LayerRouting,
+    default_title,
+    draw_patch_routing,
+    layer_routing,
+)
 
 logger = logging.getLogger(__name__)
+
+DISPLAY_MIN_SIDE = 256  # a 32-pixel model input is drawn enlarged, pixels kept sharp
 
 
 @dataclass
@@ -97,7 +106,7 @@ def inspect_model(
     """
     layer_names = moe_layer_names(model)
     if not layer_names:
-        raise ValueError(
+        raise ConfigError(
             f"{type(model).__name__} has no MoE layers: nothing to inspect (dense model)"
         )
     rgb = load_rgb(image)
@@ -108,10 +117,22 @@ def inspect_model(
     finally:
         model.train(was_training)
     caption = pred.text if pred.kind == "caption" and not text else None
-    return _write(pred.output, layer_names, rgb, pred.tokens, caption, Path(out_dir), confidence)
+    shown = display_image(rgb)  # drawn from here on: the full-size image is no longer needed
+    del rgb
+    return _write(pred.output, layer_names, shown, pred.tokens, caption, Path(out_dir), confidence)
 
 
-def _write(out, layer_names, rgb, tokens, caption, out_dir: Path, confidence) -> InspectResult:
+def display_image(rgb: np.ndarray) -> np.ndarray:
+    """What the model saw (a square resize) for drawing: `DISPLAY_MIN_SIDE` to `MAX_DRAW_SIDE`
+    pixels a side, so a huge input is downscaled once, here, and never drawn at full size."""
+    side = int(np.clip(max(rgb.shape[:2]), DISPLAY_MIN_SIDE, MAX_DRAW_SIDE))
+    image = Image.fromarray(rgb)
+    if max(rgb.shape[:2]) > side:  # box-reduce first: a 64-megapixel input costs one pass
+        return np.asarray(image.resize((side, side), Image.BOX, reducing_gap=2.0))
+    return np.asarray(image.resize((side, side), Image.LANCZOS))  # small inputs drawn sharp
+
+
+def _write(out, layer_names, shown, tokens, caption, out_dir: Path, confidence) -> InspectResult:
     aux_list: list[MoEAux] = list(out.moe_aux)
     text_aux = list(getattr(out, "text_moe_aux", []) or [])
     if text_aux:  # contrastive: the image pass and the text pass are separate lists
@@ -137,15 +158,16 @@ def _write(out, layer_names, rgb, tokens, caption, out_dir: Path, confidence) ->
             )
         )
     out_dir.mkdir(parents=True, exist_ok=True)
-    title = "Which expert each image patch and text token went to"
+    title = default_title(
+        any(x.patch_expert is not None for x in layers),
+        bool(tokens) and any(x.token_expert is not None for x in layers),
+    )
     if caption is not None:
         title += (
             f"\n(generated caption: {caption!r})"
             if caption
             else "\n(the generated caption is empty)"
         )
-    side = max(256, *rgb.shape[:2])  # what the model saw (a square resize), drawn sharp
-    shown = np.asarray(Image.fromarray(rgb).resize((side, side), Image.LANCZOS))
     routing_png = draw_patch_routing(
         shown,
         layers,
@@ -161,9 +183,10 @@ def _write(out, layer_names, rgb, tokens, caption, out_dir: Path, confidence) ->
         out_dir / "expert_load.png",
         layer_names=names,
         title="Expert load for this example",
+        reachable_LME=stats.reachable_LME(),
     )
     routing_json = out_dir / "routing.json"
-    routing_json.write_text(json.dumps(_routing_record(layers, tokens, caption), indent=1) + "\n")
+    write_json_atomic(routing_json, _routing_record(layers, tokens, caption), indent=1)
     logger.debug("wrote %s, %s and %s", routing_png, load_png, routing_json)
     return InspectResult(routing_png, load_png, routing_json, layers, tokens, caption)
 
@@ -187,10 +210,14 @@ def _routing_record(layers: Sequence[LayerRouting], tokens: Sequence[str], capti
         if layer.patch_expert is not None:
             entry["patch_experts"] = layer.patch_expert.tolist()
             entry["patch_confidence"] = np.round(layer.patch_conf, 4).tolist()
+            if layer.patch_ranked is not None:  # (gh, gw, K): every kept expert, by weight
+                entry["patch_experts_topk"] = layer.patch_ranked.tolist()
         if layer.token_expert is not None:
+            ranked = layer.token_ranked
             entry["tokens"] = [
                 {"token": t, "expert": int(e), "confidence": round(float(c), 4)}
-                for t, e, c in zip(tokens, layer.token_expert, layer.token_conf)
+                | ({"experts": [int(x) for x in ranked[i] if x >= 0]} if ranked is not None else {})
+                for i, (t, e, c) in enumerate(zip(tokens, layer.token_expert, layer.token_conf))
             ]
         record["layers"].append(entry)
     return record
