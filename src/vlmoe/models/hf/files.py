@@ -14,10 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
 
-from vlmoe.models.checkpoint import CheckpointError, _atomic_path, write_text_atomic
+from vlmoe.io import CheckpointError, load_safetensors, save_safetensors, write_text_atomic
 
 CONFIG = "config.json"
 WEIGHTS = "model.safetensors"
@@ -83,11 +81,9 @@ def load_tensors(directory: str | Path) -> dict[str, torch.Tensor]:
     tensors: dict[str, torch.Tensor] = {}
     for path in weight_files(directory):
         try:
-            part = load_file(str(path))
-        except (SafetensorError, OSError) as e:
-            raise HFImportError(
-                f"{path}: not a readable safetensors file, truncated or corrupt ({e})"
-            ) from None
+            part = load_safetensors(path)
+        except CheckpointError as e:  # names the file: truncated or corrupt
+            raise HFImportError(str(e)) from None
         clash = sorted(set(part) & set(tensors))
         if clash:
             raise HFImportError(f"{path}: tensor(s) {clash[:5]} also appear in another shard")
@@ -108,11 +104,11 @@ def save_directory(
     tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
     shards = _shard(tensors, max_shard_bytes)
     if len(shards) == 1:
-        _write_safetensors(directory / WEIGHTS, shards[0])
+        save_safetensors(shards[0], directory / WEIGHTS, {"format": "pt"})
     else:
         names = [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
         for name, shard in zip(names, shards, strict=True):
-            _write_safetensors(directory / name, shard)
+            save_safetensors(shard, directory / name, {"format": "pt"})
         index = {
             "metadata": {"total_size": sum(t.numel() * t.element_size() for t in tensors.values())},
             "weight_map": {k: name for name, shard in zip(names, shards) for k in shard},
@@ -135,11 +131,6 @@ def _shard(tensors: dict[str, torch.Tensor], limit: int | None) -> list[dict[str
         shards[-1][key] = t
         size += nbytes
     return shards
-
-
-def _write_safetensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
-    with _atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata={"format": "pt"})
 
 
 def parse_size(text: str) -> int:
