@@ -21,6 +21,7 @@ COMMANDS = {
     "generate": "vlmoe.cli.generate",
     "inspect": "vlmoe.cli.inspect",
     "upcycle": "vlmoe.cli.upcycle",
+    "import": "vlmoe.cli.import_",
     "serve": "vlmoe.cli.serve",
     "data": "vlmoe.cli.data",
 }

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from vlmoe.cli.common import CLIError, command_main
 
+LAYER_CHOICES = ("all", "every-other", "first-half", "second-half")  # vlmoe.models.upcycle
 HELP = "turn a dense model into an MoE model (sparse upcycling: experts start as FFN copies)"
 DESCRIPTION = """\
 Sparse upcycling (Komatsuzaki et al. 2023; MoE-LLaVA): every chosen dense feed-forward layer
@@ -20,6 +21,7 @@ EPILOG = """\
 examples:
   vlmoe upcycle runs/fusion-dense runs/fusion-upcycled --num-experts 8 --top-k 2
   vlmoe upcycle runs/captioner runs/captioner-moe --towers text --moe-every 2
+  vlmoe upcycle llava-start llava-moe --layers every-other --num-experts 4 --top-k 2
 """
 
 
@@ -28,8 +30,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("out", help="output model directory")
     p.add_argument("--num-experts", type=int, default=8)
     p.add_argument("--top-k", type=int, default=2)
-    p.add_argument(
+    layers = p.add_mutually_exclusive_group()
+    layers.add_argument(
         "--moe-every", type=int, help="MoE in every N-th block (default: the model's setting)"
+    )
+    layers.add_argument(
+        "--layers",
+        choices=LAYER_CHOICES,
+        help="which blocks become MoE, as MoE-LLaVA's moe_mode: all, every-other (0, 2, 4, ...), "
+        "first-half, second-half",
     )
     p.add_argument("--towers", help="comma-separated towers to upcycle, e.g. text or vision,text")
     p.add_argument("--noise", type=float, default=0.0, help="relative noise on the expert copies")
@@ -63,7 +72,14 @@ def run(args: argparse.Namespace) -> int:
     dense, task = load_trained(args.dense)
     tokenizer = task.tokenizer
     towers = [t.strip() for t in args.towers.split(",")] if args.towers else None
-    model = upcycle_model(dense, moe, moe_every=args.moe_every, towers=towers, noise_std=args.noise)
+    model = upcycle_model(
+        dense,
+        moe,
+        moe_every=args.moe_every,
+        towers=towers,
+        layers=args.layers,
+        noise_std=args.noise,
+    )
     model.save_pretrained(out, tokenizer)
     source = resolve_model_dir(args.dense)
     if (source / TASK_FILE).is_file():

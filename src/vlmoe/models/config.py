@@ -9,6 +9,10 @@ Equal active parameters: the MoE twin of a dense model whose FFN hidden width is
 of hidden width h / (top_k + num_shared_experts), so each token runs the same number of FFN
 weights in both (see `vlmoe.models.presets`).
 
+The fields after `checkpointing` (grouped-query heads, biases, norm epsilon, block layout, input
+and final norms) default to vlmoe's own design; they exist so that pretrained checkpoints
+(`vlmoe.models.hf`: Llama, Qwen2, CLIP, BERT, ...) compute exactly what they were trained to.
+
 Expert choice and soft MoE mix tokens across a sequence, so a later token would change how an
 earlier one is processed; a causal text transformer refuses them (`ConfigError`).
 """
@@ -40,13 +44,20 @@ class TransformerConfig(Config):
     num_heads: int = 4
     head_dim: int | None = None  # default dim // num_heads
     hidden_dim: int = 192  # dense FFN hidden width
-    activation: Literal["swiglu", "gelu"] = "swiglu"
+    activation: Literal["swiglu", "gelu", "gelu_erf", "quick_gelu"] = "swiglu"
     norm: Literal["layernorm", "rmsnorm"] = "layernorm"
     dropout: float = 0.0
     moe: MoEConfig | None = None  # None = dense; moe.dim is set to `dim`
     moe_every: int = 2  # MoE in blocks i with (i + 1) % moe_every == 0
     moe_layers: list[int] | None = None  # explicit block indices (overrides moe_every)
     checkpointing: Literal["none", "block"] = "none"  # activation checkpointing per block
+    num_kv_heads: int | None = None  # grouped-query attention (None = num_heads)
+    attn_bias: Literal["none", "qkv", "all"] = "none"  # biases on q/k/v ("qkv") and output too
+    mlp_bias: bool = False  # biases in dense FFNs (MoE experts are bias-free)
+    norm_eps: float = 1e-6
+    layout: Literal["pre", "post", "parallel"] = "pre"  # see vlmoe.nn.block
+    input_norm: bool = False  # a norm before the first block (CLIP's pre-LN, BERT's embedding LN)
+    final_norm: bool = True  # the norm after the last block
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], _path: str = "") -> TransformerConfig:
@@ -71,6 +82,25 @@ class TransformerConfig(Config):
         check(
             0.0 <= self.dropout < 1.0, f"transformer.dropout must be in [0, 1), got {self.dropout}"
         )
+        if self.num_kv_heads is not None:
+            check(
+                isinstance(self.num_kv_heads, int)
+                and self.num_kv_heads >= 1
+                and self.num_heads % self.num_kv_heads == 0,
+                f"transformer.num_kv_heads={self.num_kv_heads!r} must be >= 1 and divide "
+                f"transformer.num_heads={self.num_heads}",
+            )
+        check(self.norm_eps > 0, f"transformer.norm_eps must be > 0, got {self.norm_eps}")
+        if self.moe is not None:
+            check(
+                self.activation in ("swiglu", "gelu"),
+                f"transformer.activation={self.activation!r} has no MoE expert kernel; "
+                "MoE experts are 'swiglu' or 'gelu'",
+            )
+            check(
+                not self.mlp_bias,
+                "transformer.mlp_bias=True cannot be used with moe: MoE experts are bias-free",
+            )
         if self.moe_layers is not None:
             bad = [i for i in self.moe_layers if not 0 <= i < self.num_layers]
             check(
@@ -158,12 +188,27 @@ class TextConfig(Config):
     attention: Literal["causal", "bidirectional"] = "causal"
     positions: Literal["rope", "learned"] = "rope"
     rope_theta: float = 10000.0
+    rope_dim: int | None = None  # rotate only this many channels per head (Phi); None = all
     pool: Literal["mean", "last", "first"] = "mean"  # the `pooled` output (encoders)
+    tie_embeddings: bool = False  # the LM head reuses the token embedding matrix
+    lm_head_bias: bool = False
     transformer: TransformerConfig = field(default_factory=TransformerConfig)
 
     def __post_init__(self) -> None:
         _check_text_fields(self)
         check(self.rope_theta > 0, f"rope_theta must be > 0, got {self.rope_theta}")
+        if self.rope_dim is not None:
+            check(
+                isinstance(self.rope_dim, int)
+                and 2 <= self.rope_dim <= self.transformer.attn_head_dim
+                and self.rope_dim % 2 == 0,
+                f"rope_dim={self.rope_dim!r} must be even and in [2, head dim="
+                f"{self.transformer.attn_head_dim}]",
+            )
+        check(
+            not (self.tie_embeddings and self.lm_head_bias),
+            "tie_embeddings=True cannot be combined with lm_head_bias=True",
+        )
         if self.positions == "rope":
             check(
                 self.transformer.attn_head_dim % 2 == 0,
@@ -213,9 +258,30 @@ class ContrastiveConfig(ImageTextConfig):
     logit_scale_init: float = 14.285714  # 1 / 0.07, as in CLIP
     logit_scale_max: float = 100.0
     transformer: TransformerConfig = field(default_factory=TransformerConfig)
+    # A separate text encoder (CLIP-style two towers, e.g. a pretrained MiniLM); None = texts
+    # share `transformer` with images (LIMoE).
+    text_tower: TextConfig | None = None
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], _path: str = "") -> ContrastiveConfig:
+        return super().from_dict(_build_optional(data, _path, "text_tower", TextConfig), _path)
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.text_tower is not None:
+            t = self.text_tower
+            check(
+                t.attention == "bidirectional",
+                f"text_tower.attention must be 'bidirectional', got {t.attention!r}",
+            )
+            check(
+                t.vocab_size == self.vocab_size,
+                f"vocab_size={self.vocab_size} must equal text_tower.vocab_size={t.vocab_size}",
+            )
+            check(
+                self.max_seq_len <= t.max_seq_len,
+                f"max_seq_len={self.max_seq_len} must be <= text_tower.max_seq_len={t.max_seq_len}",
+            )
         check(self.embed_dim >= 1, f"embed_dim must be >= 1, got {self.embed_dim}")
         check(
             self.logit_scale_init > 0, f"logit_scale_init must be > 0, got {self.logit_scale_init}"

@@ -5,6 +5,11 @@ modality linear projections into a joint space; a learned temperature.
 Images and texts run through the tower in separate passes, each tagged with its modality id, so
 the MoE auxes (and LIMoE's per-modality entropy losses, `vlmoe.moe.losses.entropy_losses`) split
 by modality. The contrastive loss lives outside the model (`vlmoe.train`).
+
+With `config.text_tower` set, texts go through their own bidirectional `TextTransformer`
+instead (two towers, as CLIP; e.g. a pretrained MiniLM from `vlmoe.models.hf`), pooled as that
+tower pools (mean over real tokens for BERT-style encoders); the shared tower then sees images
+only.
 """
 
 from __future__ import annotations
@@ -16,9 +21,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from vlmoe.models.config import ContrastiveConfig
-from vlmoe.models.embed import masked_mean
+from vlmoe.models.embed import check_text_length, masked_mean
 from vlmoe.models.image_text import IMAGE, ImageTextModel
 from vlmoe.models.outputs import ContrastiveOutput
+from vlmoe.models.text import TextTransformer
 from vlmoe.models.transformer import Transformer
 from vlmoe.moe.layer import MoEAux
 from vlmoe.nn.attention import build_attention_mask
@@ -29,11 +35,13 @@ class ContrastiveModel(ImageTextModel):
     config_class = ContrastiveConfig
 
     def __init__(self, config: ContrastiveConfig) -> None:
-        super().__init__(config)
+        super().__init__(config, text_embed=config.text_tower is None)
         dim = config.transformer.dim
         self.transformer = Transformer(config.transformer)
+        self.text_tower = TextTransformer(config.text_tower) if config.text_tower else None
+        text_dim = config.text_tower.transformer.dim if config.text_tower else dim
         self.image_proj = nn.Linear(dim, config.embed_dim, bias=False)
-        self.text_proj = nn.Linear(dim, config.embed_dim, bias=False)
+        self.text_proj = nn.Linear(text_dim, config.embed_dim, bias=False)
         self.logit_scale = nn.Parameter(torch.tensor(math.log(config.logit_scale_init)))
 
     def _image_pass(self, images_BCHW: Tensor) -> tuple[Tensor, list[MoEAux], Tensor]:
@@ -45,6 +53,10 @@ class ContrastiveModel(ImageTextModel):
     def _text_pass(
         self, input_ids_BL: Tensor, attention_mask: Tensor | None
     ) -> tuple[Tensor, list[MoEAux]]:
+        if self.text_tower is not None:
+            check_text_length(input_ids_BL.shape[-1], self.config.max_seq_len)
+            out = self.text_tower(input_ids_BL, attention_mask)
+            return F.normalize(self.text_proj(out.pooled), dim=-1), out.moe_aux
         x_BLD, valid_BL, modality_BL = self.embed_text(input_ids_BL, attention_mask)
         L = x_BLD.shape[1]
         mask = build_attention_mask(valid_BL, L, L, causal=False, device=x_BLD.device)

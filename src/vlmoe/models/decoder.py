@@ -116,7 +116,7 @@ class Decoder(GenerationMixin, PretrainedModel):
             num_prefix = img_BND.shape[1] if img_BND is not None else 0
         h_BSD, lm_aux = self.lm.hidden(x_BSD, valid_BS, modality_BS, kv_cache)
         return DecoderOutput(
-            logits=self.lm.lm_head(h_BSD[:, num_prefix:]),
+            logits=self.lm.logits(h_BSD[:, num_prefix:]),
             hidden_states=h_BSD,
             modality=modality_BS,
             image_token_mask=modality_BS == 0,

@@ -24,13 +24,16 @@ class ImageTextModel(PretrainedModel):
 
     config: ImageTextConfig  # FusionConfig or ContrastiveConfig, both with a `transformer`
 
-    def __init__(self, config: ImageTextConfig) -> None:
+    def __init__(self, config: ImageTextConfig, text_embed: bool = True) -> None:
         super().__init__(config)
         dim = config.transformer.dim
         self.image_embed = ImageEmbed(
             config.image_size, config.patch_size, config.in_channels, dim, config.pos_embed
         )
-        self.text_embed = TokenEmbed(config.vocab_size, dim, config.max_seq_len)
+        # A model with its own text tower (two-tower contrastive) embeds text there instead.
+        self.text_embed = (
+            TokenEmbed(config.vocab_size, dim, config.max_seq_len) if text_embed else None
+        )
         self.type_embed = nn.Embedding(2, dim)
         nn.init.normal_(self.type_embed.weight, std=0.02)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from vlmoe.models.base import PretrainedModel
@@ -43,13 +44,24 @@ class TextTransformer(GenerationMixin, PretrainedModel):
             LearnedPositions(config.max_seq_len, t.dim) if config.positions == "learned" else None
         )
         self.rope = (
-            RotaryEmbedding(t.attn_head_dim, config.rope_theta)
+            RotaryEmbedding(config.rope_dim or t.attn_head_dim, config.rope_theta)
             if config.positions == "rope"
             else None
         )
         self.transformer = Transformer(t)
         self.causal = config.attention == "causal"
-        self.lm_head = nn.Linear(t.dim, config.vocab_size, bias=False) if self.causal else None
+        self.lm_head = (
+            nn.Linear(t.dim, config.vocab_size, bias=config.lm_head_bias)
+            if self.causal and not config.tie_embeddings
+            else None
+        )
+
+    def logits(self, hidden_BLD: Tensor) -> Tensor:
+        """Final hidden states (B, L, D) -> next-token logits (B, L, V), through the LM head or,
+        with `tie_embeddings`, the token embedding matrix."""
+        if self.lm_head is not None:
+            return self.lm_head(hidden_BLD)
+        return F.linear(hidden_BLD, self.embed.weight)
 
     def embed_tokens(self, input_ids_BL: Tensor) -> Tensor:
         """Token ids (B, L), checked against vocab_size -> embeddings (B, L, D)."""
@@ -118,7 +130,7 @@ class TextTransformer(GenerationMixin, PretrainedModel):
         modality_BL = text_modality(valid_BL) if modality is None else modality
         h_BLD, auxes = self.hidden(x_BLD, valid_BL, modality_BL, kv_cache)
         return TextOutput(
-            logits=self.lm_head(h_BLD) if self.lm_head is not None else None,
+            logits=self.logits(h_BLD) if self.causal else None,
             hidden_states=h_BLD,
             pooled=self.pool(h_BLD, valid_BL),
             modality=modality_BL,

@@ -24,7 +24,7 @@ def build_ffn(cfg: TransformerConfig, index: int) -> nn.Module:
     """Block `index`'s feed-forward layer: an MoELayer where the config asks, else a dense MLP."""
     if cfg.moe is not None and index in cfg.moe_layer_ids():
         return MoELayer(cfg.moe)
-    return MLP(cfg.dim, cfg.hidden_dim, cfg.activation)
+    return MLP(cfg.dim, cfg.hidden_dim, cfg.activation, bias=cfg.mlp_bias)
 
 
 class Transformer(nn.Module):
@@ -41,10 +41,17 @@ class Transformer(nn.Module):
                 head_dim=cfg.head_dim,
                 norm=cfg.norm,
                 dropout=cfg.dropout,
+                num_kv_heads=cfg.num_kv_heads,
+                qkv_bias=cfg.attn_bias != "none",
+                proj_bias=cfg.attn_bias == "all",
+                norm_eps=cfg.norm_eps,
+                layout=cfg.layout,
             )
             for i in range(cfg.num_layers)
         )
-        self.norm = make_norm(cfg.norm, cfg.dim)
+        if cfg.input_norm:  # absent otherwise, so that existing checkpoints keep their keys
+            self.input_norm = make_norm(cfg.norm, cfg.dim, cfg.norm_eps)
+        self.norm = make_norm(cfg.norm, cfg.dim, cfg.norm_eps) if cfg.final_norm else nn.Identity()
 
     def forward(
         self,
@@ -59,6 +66,8 @@ class Transformer(nn.Module):
         """Run every block. `mask` / `causal` / `rope` as in `vlmoe.nn.attention.Attention`;
         `modality_BL` (0 image, 1 text, -1 padding) goes to every MoE layer."""
         auxes: list[MoEAux] = []
+        if self.cfg.input_norm:
+            x_BLD = self.input_norm(x_BLD)
         use_ckpt = self.cfg.checkpointing == "block" and self.training and cache is None
         for i, block in enumerate(self.blocks):
             layer_cache = cache.layer(i) if cache is not None else None

@@ -4,12 +4,17 @@ whose experts are copies of it (`vlmoe.moe.upcycle_mlp`) and every other weight 
 
 With renormalized top-k routing, no router noise and no capacity drops, the upcycled model
 computes what the dense one did (up to float rounding of the weighted expert sum).
+
+Which blocks become MoE: the towers' own `moe_every` / `moe_layers`, explicit ones, or one of
+MoE-LLaVA's `moe_mode`s by name (`LAYER_CHOICES`): every block, every other block starting with
+the first (0, 2, 4, ...: MoE-LLaVA's "sparse"), the first half or the second half.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
+from typing import Literal
 
 from torch import nn
 
@@ -19,6 +24,22 @@ from vlmoe.models.config import TransformerConfig
 from vlmoe.moe.layer import MoELayer
 from vlmoe.moe.upcycle import upcycle_mlp
 from vlmoe.nn.mlp import MLP
+
+LayerChoice = Literal["all", "every-other", "first-half", "second-half"]
+LAYER_CHOICES: tuple[str, ...] = ("all", "every-other", "first-half", "second-half")
+
+
+def choose_layers(num_layers: int, choice: LayerChoice) -> list[int]:
+    """Block indices that MoE-LLaVA's `moe_mode` `choice` makes MoE in a stack of `num_layers`."""
+    if choice == "all":
+        return list(range(num_layers))
+    if choice == "every-other":
+        return list(range(0, num_layers, 2))
+    if choice == "first-half":
+        return list(range(num_layers // 2))
+    if choice == "second-half":
+        return list(range(num_layers // 2, num_layers))
+    raise ConfigError(f"unknown layer choice {choice!r}; expected one of {list(LAYER_CHOICES)}")
 
 
 def transformer_paths(config: Config, prefix: str = "") -> list[str]:
@@ -62,8 +83,11 @@ def upcycle_config(
     moe_every: int | None = None,
     moe_layers: list[int] | None = None,
     towers: Sequence[str] | None = None,
+    layers: LayerChoice | None = None,
 ) -> Config:
     """The MoE twin's config. Each chosen tower's experts take its FFN's width and activation."""
+    if layers is not None and (moe_every is not None or moe_layers is not None):
+        raise ConfigError("give either a layer choice or moe_every / moe_layers, not both")
     all_paths = transformer_paths(model.config)
     chosen = []
     for tower in towers if towers is not None else _default_towers(model):
@@ -76,6 +100,11 @@ def upcycle_config(
         t = _get_path(config, path)
         if t.moe is not None:
             raise ConfigError(f"{path} is already MoE; upcycle a dense tower")
+        if t.mlp_bias or t.activation not in ("swiglu", "gelu"):
+            raise ConfigError(
+                f"{path}: its FFNs (activation={t.activation!r}, mlp_bias={t.mlp_bias}) have no "
+                "MoE expert equivalent; experts are bias-free 'swiglu' or 'gelu'"
+            )
         tower_moe = dataclasses.replace(
             moe, dim=t.dim, hidden_dim=t.hidden_dim, activation=t.activation
         )
@@ -84,6 +113,8 @@ def upcycle_config(
             changes["moe_every"] = moe_every
         if moe_layers is not None:
             changes["moe_layers"] = list(moe_layers)
+        if layers is not None:
+            changes["moe_layers"] = choose_layers(t.num_layers, layers)
         config = _set_path(config, path, dataclasses.replace(t, **changes))
     return config
 
@@ -95,6 +126,7 @@ def upcycle_model(
     moe_every: int | None = None,
     moe_layers: list[int] | None = None,
     towers: Sequence[str] | None = None,
+    layers: LayerChoice | None = None,
     noise_std: float = 0.0,
 ) -> PretrainedModel:
     """A new MoE model upcycled from dense `model` (which is left unchanged).
@@ -103,11 +135,14 @@ def upcycle_model(
         moe: routing settings (num_experts, top_k, router, ...); dim, hidden_dim and activation
             are taken from each tower's dense FFN.
         moe_every / moe_layers: which blocks become MoE (default: the towers' own settings).
+        layers: or MoE-LLaVA's choice by name, see `choose_layers`.
         towers: which transformers to upcycle, e.g. ["text"] or ["vision", "text"] for a
             decoder (default: the language model for a decoder, else the only tower).
         noise_std: relative noise on the expert copies (0 keeps exact equality at init).
     """
-    config = upcycle_config(model, moe, moe_every=moe_every, moe_layers=moe_layers, towers=towers)
+    config = upcycle_config(
+        model, moe, moe_every=moe_every, moe_layers=moe_layers, towers=towers, layers=layers
+    )
     kwargs = {}
     if getattr(model.config, "vision", "") is None:  # decoder with an external encoder
         kwargs["vision_encoder"] = model.vision

@@ -1,7 +1,11 @@
 """Multi-head self-attention through `scaled_dot_product_attention`, with causal and padding
 masks, rotary positions and a KV cache for incremental decoding (Vaswani et al. 2017).
 
-Legend: B batch, L new tokens (queries), S all keys (cached + new), H heads, Dh head dim.
+Legend: B batch, L new tokens (queries), S all keys (cached + new), H heads, Hkv key/value
+heads, Dh head dim.
+
+Grouped-query attention (Ainslie et al. 2023, as in Llama 2/3, Mistral, Qwen2): `num_kv_heads`
+key/value heads each serve H / Hkv query heads; the cache keeps the Hkv heads only.
 
 Masks are boolean, True = may attend. Every query may always attend to itself, so a padding
 query never sees an all-masked row (which would give NaN); its output is ignored anyway.
@@ -97,19 +101,38 @@ def build_attention_mask(
 
 
 class Attention(nn.Module):
-    """Multi-head self-attention; bias-free projections, optional RoPE and KV cache."""
+    """Multi-head self-attention with optional grouped-query heads, RoPE and KV cache.
+
+    `qkv` packs the query, key and value projections as rows [q (H Dh) ; k (Hkv Dh) ; v (Hkv Dh)].
+    Projections are bias-free unless `qkv_bias` / `proj_bias` (imported checkpoints: Qwen2 has
+    biased q, k, v; CLIP and BERT bias every projection).
+    """
 
     def __init__(
-        self, dim: int, num_heads: int, head_dim: int | None = None, dropout: float = 0.0
+        self,
+        dim: int,
+        num_heads: int,
+        head_dim: int | None = None,
+        dropout: float = 0.0,
+        *,
+        num_kv_heads: int | None = None,
+        qkv_bias: bool = False,
+        proj_bias: bool = False,
     ) -> None:
         super().__init__()
         self.num_heads = num_heads
+        self.num_kv_heads = num_kv_heads or num_heads
         self.head_dim = head_dim or dim // num_heads
         if head_dim is None and dim % num_heads:
             raise ValueError(f"dim={dim} is not divisible by num_heads={num_heads}")
+        if num_heads % self.num_kv_heads:
+            raise ValueError(
+                f"num_heads={num_heads} is not divisible by num_kv_heads={self.num_kv_heads}"
+            )
         inner = self.num_heads * self.head_dim
-        self.qkv = nn.Linear(dim, 3 * inner, bias=False)
-        self.proj = nn.Linear(inner, dim, bias=False)
+        kv_inner = self.num_kv_heads * self.head_dim
+        self.qkv = nn.Linear(dim, inner + 2 * kv_inner, bias=qkv_bias)
+        self.proj = nn.Linear(inner, dim, bias=proj_bias)
         self.dropout = dropout
 
     def forward(
@@ -127,12 +150,15 @@ class Attention(nn.Module):
         `causal` is set (no padding, no cache), SDPA's own causal path is used.
         """
         B, L, _ = x_BLD.shape
-        qkv = self.qkv(x_BLD).view(B, L, 3, self.num_heads, self.head_dim)
-        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, H, L, Dh)
+        H, Hkv, Dh = self.num_heads, self.num_kv_heads, self.head_dim
+        qkv = self.qkv(x_BLD).view(B, L, H + 2 * Hkv, Dh).transpose(1, 2)  # (B, H + 2 Hkv, L, Dh)
+        q, k, v = qkv.split([H, Hkv, Hkv], dim=1)  # (B, H, L, Dh), (B, Hkv, L, Dh) x 2
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         if cache is not None:
-            k, v = cache.append(k, v)  # (B, H, S, Dh)
+            k, v = cache.append(k, v)  # (B, Hkv, S, Dh)
+        if Hkv != H:  # each key/value head serves H / Hkv consecutive query heads
+            k, v = k.repeat_interleave(H // Hkv, dim=1), v.repeat_interleave(H // Hkv, dim=1)
         is_causal = causal and mask is None
         if is_causal and k.shape[2] != L:
             raise ValueError("causal attention over a cache needs an explicit mask")

