@@ -110,14 +110,26 @@ def _refuse_non_causal_routers(t: TransformerConfig, where: str) -> None:
 
 
 def _check_image_fields(config: Any) -> None:
-    """image_size, patch_size, in_channels, pos_embed of a model that embeds images."""
-    for name in ("image_size", "patch_size", "in_channels"):
+    """image_size, patch_size, in_channels, pos_embed, patch_embed, stem_channels of a model
+    that embeds images."""
+    for name in ("image_size", "patch_size", "in_channels", "stem_channels"):
         value = getattr(config, name)
         check(isinstance(value, int) and value >= 1, f"{name} must be >= 1, got {value!r}")
     check(
         config.image_size % config.patch_size == 0,
         f"image_size={config.image_size} must be divisible by patch_size={config.patch_size}",
     )
+    check(
+        config.patch_embed in ("linear", "conv"),
+        f"patch_embed must be 'linear' or 'conv', got {config.patch_embed!r}",
+    )
+    if config.patch_embed == "conv":
+        p = config.patch_size
+        check(
+            p & (p - 1) == 0,
+            f"patch_embed='conv' needs patch_size a power of 2 (one stride-2 conv per halving), "
+            f"got patch_size={p}",
+        )
     if config.pos_embed == "sincos":
         check(
             config.transformer.dim % 4 == 0,
@@ -140,6 +152,9 @@ class ViTConfig(Config):
     patch_size: int = 8
     in_channels: int = 3
     pos_embed: Literal["learned", "sincos"] = "learned"
+    # "linear": ViT's patch projection; "conv": a convolutional stem (vlmoe.nn.ConvStem)
+    patch_embed: Literal["linear", "conv"] = "linear"
+    stem_channels: int = 32  # width of the conv stem's first layer (patch_embed="conv")
     pool: Literal["cls", "mean"] = "cls"
     num_classes: int = 10  # 0 = no classification head (e.g. a decoder's vision encoder)
     transformer: TransformerConfig = field(default_factory=TransformerConfig)
@@ -182,6 +197,8 @@ class ImageTextConfig(Config):
     patch_size: int = 8
     in_channels: int = 3
     pos_embed: Literal["learned", "sincos"] = "learned"
+    patch_embed: Literal["linear", "conv"] = "linear"  # as in ViTConfig
+    stem_channels: int = 32
     vocab_size: int = 256
     max_seq_len: int = 32  # text tokens
 

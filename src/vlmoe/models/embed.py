@@ -5,13 +5,15 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from vlmoe.nn.embed import FixedPositions, LearnedPositions, PatchEmbed
+from vlmoe.nn.embed import ConvStem, FixedPositions, LearnedPositions, PatchEmbed
 
 
 class ImageEmbed(nn.Module):
     """(B, C, H, W) -> (B, S, D): [class token ;] patches + position embeddings.
 
-    S = num_prefix_tokens + N; patches are row-major over `grid_size`.
+    S = num_prefix_tokens + N; patches are row-major over `grid_size`. `patch_embed` picks how
+    pixels become patch tokens: "linear" (ViT's stride-p convolution, `PatchEmbed`) or "conv"
+    (a convolutional stem with `stem_channels` maps, `ConvStem`); both give the same grid.
     """
 
     def __init__(
@@ -22,9 +24,16 @@ class ImageEmbed(nn.Module):
         dim: int,
         pos_embed: str = "learned",
         class_token: bool = False,
+        patch_embed: str = "linear",
+        stem_channels: int = 32,
     ) -> None:
         super().__init__()
-        self.patch = PatchEmbed(image_size, patch_size, in_channels, dim)
+        if patch_embed == "linear":
+            self.patch = PatchEmbed(image_size, patch_size, in_channels, dim)
+        elif patch_embed == "conv":
+            self.patch = ConvStem(image_size, patch_size, in_channels, dim, stem_channels)
+        else:
+            raise ValueError(f"unknown patch_embed {patch_embed!r}; expected 'linear' or 'conv'")
         self.grid_size = self.patch.grid_size
         self.num_patches = self.patch.num_patches
         if pos_embed == "learned":

@@ -28,7 +28,13 @@ class ImageTextModel(PretrainedModel):
         super().__init__(config)
         dim = config.transformer.dim
         self.image_embed = ImageEmbed(
-            config.image_size, config.patch_size, config.in_channels, dim, config.pos_embed
+            config.image_size,
+            config.patch_size,
+            config.in_channels,
+            dim,
+            config.pos_embed,
+            patch_embed=config.patch_embed,
+            stem_channels=config.stem_channels,
         )
         self.text_embed = TokenEmbed(config.vocab_size, dim, config.max_seq_len)
         self.type_embed = nn.Embedding(2, dim)
