@@ -317,7 +317,14 @@ def make_evaluators(
     if task == "contrastive":
         from vlmoe.eval.retrieval import RetrievalEvaluator
 
-        out["retrieval"] = RetrievalEvaluator(data, image_id_key=None)
+        if run.cfg.data.name == "shapes":  # every caption of an image, recall per caption kind
+            from vlmoe.data.grammar import caption_kind
+
+            out["retrieval"] = RetrievalEvaluator(
+                data, tokenizer=run.tokenizer, text_kind=caption_kind
+            )
+        else:
+            out["retrieval"] = RetrievalEvaluator(data, image_id_key=None)
     if routing and any(True for m in run.model.modules() if type(m).__name__ == "MoELayer"):
         out["routing"] = RoutingEvaluator(data)
     return out
