@@ -351,7 +351,7 @@ def make_trainer(run: Run, cfg: RunConfig, run_dir: str | Path, **kwargs: Any) -
     and collator; `kwargs` go to `Trainer` (evaluate, on_save, eval_at_end, ...)."""
     return Trainer(
         run.model,
-        make_objective(run.info.task, run.info.architecture),
+        make_objective(run.info.task, run.info.architecture, cfg.losses.label_smoothing),
         run.train_examples,
         run.train_collate,
         cfg,

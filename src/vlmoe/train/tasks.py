@@ -183,10 +183,10 @@ def batches(
 # ----------------------------------------------------------------------------- losses
 
 
-def _ce(logits: Tensor | None, target: Tensor, what: str) -> Tensor:
+def _ce(logits: Tensor | None, target: Tensor, what: str, label_smoothing: float = 0.0) -> Tensor:
     if logits is None:
         raise ValueError(f"the model has no {what} head; set its size in the model config")
-    return F.cross_entropy(logits.float(), target, ignore_index=-1)
+    return F.cross_entropy(logits.float(), target, ignore_index=-1, label_smoothing=label_smoothing)
 
 
 def _acc(logits: Tensor, target: Tensor) -> Tensor:
@@ -194,8 +194,12 @@ def _acc(logits: Tensor, target: Tensor) -> Tensor:
     return ((logits.argmax(-1) == target) & valid).sum() / valid.sum().clamp_min(1)
 
 
-def make_objective(task: str, architecture: str) -> Callable[[nn.Module, dict], StepOutput]:
-    """`(model, batch) -> StepOutput` for a task."""
+def make_objective(
+    task: str, architecture: str, label_smoothing: float = 0.0
+) -> Callable[[nn.Module, dict], StepOutput]:
+    """`(model, batch) -> StepOutput` for a task; `label_smoothing` applies to the class and
+    VQA answer heads."""
+    ls = label_smoothing
 
     def classification(model, batch):
         if architecture == "vit":
@@ -204,7 +208,7 @@ def make_objective(task: str, architecture: str) -> Callable[[nn.Module, dict], 
         else:
             out = model(images=batch["images"])
             logits = out.class_logits
-        loss = _ce(logits, batch["label"], "classification")
+        loss = _ce(logits, batch["label"], "classification", ls)
         return StepOutput(loss, {"acc/train": _acc(logits.detach(), batch["label"])}, out.moe_aux)
 
     def vqa(model, batch):
@@ -213,13 +217,13 @@ def make_objective(task: str, architecture: str) -> Callable[[nn.Module, dict], 
             input_ids=batch["input_ids"],
             attention_mask=batch["attention_mask"],
         )
-        loss = _ce(out.vqa_logits, batch["answer_id"], "vqa")
+        loss = _ce(out.vqa_logits, batch["answer_id"], "vqa", ls)
         metrics = {
             "loss/vqa": loss.detach(),
             "acc/train_vqa": _acc(out.vqa_logits.detach(), batch["answer_id"]),
         }
         if task == "vqa+classification":
-            cls = _ce(out.class_logits, batch["label"], "classification")
+            cls = _ce(out.class_logits, batch["label"], "classification", ls)
             metrics.update(
                 {
                     "loss/classification": cls.detach(),
