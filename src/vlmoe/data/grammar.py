@@ -124,14 +124,20 @@ def _count_words(objs: tuple[SceneObject, ...]) -> str:
     return _join(parts)
 
 
-def make_captions(scene: Scene, rng: np.random.Generator, num: int) -> list[str]:
-    """``num`` distinct captions; the first lists every object (the canonical caption)."""
+def listing(scene: Scene) -> str:
+    """The canonical caption: every object with size, colour and shape, left to right (by box
+    centre; objects with equal centres keep the scene's order)."""
     objs = scene.objects
     by_x = sorted(objs, key=lambda o: o.centre[0])
     if len(objs) == 1:
-        full = noun_phrase(objs[0])
-    else:
-        full = f"{NUMBER_WORDS[len(objs)]} objects: {_join([noun_phrase(o) for o in by_x])}"
+        return noun_phrase(objs[0])
+    return f"{NUMBER_WORDS[len(objs)]} objects: {_join([noun_phrase(o) for o in by_x])}"
+
+
+def make_captions(scene: Scene, rng: np.random.Generator, num: int) -> list[str]:
+    """``num`` distinct captions; the first lists every object (the canonical caption)."""
+    objs = scene.objects
+    full = listing(scene)
     candidates = [_count_words(objs)]
     candidates.append(_join([noun_phrase(o, with_size=False) for o in objs]))
     for a in objs:
