@@ -55,6 +55,10 @@ class Sizes:
     patch_size: int = 8
     text_len: int = 32
     vocab: int = 256  # BPE vocabulary trained on the task's training text
+    # Channels of a convolutional stem in front of the transformer (`patch_embed="conv"`,
+    # Xiao et al. 2021); 0 = ViT's linear patch embedding. The stem needs a power-of-2 patch,
+    # so MNIST's 28x28 digits then use 4x4 patches (a 7x7 grid) instead of 7x7 ones.
+    conv_stem: int = 0
 
 
 @dataclass(frozen=True)
@@ -171,7 +175,8 @@ def moe_config(
 def model_config(spec: TaskSpec, s: Sizes, moe: MoEConfig | None) -> Any:
     """The task's model config (dense when `moe` is None). Vocabulary, class and answer
     counts are filled in from the data by `vlmoe.train.run.build_model`."""
-    img = {"image_size": s.image_size, "patch_size": s.patch_size}
+    stem = {"patch_embed": "conv", "stem_channels": s.conv_stem} if s.conv_stem else {}
+    img = {"image_size": s.image_size, "patch_size": s.patch_size, **stem}
     if spec.architecture == "fusion":
         return FusionConfig(
             **img,
@@ -202,7 +207,12 @@ def model_config(spec: TaskSpec, s: Sizes, moe: MoEConfig | None) -> Any:
     if spec.architecture == "vit":
         # MNIST digits are 28x28: patch 7 gives a 4x4 grid (the shapes' 32/4 gives 8x8).
         return ViTConfig(
-            image_size=28, patch_size=7, in_channels=3, num_classes=10, transformer=tower(s, moe)
+            image_size=28,
+            patch_size=4 if s.conv_stem else 7,
+            in_channels=3,
+            num_classes=10,
+            transformer=tower(s, moe),
+            **stem,
         )
     raise ValueError(f"unknown architecture {spec.architecture!r}")
 
@@ -230,7 +240,7 @@ def register_presets(
 def tokens_per_example(spec: TaskSpec, s: Sizes, mean_text_len: float) -> float:
     """Tokens one training example runs through the model's transformers (for FLOPs)."""
     if spec.architecture == "vit":
-        return (28 // 7) ** 2 + 1
+        return (28 // (4 if s.conv_stem else 7)) ** 2 + 1
     image = (s.image_size // s.patch_size) ** 2
     if spec.architecture == "decoder":
         return image + (image + mean_text_len)  # vision encoder, then the LM over [image ; text]

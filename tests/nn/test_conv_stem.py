@@ -77,3 +77,17 @@ def test_conv_stem_config_errors_name_the_field():
         vlmoe.create_model("vit-debug", patch_embed="conv", image_size=18, patch_size=6)
     with pytest.raises(ConfigError, match="stem_channels must be >= 1"):
         vlmoe.create_model("fusion-debug", patch_embed="conv", stem_channels=0)
+
+
+def test_upcycling_keeps_the_stem_and_its_batch_norm_statistics():
+    from vlmoe.config import MoEConfig
+    from vlmoe.models.upcycle import upcycle_model
+
+    torch.manual_seed(0)
+    dense = vlmoe.create_model("vit-mnist")
+    for _ in range(3):
+        dense(torch.randn(8, 3, 28, 28))  # moves the running statistics off their init
+    dense.eval()
+    moe = upcycle_model(dense, MoEConfig(dim=64, hidden_dim=256, num_experts=4, top_k=1)).eval()
+    x = torch.randn(2, 3, 28, 28)
+    torch.testing.assert_close(moe(x).logits, dense(x).logits)
