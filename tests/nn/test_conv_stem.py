@@ -5,7 +5,7 @@ import torch
 
 import vlmoe
 from vlmoe.config import ConfigError
-from vlmoe.nn import ConvStem, PatchEmbed
+from vlmoe.nn import ConvStem, HybridEmbed, PatchEmbed
 
 
 @pytest.mark.parametrize("image_size,patch_size", [(32, 4), (32, 8), (16, 4), (28, 1)])
@@ -32,6 +32,18 @@ def test_conv_stem_tokens_are_row_major_and_local():
     rows, cols = torch.div(torch.arange(16), 4, rounding_mode="floor"), torch.arange(16) % 4
     far = ((rows - 1).abs() > 1) | ((cols - 2).abs() > 1)
     assert diff[far].eq(0).all()
+
+
+def test_hybrid_embed_is_the_sum_of_linear_patches_and_the_stem():
+    torch.manual_seed(0)
+    hybrid = HybridEmbed(16, 4, 3, 8, channels=4).eval()
+    x = torch.randn(2, 3, 16, 16)
+    torch.testing.assert_close(hybrid(x), hybrid.linear(x) + hybrid.stem(x))
+    assert hybrid.grid_size == (4, 4) and hybrid.num_patches == 16
+    model = vlmoe.create_model("fusion-debug", patch_embed="hybrid", stem_channels=4)
+    assert isinstance(model.image_embed.patch, HybridEmbed)
+    with pytest.raises(ConfigError, match="patch_embed"):
+        vlmoe.create_model("vit-debug", patch_embed="stem")
 
 
 def test_conv_stem_refuses_bad_sizes_and_images():

@@ -7,6 +7,8 @@
   3x3 convolutions with batch norm and ReLU, log2(p) of them with stride 2, then a 1x1
   projection. A linear patch sees each p x p patch once, through one matrix; the stem sees
   edges and corners first, which is what tells a star from a circle in a few pixels.
+- `HybridEmbed`: the sum of the two, so each token keeps the linear view of its patch (its
+  colours, as they are) next to the stem's shape features.
 - `sincos_2d`: fixed 2-D sine-cosine position embeddings (MAE, He et al. 2022).
 - `LearnedPositions`: a trainable table, for image patches or text positions.
 """
@@ -73,6 +75,22 @@ class ConvStem(nn.Module):
         images_BCHW = images_BCHW.to(self.proj.weight.dtype)
         x_BDhw = self.proj(self.convs(images_BCHW))  # (B, D, H/p, W/p)
         return x_BDhw.flatten(2).transpose(1, 2)  # (B, N, D)
+
+
+class HybridEmbed(nn.Module):
+    """`PatchEmbed` + `ConvStem` over the same grid: (B, C, H, W) -> (B, N, D)."""
+
+    def __init__(
+        self, image_size: int, patch_size: int, in_channels: int, dim: int, channels: int = 32
+    ) -> None:
+        super().__init__()
+        self.linear = PatchEmbed(image_size, patch_size, in_channels, dim)
+        self.stem = ConvStem(image_size, patch_size, in_channels, dim, channels)
+        self.image_size, self.patch_size, self.in_channels = image_size, patch_size, in_channels
+        self.grid_size, self.num_patches = self.linear.grid_size, self.linear.num_patches
+
+    def forward(self, images_BCHW: Tensor) -> Tensor:
+        return self.linear(images_BCHW) + self.stem(images_BCHW)  # (B, N, D)
 
 
 def check_images(images: Tensor, image_size: int, in_channels: int) -> None:
