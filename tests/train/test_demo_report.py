@@ -30,3 +30,5 @@ def test_demo_models_see_through_a_conv_stem():
         for name, cfg in demo_configs(scale).items():
             key = "vision.patch_embed" if name.startswith("decoder") else "patch_embed"
             assert cfg.model.overrides[key] == "conv", name
+            if name.startswith("decoder"):  # listing captions, scored per attribute
+                assert cfg.data.options == {"num_captions": 1}
