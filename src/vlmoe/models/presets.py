@@ -20,7 +20,7 @@ model and applied unchanged to its MoE twin (see `Recipe`).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from vlmoe.config import MoEConfig
@@ -84,13 +84,19 @@ class Recipe:
     min_lr_ratio: float
     weight_decay: float
     label_smoothing: float
+    num_train: int | None = None  # training scenes (None: the dataset's own split)
+    data_options: dict[str, Any] = field(default_factory=dict)  # `data.options`
     note: str = ""
 
     def overrides(self) -> dict[str, Any]:
         """The recipe as `vlmoe.train.RunConfig` overrides (`--set` keys)."""
+        data = {"data.num_train": self.num_train} if self.num_train else {}
+        if self.data_options:
+            data["data.options"] = dict(self.data_options)
         return {
             "task": self.task,
             "data.name": self.data,
+            **data,
             "train.steps": self.steps,
             "train.batch_size": self.batch_size,
             "optim.lr": self.lr,
@@ -112,6 +118,7 @@ RECIPES: dict[str, Recipe] = {
         min_lr_ratio=0.05,
         weight_decay=0.05,
         label_smoothing=0.0,
+        num_train=3000,
         note="3000 training scenes of 32x32 pixels, 6 questions each",
     ),
     "decoder-scene": Recipe(
@@ -124,7 +131,9 @@ RECIPES: dict[str, Recipe] = {
         min_lr_ratio=0.05,
         weight_decay=0.05,
         label_smoothing=0.0,
-        note="3000 training scenes of 32x32 pixels, their listing captions",
+        num_train=3000,
+        data_options={"num_captions": 1},
+        note="3000 training scenes of 32x32 pixels, one listing caption each",
     ),
     "vit-mnist": Recipe(
         task="classification",
