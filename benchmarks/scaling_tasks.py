@@ -356,7 +356,14 @@ def derived_metrics(spec: TaskSpec, results: dict[str, Any]) -> dict[str, Any]:
     """Metrics the table needs that the evaluators give in parts (mean R@1 both ways)."""
     out = dict(results)
     if spec.name == "retrieval":
-        out["retrieval/r@1"] = (results["retrieval/i2t_r@1"] + results["retrieval/t2i_r@1"]) / 2
+        # The study's protocol is one listing caption per image. On the scene world the
+        # evaluator now ranks every caption of an image (its own i2t/t2i keys); the listing
+        # kind is the study's protocol, so stored and new runs stay comparable.
+        for d in ("i2t", "t2i"):
+            if f"retrieval/{d}_r@1/listing" in results:
+                out[f"retrieval/all_captions/{d}_r@1"] = results[f"retrieval/{d}_r@1"]
+                out[f"retrieval/{d}_r@1"] = results[f"retrieval/{d}_r@1/listing"]
+        out["retrieval/r@1"] = (out["retrieval/i2t_r@1"] + out["retrieval/t2i_r@1"]) / 2
     return out
 
 
