@@ -174,6 +174,46 @@ def table(
     return lines
 
 
+# Per-kind metrics (issue 17): what each model gets right, by question type, caption attribute
+# or caption kind; the column is the key's last part.
+KIND_PREFIXES = (
+    ("vqa/accuracy/", "VQA accuracy per question type"),
+    ("comp/accuracy/", "compositional VQA accuracy per question type"),
+    ("captioning/attr/", "caption attributes"),
+    ("retrieval/i2t_r@1/", "image->text R@1 per caption kind"),
+    ("retrieval/t2i_r@1/", "text->image R@1 per caption kind"),
+)
+
+
+def per_kind_tables(cells: dict[tuple[str, str], list[dict]]) -> list[str]:
+    """One table per task and kind family: mean ± std over seeds, a row per main variant."""
+    out: list[str] = []
+    for task, spec in TASKS.items():
+        for prefix, title in KIND_PREFIXES:
+            rows = [v for v in MAIN if (task, v) in cells]
+            kinds = sorted(
+                {
+                    k.removeprefix(prefix)
+                    for v in rows
+                    for r in cells[(task, v)]
+                    for k in r.get("metrics", {})
+                    if k.startswith(prefix) and k.removeprefix(prefix) != "num_scored"
+                }
+            )
+            if not kinds:
+                continue
+            out += [f"### {spec.title}: {title}", "", "| model | " + " | ".join(kinds) + " |"]
+            out.append("|---" * (len(kinds) + 1) + "|")
+            for v in rows:
+                stats = [
+                    _stats([r.get("metrics", {}).get(prefix + k) for r in cells[(task, v)]])
+                    for k in kinds
+                ]
+                out.append(f"| {v} | " + " | ".join(_fmt(*st) for st in stats) + " |")
+            out.append("")
+    return out
+
+
 def markdown(data: dict[str, Any]) -> str:
     runs = data.get("runs", {})
     cells = group(runs)
@@ -204,6 +244,9 @@ def markdown(data: dict[str, Any]) -> str:
         "",
         *(verdicts(cells) or ["- not enough runs yet"]),
     ]
+    kinds = per_kind_tables(cells)
+    if kinds:
+        out += ["", "## What the models get right, by kind", "", *kinds]
     out += [
         "",
         "## Wall time (this machine, shared with other jobs; torch threads per run)",

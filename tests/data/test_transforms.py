@@ -19,6 +19,7 @@ from vlmoe.data import (
     swap_left_right,
     to_tensor,
 )
+from vlmoe.data.grammar import parse_listing
 from vlmoe.data.transforms import crop_sample, random_crop_box, resize_sample
 
 CFG = ShapesConfig(num_questions=12, num_captions=5)
@@ -58,6 +59,9 @@ def test_hflip_keeps_every_text_and_pixel_true():
         flipped = [q.answer for q in f.qa]
         assert [swap_left_right(a) for a in answers] == flipped
         assert hflip_sample(f).captions == s.captions
+        # the listing names the objects left to right in the mirrored image too
+        by_x = sorted(objs, key=lambda o: (o.box[0] + o.box[2]) / 2)
+        assert parse_listing(f.captions[0]) == [(o.size, o.colour, o.shape) for o in by_x]
     assert changed > 20
 
 

@@ -11,6 +11,11 @@ horizontal flip exchanges exactly "left" and "right", which :func:`swap_left_rig
 Question types (``QA.kind``): ``colour``, ``shape``, ``count``, ``exist``, ``spatial``,
 ``compare``. Answers are short strings: a colour or shape name, a digit, yes/no, or one of
 left/right/above/below.
+
+Caption types (:func:`caption_kind`): ``listing`` (the canonical caption, every object with
+size, colour and shape, left to right), ``counts`` (shapes counted), ``colours`` (colour and
+shape of each object) and ``relation`` (two objects and where one is). :func:`parse_listing`
+reads a listing back into objects, so a generated caption can be scored attribute by attribute.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ REL_PHRASE = {
 }
 OPPOSITE = {"left": "right", "right": "left", "above": "below", "below": "above"}
 QUESTION_KINDS = ("colour", "shape", "count", "exist", "spatial", "compare")
+CAPTION_KINDS = ("listing", "counts", "colours", "relation")
 
 
 def answer_vocab(cfg: ShapesConfig) -> list[str]:
@@ -118,14 +124,20 @@ def _count_words(objs: tuple[SceneObject, ...]) -> str:
     return _join(parts)
 
 
-def make_captions(scene: Scene, rng: np.random.Generator, num: int) -> list[str]:
-    """``num`` distinct captions; the first lists every object (the canonical caption)."""
+def listing(scene: Scene) -> str:
+    """The canonical caption: every object with size, colour and shape, left to right (by box
+    centre; objects with equal centres keep the scene's order)."""
     objs = scene.objects
     by_x = sorted(objs, key=lambda o: o.centre[0])
     if len(objs) == 1:
-        full = noun_phrase(objs[0])
-    else:
-        full = f"{NUMBER_WORDS[len(objs)]} objects: {_join([noun_phrase(o) for o in by_x])}"
+        return noun_phrase(objs[0])
+    return f"{NUMBER_WORDS[len(objs)]} objects: {_join([noun_phrase(o) for o in by_x])}"
+
+
+def make_captions(scene: Scene, rng: np.random.Generator, num: int) -> list[str]:
+    """``num`` distinct captions; the first lists every object (the canonical caption)."""
+    objs = scene.objects
+    full = listing(scene)
     candidates = [_count_words(objs)]
     candidates.append(_join([noun_phrase(o, with_size=False) for o in objs]))
     for a in objs:
@@ -286,3 +298,47 @@ def make_refs(scene: Scene) -> list[RefExp]:
             if len(hits) == 1:
                 refs.append(RefExp(f"the object {phrase} {desc_full(b)}", hits[0]))
     return list(dict.fromkeys(refs))
+
+
+# ----------------------------------------------------------------------------- reading captions
+
+_WORD = r"[a-z]+"
+_NP = re.compile(rf"^(?:a|an) (small|large) ({_WORD}) ({_WORD})$")
+
+
+def parse_listing(text: str) -> list[tuple[str, str, str]] | None:
+    """The (size, colour, shape) of each object a listing caption names, left to right, or
+    None when ``text`` is not a well-formed listing (the inverse of the first caption of
+    :func:`make_captions`). Words are not checked against a world's colours and shapes."""
+    text = " ".join(text.lower().split())
+    count = None
+    head, sep, rest = text.partition(" objects: ")
+    if sep:
+        if head not in NUMBER_WORDS:
+            return None
+        count, text = NUMBER_WORDS.index(head), rest
+    parts = text.split(", ")
+    last = parts.pop().split(" and ")
+    phrases = parts + last
+    if count is None and len(phrases) != 1:
+        return None
+    objects = []
+    for phrase in phrases:
+        m = _NP.match(phrase)
+        if m is None or article(m.group(1)) != phrase.split(" ", 1)[0]:
+            return None
+        objects.append((m.group(1), m.group(2), m.group(3)))
+    if count is not None and (count != len(objects) or count < 2 or len(last) != 2):
+        return None
+    return objects
+
+
+def caption_kind(text: str) -> str:
+    """Which of :data:`CAPTION_KINDS` a scene caption is (from its form alone)."""
+    if parse_listing(text) is not None:
+        return "listing"
+    if any(f" {phrase} " in f" {text} " for phrase in REL_PHRASE.values()):
+        return "relation"
+    # "a red circle and two squares" never happens: colour lists name one object per phrase.
+    first = re.split(r", | and ", text)[0].split()
+    return "colours" if len(first) == 3 and first[0] in ("a", "an") else "counts"

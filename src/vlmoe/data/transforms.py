@@ -8,8 +8,9 @@ to one with a normalized (3, S, S) float tensor, moving its boxes with the pixel
   keep ``crop_scale`` mild there);
 - ``hflip="swap_text"``: a horizontal flip with probability ``hflip_prob`` that also exchanges
   "left" and "right" in captions, questions, answers and referring expressions and mirrors the
-  boxes and scene. ``hflip="off"`` (the default) is for tasks where a flip changes the meaning
-  (digits, text in photos) or where the texts cannot be fixed;
+  boxes and scene; a scene's listing caption, which names the objects left to right, is
+  written anew from the mirrored scene. ``hflip="off"`` (the default) is for tasks where a
+  flip changes the meaning (digits, text in photos) or where the texts cannot be fixed;
 - resize to ``image_size`` (boxes scaled), then ``(x / 255 - mean) / std``.
 
 Randomness comes from ``torch``'s RNG (seeded per DataLoader worker) or the ``generator``
@@ -26,7 +27,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from vlmoe.data.grammar import swap_left_right
+from vlmoe.data.grammar import listing, parse_listing, swap_left_right
 from vlmoe.data.images import to_rgb_array
 from vlmoe.data.sample import QA, Box, RefExp, Sample
 from vlmoe.data.shapes import Scene
@@ -92,15 +93,21 @@ def _map_texts(sample: Sample, fn: Callable[[str], str]) -> Sample:
 
 
 def hflip_sample(sample: Sample) -> Sample:
-    """Mirror the image, boxes and scene left-right and swap "left"/"right" in every text."""
+    """Mirror the image, boxes and scene left-right and swap "left"/"right" in every text
+    (a scene's listing caption is written anew: its left-to-right order reverses)."""
     img = np.ascontiguousarray(np.asarray(sample.image)[:, ::-1])
     W = img.shape[1]
     boxes = [Box(W - b.x1, b.y0, W - b.x0, b.y1, b.label) for b in sample.boxes]
     meta = dict(sample.meta)
-    if isinstance(meta.get("scene"), Scene):
-        meta["scene"] = meta["scene"].hflip()
+    scene = meta.get("scene")
+    if isinstance(scene, Scene):
+        scene = meta["scene"] = scene.hflip()
     meta["hflip"] = not meta.get("hflip", False)
-    return _map_texts(sample.replace(image=img, boxes=boxes, meta=meta), swap_left_right)
+    out = _map_texts(sample.replace(image=img, boxes=boxes, meta=meta), swap_left_right)
+    if isinstance(scene, Scene):
+        captions = [listing(scene) if parse_listing(c) is not None else c for c in out.captions]
+        out = out.replace(captions=captions)
+    return out
 
 
 def crop_sample(sample: Sample, x0: int, y0: int, x1: int, y1: int) -> Sample:

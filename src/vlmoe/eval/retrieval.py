@@ -8,12 +8,16 @@ when *any* of its captions is in the top K; a caption query when its one image i
 Ties are counted against the query (a correct item ranks below every wrong item with an equal
 score), so a model that scores everything alike gets recall ~0 rather than 1.
 
+With `text_kind` (e.g. `vlmoe.data.grammar.caption_kind` on the scene world) recall is also
+reported per kind of caption, `i2t_r@K/<kind>` and `t2i_r@K/<kind>`: text queries of that kind,
+and image queries against the pool of captions of that kind (over the images that have one).
+
 Shapes: I images, N texts, D embedding dim.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -75,6 +79,31 @@ def retrieval_metrics(
     return out
 
 
+def retrieval_metrics_by_kind(
+    image_embeds_ID: torch.Tensor,
+    text_embeds_ND: torch.Tensor,
+    text_image_N: torch.Tensor,
+    kinds_N: Sequence[str],
+    ks: Sequence[int] = DEFAULT_KS,
+) -> dict[str, float]:
+    """`i2t_r@K/<kind>`, `t2i_r@K/<kind>` for each kind of text in `kinds_N` (one per text)."""
+    if len(kinds_N) != text_embeds_ND.shape[0]:
+        raise ValueError(f"{len(kinds_N)} text kinds for {text_embeds_ND.shape[0]} texts")
+    sim_IN = (
+        F.normalize(image_embeds_ID.float(), dim=-1) @ F.normalize(text_embeds_ND.float(), dim=-1).T
+    )
+    t2i_ranks_N = text_to_image_ranks(sim_IN, text_image_N)
+    out: dict[str, float] = {}
+    for kind in sorted(set(kinds_N)):
+        mask_N = torch.tensor([k == kind for k in kinds_N], device=sim_IN.device)
+        has_I = torch.zeros(sim_IN.shape[0], dtype=torch.bool, device=sim_IN.device)
+        has_I[text_image_N[mask_N]] = True
+        i2t_ranks = image_to_text_ranks(sim_IN[:, mask_N], text_image_N[mask_N])[has_I]
+        out |= {f"i2t_r@{k}/{kind}": v for k, v in recall_at_k(i2t_ranks, ks).items()}
+        out |= {f"t2i_r@{k}/{kind}": v for k, v in recall_at_k(t2i_ranks_N[mask_N], ks).items()}
+    return out
+
+
 def encode_images_default(model: torch.nn.Module, batch: dict) -> torch.Tensor:
     """`model.encode_image(batch["images"])` (the contrastive model's API)."""
     return model.encode_image(batch["images"])
@@ -104,6 +133,7 @@ class RetrievalEvaluator:
             `model.encode_text(batch["input_ids"], batch.get("attention_mask"))`.
         image_id_key: batch key of a per-row image identifier (tensor or list), or None.
         tokenizer: vlmoe's tokenizer, to embed every caption under `captions_key`.
+        text_kind: `caption -> kind` (with `tokenizer`): recall is also reported per kind.
     """
 
     def __init__(
@@ -116,8 +146,13 @@ class RetrievalEvaluator:
         tokenizer: Any = None,
         captions_key: str = "captions",
         ks: Sequence[int] = DEFAULT_KS,
+        text_kind: Callable[[str], str] | None = None,
     ) -> None:
+        if text_kind is not None and tokenizer is None:
+            raise ValueError("RetrievalEvaluator: text_kind needs the tokenizer (caption strings)")
         self.loader = loader
+        self.text_kind = text_kind
+        self.texts: list[str] = []  # the caption strings of the last `embed` (tokenizer mode)
         self.encode_image = encode_image or encode_images_default
         self.encode_text = encode_text or encode_texts_default
         self.image_id_key = image_id_key
@@ -133,6 +168,7 @@ class RetrievalEvaluator:
         texts: list[torch.Tensor] = []
         text_image: list[int] = []
         seen: dict[object, int] = {}
+        self.texts = []
         for batch in self.loader:
             batch = to_device(batch, device)
             img_BD = self.encode_image(model, batch)
@@ -142,6 +178,7 @@ class RetrievalEvaluator:
                 ):
                     captions = [captions] if isinstance(captions, str) else list(captions)
                     text_image += [len(images)] * len(captions)
+                    self.texts += captions
                     images.append(img_BD[i])
                     texts.append(encode_texts(model, self.tokenizer, captions))
                 continue
@@ -162,5 +199,9 @@ class RetrievalEvaluator:
     def run(self, model: torch.nn.Module) -> Iterator[tuple[str, float]]:
         image_ID, text_ND, text_image_N = self.embed(model)
         yield from retrieval_metrics(image_ID, text_ND, text_image_N, self.ks).items()
+        if self.text_kind is not None:
+            kinds_N = [self.text_kind(t) for t in self.texts]
+            by_kind = retrieval_metrics_by_kind(image_ID, text_ND, text_image_N, kinds_N, self.ks)
+            yield from by_kind.items()
         yield "num_images", image_ID.shape[0]
         yield "num_texts", text_ND.shape[0]

@@ -140,14 +140,26 @@ def _refuse_non_causal_routers(t: TransformerConfig, where: str) -> None:
 
 
 def _check_image_fields(config: Any) -> None:
-    """image_size, patch_size, in_channels, pos_embed of a model that embeds images."""
-    for name in ("image_size", "patch_size", "in_channels"):
+    """image_size, patch_size, in_channels, pos_embed, patch_embed, stem_channels of a model
+    that embeds images."""
+    for name in ("image_size", "patch_size", "in_channels", "stem_channels"):
         value = getattr(config, name)
         check(isinstance(value, int) and value >= 1, f"{name} must be >= 1, got {value!r}")
     check(
         config.image_size % config.patch_size == 0,
         f"image_size={config.image_size} must be divisible by patch_size={config.patch_size}",
     )
+    check(
+        config.patch_embed in ("linear", "conv", "hybrid"),
+        f"patch_embed must be 'linear', 'conv' or 'hybrid', got {config.patch_embed!r}",
+    )
+    if config.patch_embed != "linear":
+        p = config.patch_size
+        check(
+            p & (p - 1) == 0,
+            f"patch_embed={config.patch_embed!r} needs patch_size a power of 2 (one stride-2 "
+            f"conv per halving), got patch_size={p}",
+        )
     if config.pos_embed == "sincos":
         check(
             config.transformer.dim % 4 == 0,
@@ -170,6 +182,10 @@ class ViTConfig(Config):
     patch_size: int = 8
     in_channels: int = 3
     pos_embed: Literal["learned", "sincos"] = "learned"
+    # "linear": ViT's patch projection; "conv": a convolutional stem (vlmoe.nn.ConvStem);
+    # "hybrid": their sum (vlmoe.nn.HybridEmbed)
+    patch_embed: Literal["linear", "conv", "hybrid"] = "linear"
+    stem_channels: int = 32  # width of the conv stem's first layer (conv, hybrid)
     pool: Literal["cls", "mean"] = "cls"
     num_classes: int = 10  # 0 = no classification head (e.g. a decoder's vision encoder)
     transformer: TransformerConfig = field(default_factory=TransformerConfig)
@@ -227,6 +243,8 @@ class ImageTextConfig(Config):
     patch_size: int = 8
     in_channels: int = 3
     pos_embed: Literal["learned", "sincos"] = "learned"
+    patch_embed: Literal["linear", "conv", "hybrid"] = "linear"  # as in ViTConfig
+    stem_channels: int = 32
     vocab_size: int = 256
     max_seq_len: int = 32  # text tokens
 

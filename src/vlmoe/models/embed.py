@@ -5,13 +5,16 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from vlmoe.nn.embed import FixedPositions, LearnedPositions, PatchEmbed
+from vlmoe.nn.embed import ConvStem, FixedPositions, HybridEmbed, LearnedPositions, PatchEmbed
 
 
 class ImageEmbed(nn.Module):
     """(B, C, H, W) -> (B, S, D): [class token ;] patches + position embeddings.
 
-    S = num_prefix_tokens + N; patches are row-major over `grid_size`.
+    S = num_prefix_tokens + N; patches are row-major over `grid_size`. `patch_embed` picks how
+    pixels become patch tokens: "linear" (ViT's stride-p convolution, `PatchEmbed`), "conv"
+    (a convolutional stem with `stem_channels` maps, `ConvStem`) or "hybrid" (their sum,
+    `HybridEmbed`); all give the same grid.
     """
 
     def __init__(
@@ -22,9 +25,20 @@ class ImageEmbed(nn.Module):
         dim: int,
         pos_embed: str = "learned",
         class_token: bool = False,
+        patch_embed: str = "linear",
+        stem_channels: int = 32,
     ) -> None:
         super().__init__()
-        self.patch = PatchEmbed(image_size, patch_size, in_channels, dim)
+        if patch_embed == "linear":
+            self.patch = PatchEmbed(image_size, patch_size, in_channels, dim)
+        elif patch_embed == "conv":
+            self.patch = ConvStem(image_size, patch_size, in_channels, dim, stem_channels)
+        elif patch_embed == "hybrid":
+            self.patch = HybridEmbed(image_size, patch_size, in_channels, dim, stem_channels)
+        else:
+            raise ValueError(
+                f"unknown patch_embed {patch_embed!r}; expected 'linear', 'conv' or 'hybrid'"
+            )
         self.grid_size = self.patch.grid_size
         self.num_patches = self.patch.num_patches
         if pos_embed == "learned":

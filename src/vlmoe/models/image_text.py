@@ -28,7 +28,13 @@ class ImageTextModel(PretrainedModel):
         super().__init__(config)
         dim = config.transformer.dim
         self.image_embed = ImageEmbed(
-            config.image_size, config.patch_size, config.in_channels, dim, config.pos_embed
+            config.image_size,
+            config.patch_size,
+            config.in_channels,
+            dim,
+            config.pos_embed,
+            patch_embed=config.patch_embed,
+            stem_channels=config.stem_channels,
         )
         # A model with its own text tower (two-tower contrastive) embeds text there instead.
         self.text_embed = (

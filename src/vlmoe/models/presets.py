@@ -10,6 +10,13 @@ dense FFN of hidden width h, its experts have hidden width h / (top_k + num_shar
     experts, 1 shared expert, top-2: experts (and the shared expert) of width h/3.
 Routing variants of the ViT (`vit-debug-soft`, `vit-debug-ec`) cover soft MoE and expert choice.
 
+Scene presets (`fusion-scene`, `decoder-scene`, `vit-mnist`, each with a `-moe` twin) are the
+models of `vlmoe demo` and of the scaling study's recipe: 32x32 scenes (28x28 digits) seen
+through a convolutional stem (`patch_embed="conv"`, Xiao et al. 2021) with 4x4-pixel patches, a
+64-wide 4-block tower; the MoE twins pool image and text tokens in E=8 top-2 experts (LIMoE,
+MoE-LLaVA). `RECIPES` says how to train them: one recipe per preset family, tuned on the dense
+model and applied unchanged to its MoE twin (see `Recipe`).
+
 Diffusion transformers (`dit-*`, `vlmoe.models.dit`): `dit-small` is class-conditional on 28x28
 grey digits (patch 4, width 128, 6 blocks, GELU FFN of width 384); `dit-small-moe` is its DiT-MoE
 twin (every FFN an MoE of 8 routed experts, top-2, plus 1 shared expert, all of width 128);
@@ -19,6 +26,7 @@ twin (every FFN an MoE of 8 routed experts, top-2, plus 1 shared expert, all of 
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
 
 from vlmoe.config import MoEConfig
@@ -75,6 +83,146 @@ def vl_moe(size: str) -> MoEConfig:
         num_cross_modal_experts=2,
         num_shared_experts=1,
     )
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How to train a preset family: AdamW with linear warm-up then cosine decay to
+    `min_lr_ratio * lr`, `steps` optimizer steps of `batch_size` examples, label smoothing on
+    the class / answer heads. Tuned on the dense model, applied unchanged to its MoE twin."""
+
+    task: str
+    data: str
+    steps: int
+    batch_size: int
+    lr: float
+    warmup_steps: int
+    min_lr_ratio: float
+    weight_decay: float
+    label_smoothing: float
+    num_train: int | None = None  # training scenes (None: the dataset's own split)
+    data_options: dict[str, Any] = field(default_factory=dict)  # `data.options`
+    note: str = ""
+
+    def overrides(self) -> dict[str, Any]:
+        """The recipe as `vlmoe.train.RunConfig` overrides (`--set` keys)."""
+        data = {"data.num_train": self.num_train} if self.num_train else {}
+        if self.data_options:
+            data["data.options"] = dict(self.data_options)
+        return {
+            "task": self.task,
+            "data.name": self.data,
+            **data,
+            "train.steps": self.steps,
+            "train.batch_size": self.batch_size,
+            "optim.lr": self.lr,
+            "optim.weight_decay": self.weight_decay,
+            "schedule.warmup_steps": self.warmup_steps,
+            "schedule.min_lr_ratio": self.min_lr_ratio,
+            "losses.label_smoothing": self.label_smoothing,
+        }
+
+
+RECIPES: dict[str, Recipe] = {
+    "fusion-scene": Recipe(
+        task="vqa+classification",
+        data="shapes",
+        steps=1000,
+        batch_size=32,
+        lr=2e-3,
+        warmup_steps=30,
+        min_lr_ratio=0.05,
+        weight_decay=0.05,
+        label_smoothing=0.0,
+        num_train=3000,
+        note="3000 training scenes of 32x32 pixels, 6 questions each",
+    ),
+    "decoder-scene": Recipe(
+        task="captioning",
+        data="shapes",
+        steps=500,
+        batch_size=32,
+        lr=2e-3,
+        warmup_steps=30,
+        min_lr_ratio=0.05,
+        weight_decay=0.05,
+        label_smoothing=0.0,
+        num_train=3000,
+        data_options={"num_captions": 1},
+        note="3000 training scenes of 32x32 pixels, one listing caption each",
+    ),
+    "vit-mnist": Recipe(
+        task="classification",
+        data="mnist",
+        steps=1000,
+        batch_size=32,
+        lr=2e-3,
+        warmup_steps=100,
+        min_lr_ratio=0.05,
+        weight_decay=0.05,
+        label_smoothing=0.0,
+        note="the 4000 MNIST-5k training digits",
+    ),
+}
+
+
+def scene_tower(moe: MoEConfig | None = None, **kw: Any) -> TransformerConfig:
+    sizes = {"dim": 64, "num_layers": 4, "num_heads": 4, "hidden_dim": 192, **kw}
+    return TransformerConfig(moe=moe, **sizes)
+
+
+def scene_moe(hidden_dim: int = 192) -> MoEConfig:
+    """E=8 top-2 experts of half the dense width (equal active FFN parameters), one pool for
+    image and text tokens."""
+    return twin_moe(64, hidden_dim, num_experts=8, top_k=2)
+
+
+def _register_scene() -> None:
+    stem = {"patch_embed": "conv", "stem_channels": 32}
+    scene = {"image_size": 32, "patch_size": 4, **stem}
+    for variant, moe in (("", None), ("-moe", scene_moe())):
+        what = " with MoE (E=8, top-2)" if moe else " (dense)"
+        register_preset(
+            f"fusion-scene{variant}",
+            "fusion",
+            FusionConfig(
+                **scene,
+                vocab_size=256,
+                max_seq_len=32,
+                num_classes=4,
+                num_answers=32,
+                transformer=scene_tower(moe),
+            ),
+            f"fusion encoder for the scene world, conv stem{what}",
+        )
+        register_preset(
+            f"decoder-scene{variant}",
+            "decoder",
+            DecoderConfig(
+                vision=ViTConfig(
+                    **scene,
+                    num_classes=0,
+                    transformer=scene_tower(num_layers=2),
+                ),
+                text=TextConfig(
+                    vocab_size=256, max_seq_len=32, transformer=scene_tower(moe, norm="rmsnorm")
+                ),
+            ),
+            f"captioning decoder for the scene world, conv stem{what} in the LM",
+        )
+        register_preset(
+            f"vit-mnist{variant}",
+            "vit",
+            ViTConfig(
+                image_size=28,
+                patch_size=4,
+                in_channels=3,
+                num_classes=10,
+                **stem,
+                transformer=scene_tower(moe and scene_moe(256), hidden_dim=256),
+            ),
+            f"ViT for 28x28 digits (7x7 tokens), conv stem{what}",
+        )
 
 
 def _register() -> None:
@@ -253,3 +401,4 @@ def _register_dit() -> None:
 
 _register()
 _register_dit()
+_register_scene()

@@ -32,6 +32,8 @@ class ViT(PretrainedModel):
             dim,
             config.pos_embed,
             class_token=config.pool == "cls",
+            patch_embed=config.patch_embed,
+            stem_channels=config.stem_channels,
         )
         self.transformer = Transformer(config.transformer)
         self.head = nn.Linear(dim, config.num_classes) if config.num_classes else None

@@ -9,7 +9,14 @@ from vlmoe.nn.attention import (
     positions_from_mask,
 )
 from vlmoe.nn.block import Block
-from vlmoe.nn.embed import FixedPositions, LearnedPositions, PatchEmbed, sincos_2d
+from vlmoe.nn.embed import (
+    ConvStem,
+    FixedPositions,
+    HybridEmbed,
+    LearnedPositions,
+    PatchEmbed,
+    sincos_2d,
+)
 from vlmoe.nn.mlp import MLP
 from vlmoe.nn.norm import make_norm
 from vlmoe.nn.rope import RotaryEmbedding, apply_rope
@@ -18,7 +25,9 @@ __all__ = [
     "MLP",
     "Attention",
     "Block",
+    "ConvStem",
     "FixedPositions",
+    "HybridEmbed",
     "KVCache",
     "LayerKVCache",
     "LearnedPositions",

@@ -2,6 +2,13 @@
 
 - `PatchEmbed`: a stride-p convolution cutting an image into p x p patches, (B, C, H, W) ->
   (B, N, D) with N = (H / p) * (W / p), row-major over the patch grid.
+- `ConvStem`: the same (B, N, D) tokens from a small convolutional stem instead (Xiao et al.
+  2021, "Early Convolutions Help Transformers See Better"; the hybrid ViT of Dosovitskiy et al.):
+  3x3 convolutions with batch norm and ReLU, log2(p) of them with stride 2, then a 1x1
+  projection. A linear patch sees each p x p patch once, through one matrix; the stem sees
+  edges and corners first, which is what tells a star from a circle in a few pixels.
+- `HybridEmbed`: the sum of the two, so each token keeps the linear view of its patch (its
+  colours, as they are) next to the stem's shape features.
 - `sincos_2d`: fixed 2-D sine-cosine position embeddings (MAE, He et al. 2022).
 - `LearnedPositions`: a trainable table, for image patches or text positions.
 """
@@ -28,6 +35,62 @@ class PatchEmbed(nn.Module):
         check_images(images_BCHW, self.image_size, self.in_channels)
         images_BCHW = images_BCHW.to(self.proj.weight.dtype)  # e.g. fp32 pixels, bf16 weights
         return self.proj(images_BCHW).flatten(2).transpose(1, 2)  # (B, N, D)
+
+
+class ConvStem(nn.Module):
+    """Convolutional stem: (B, C, H, W) -> (B, N, D), N = (H / p) * (W / p), row-major.
+
+    One stride-1 3x3 convolution to `channels` maps, then log2(p) stride-2 3x3 convolutions
+    (each doubling the channels), each followed by batch norm and ReLU, then a 1x1 convolution
+    to `dim` (Xiao et al. 2021). The patch grid is that of `PatchEmbed(image_size, p)`.
+    """
+
+    def __init__(
+        self, image_size: int, patch_size: int, in_channels: int, dim: int, channels: int = 32
+    ) -> None:
+        super().__init__()
+        if image_size % patch_size:
+            raise ValueError(f"image_size={image_size} is not divisible by patch_size={patch_size}")
+        if patch_size & (patch_size - 1):
+            raise ValueError(f"a conv stem needs patch_size a power of 2, got {patch_size}")
+        if channels < 1:
+            raise ValueError(f"stem channels must be >= 1, got {channels}")
+        self.image_size, self.patch_size, self.in_channels = image_size, patch_size, in_channels
+        self.grid_size = (image_size // patch_size, image_size // patch_size)
+        self.num_patches = self.grid_size[0] * self.grid_size[1]
+        layers: list[nn.Module] = []
+        c_in, c_out = in_channels, channels
+        for stride in [1] + [2] * (patch_size.bit_length() - 1):
+            layers += [
+                nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False),
+                nn.BatchNorm2d(c_out),
+                nn.ReLU(inplace=True),
+            ]
+            c_in, c_out = c_out, 2 * c_out if stride == 2 else c_out
+        self.convs = nn.Sequential(*layers)
+        self.proj = nn.Conv2d(c_in, dim, kernel_size=1)
+
+    def forward(self, images_BCHW: Tensor) -> Tensor:
+        check_images(images_BCHW, self.image_size, self.in_channels)
+        images_BCHW = images_BCHW.to(self.proj.weight.dtype)
+        x_BDhw = self.proj(self.convs(images_BCHW))  # (B, D, H/p, W/p)
+        return x_BDhw.flatten(2).transpose(1, 2)  # (B, N, D)
+
+
+class HybridEmbed(nn.Module):
+    """`PatchEmbed` + `ConvStem` over the same grid: (B, C, H, W) -> (B, N, D)."""
+
+    def __init__(
+        self, image_size: int, patch_size: int, in_channels: int, dim: int, channels: int = 32
+    ) -> None:
+        super().__init__()
+        self.linear = PatchEmbed(image_size, patch_size, in_channels, dim)
+        self.stem = ConvStem(image_size, patch_size, in_channels, dim, channels)
+        self.image_size, self.patch_size, self.in_channels = image_size, patch_size, in_channels
+        self.grid_size, self.num_patches = self.linear.grid_size, self.linear.num_patches
+
+    def forward(self, images_BCHW: Tensor) -> Tensor:
+        return self.linear(images_BCHW) + self.stem(images_BCHW)  # (B, N, D)
 
 
 def check_images(images: Tensor, image_size: int, in_channels: int) -> None:

@@ -180,6 +180,7 @@ def prepare(cfg: RunConfig) -> Run:
     )
     task = task_cls(info, tokenizer)
     task.max_new_tokens = cfg.eval.max_new_tokens
+    task.label_smoothing = cfg.losses.label_smoothing
     train_data = TaskDataset(train_set, task.examples(train_set, "train"), image_size)
     eval_data = None
     if eval_set is not None and len(eval_set):

@@ -149,6 +149,7 @@ class Task:
     needs_text: ClassVar[bool] = False
     headline: ClassVar[tuple[str, ...]] = ()  # the evaluation results a summary shows first
     predicts: ClassVar[tuple[str, ...]] = ()  # the `Prediction.kind`s its `predict` gives
+    label_smoothing: float = 0.0  # of class / answer losses (a run sets losses.label_smoothing)
 
     def __init__(self, info: TaskInfo, tokenizer: Any = None) -> None:
         if self.needs_text and tokenizer is None:

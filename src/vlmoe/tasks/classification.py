@@ -27,13 +27,17 @@ from vlmoe.tasks.base import (
 from vlmoe.tasks.registry import register_task
 
 
-def classification_loss(model: nn.Module, batch: dict[str, Any]) -> tuple[Any, torch.Tensor, dict]:
+def classification_loss(
+    model: nn.Module, batch: dict[str, Any], smoothing: float = 0.0
+) -> tuple[Any, torch.Tensor, dict]:
     """(output, loss, metrics) of the class head on `batch["images"]`."""
     out = model(images=batch["images"])
     logits = class_logits(out)
     if logits is None:
         raise ValueError("the model has no classification head; set num_classes in its config")
-    loss = F.cross_entropy(logits.float(), batch["label"], ignore_index=IGNORE_INDEX)
+    loss = F.cross_entropy(
+        logits.float(), batch["label"], ignore_index=IGNORE_INDEX, label_smoothing=smoothing
+    )
     return out, loss, {"acc/train_cls": accuracy(logits.detach(), batch["label"])}
 
 
@@ -55,7 +59,7 @@ class Classification(Task):
         return {"images": self.images(items), "label": self.labels(items)}
 
     def loss(self, model: nn.Module, batch: dict[str, Any]) -> StepOutput:
-        out, loss, metrics = classification_loss(model, batch)
+        out, loss, metrics = classification_loss(model, batch, self.label_smoothing)
         return StepOutput(loss, metrics, out.moe_aux)
 
     def evaluators(self, loader: Any) -> dict[str, Any]:

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vlmoe.config import ConfigError
+from vlmoe.data.grammar import caption_kind
 from vlmoe.data.sample import Sample
 from vlmoe.eval.classification import ZeroShotEvaluator
 from vlmoe.eval.retrieval import RetrievalEvaluator
@@ -33,7 +34,11 @@ class Contrastive(Task):
     headline = ("retrieval/i2t_r@1", "retrieval/t2i_r@1")
     predicts = ("match",)
 
+    scene_captions = False  # captions of the scene world: recall per caption kind too
+
     def examples(self, dataset: Any, split: str) -> list[Example]:
+        first = [dataset.describe(i).meta.get("source") for i in range(min(8, len(dataset)))]
+        self.scene_captions = bool(first) and all(s == "shapes" for s in first)
         return caption_examples(dataset, split)
 
     def collate(self, items: Sequence[tuple[Sample, Example]]) -> dict[str, Any]:
@@ -56,7 +61,11 @@ class Contrastive(Task):
         return StepOutput(loss, {"acc/train_i2t": accuracy(logits.detach(), target)}, out.moe_aux)
 
     def evaluators(self, loader: Any) -> dict[str, Any]:
-        out: dict[str, Any] = {"retrieval": RetrievalEvaluator(loader, image_id_key=None)}
+        if self.scene_captions:  # every caption a query, recall per caption kind as well
+            retrieval = RetrievalEvaluator(loader, tokenizer=self.tokenizer, text_kind=caption_kind)
+        else:
+            retrieval = RetrievalEvaluator(loader, image_id_key=None)
+        out: dict[str, Any] = {"retrieval": retrieval}
         if self.info.label_names:
             out["zero_shot"] = ZeroShotEvaluator(
                 loader, self.info.label_names, tokenizer=self.tokenizer

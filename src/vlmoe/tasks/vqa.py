@@ -69,7 +69,12 @@ class VQA(Task):
         if out.vqa_logits is None:
             raise ValueError("the model has no VQA head; set num_answers in its config")
         logits = out.vqa_logits
-        loss = F.cross_entropy(logits.float(), batch["answer_id"], ignore_index=IGNORE_INDEX)
+        loss = F.cross_entropy(
+            logits.float(),
+            batch["answer_id"],
+            ignore_index=IGNORE_INDEX,
+            label_smoothing=self.label_smoothing,
+        )
         acc = accuracy(logits.detach(), batch["answer_id"])
         return loss, {"loss/vqa": loss.detach(), "acc/train_vqa": acc}
 
@@ -120,7 +125,12 @@ class VQAClassification(VQA):
         out = self._forward(model, batch)
         vqa, metrics = self._vqa_loss(out, batch)
         logits = class_logits(out)
-        cls = F.cross_entropy(logits.float(), batch["label"], ignore_index=IGNORE_INDEX)
+        cls = F.cross_entropy(
+            logits.float(),
+            batch["label"],
+            ignore_index=IGNORE_INDEX,
+            label_smoothing=self.label_smoothing,
+        )
         metrics["loss/classification"] = cls.detach()
         metrics["acc/train_cls"] = accuracy(logits.detach(), batch["label"])
         return StepOutput(vqa + cls, metrics, out.moe_aux)

@@ -73,6 +73,8 @@ class ScheduleConfig(Config):
 @dataclasses.dataclass
 class MoELossConfig(Config):
     """Coefficients of the MoE auxiliary losses; each is logged on its own (`loss/<name>`).
+    Also the label smoothing of the task's classification losses (class and VQA answer
+    heads; Szegedy et al. 2016), 0 = plain cross-entropy.
 
     `entropy_for` names the architectures that get the LIMoE entropy losses. Training a model
     with MoE layers with every coefficient at zero (and no aux-loss-free bias) logs a warning:
@@ -87,8 +89,13 @@ class MoELossConfig(Config):
     entropy_for: list[Literal["fusion", "contrastive", "decoder", "vit", "text"]] = (
         dataclasses.field(default_factory=lambda: ["fusion", "contrastive"])
     )
+    label_smoothing: float = 0.0
 
     def __post_init__(self) -> None:
+        check(
+            0 <= self.label_smoothing < 1,
+            f"losses.label_smoothing must lie in [0, 1), got {self.label_smoothing}",
+        )
         for name in ("load_balance", "z_loss", "local_entropy", "global_entropy"):
             value = getattr(self, name)
             check(value >= 0, f"losses.{name} must be >= 0, got {value}")

@@ -6,7 +6,10 @@ held-out scenes (the world's `test` split: other scenes, same rules):
 - a fusion encoder (VL-MoE style) answering questions about the scene and classifying it by
   its largest object's shape (`task="vqa+classification"`), dense and MoE;
 - a decoder (MoE-LLaVA style: ViT -> projector -> causal LM) captioning the scene, dense and
-  with an MoE language model.
+  with an MoE language model; it learns the listing caption (every object's size, colour and
+  shape, left to right), scored by BLEU-4 and attribute by attribute.
+
+Both see the image through a convolutional stem (`patch_embed="conv"`, Xiao et al. 2021).
 
 The MoE twins have E=8 experts, top-2 routing, in every other block; their experts are
 `hidden_dim / top_k` wide so that each token runs as many FFN weights as in the dense model
@@ -105,8 +108,10 @@ def demo_configs(s: DemoScale) -> dict[str, RunConfig]:
         "data.tokenizer_vocab=256",
         "eval.max_examples=300",
     ]
-    img = {"image_size": s.image_size, "patch_size": s.patch_size}
-    vis = {"vision.image_size": s.image_size, "vision.patch_size": s.patch_size}
+    # A conv stem sees shapes a linear patch projection misses (Xiao et al. 2021): scene
+    # classification 73% -> 99.7%, VQA 55% -> 59% at the same steps (issue 17).
+    img = {"image_size": s.image_size, "patch_size": s.patch_size, "patch_embed": "conv"}
+    vis = {f"vision.{k}": v for k, v in img.items()}
     out = {}
     for variant, preset, moe in (
         ("dense", "fusion-debug", "none"),
@@ -131,12 +136,15 @@ def demo_configs(s: DemoScale) -> dict[str, RunConfig]:
         ("dense", "decoder-debug", "none"),
         ("moe", "decoder-debug-moe", "pool"),
     ):
+        # The decoder learns the listing caption (every object, left to right), so its
+        # captions can be read back and scored attribute by attribute (captioning/attr/*).
         cfg = apply_overrides(
             RunConfig(),
             common
             + [
                 f"model.preset={preset}",
                 "task=captioning",
+                "data.options={num_captions: 1}",
                 f"train.steps={s.decoder_steps}",
                 f"train.eval_every={max(1, s.decoder_steps // 5)}",
             ],
@@ -355,6 +363,37 @@ def results_table(results: dict[str, ModelResult]) -> str:
     return "\n".join(lines)
 
 
+def _kinds(results: dict[str, ModelResult], prefix: str) -> list[str]:
+    return sorted(
+        {
+            k.removeprefix(prefix)
+            for r in results.values()
+            for k in r.eval
+            if k.startswith(prefix) and k.removeprefix(prefix) != "num_scored"
+        }
+    )
+
+
+def per_kind_table(results: dict[str, ModelResult]) -> str:
+    """What each model gets right: VQA accuracy per question type, caption attributes."""
+    lines = []
+    for prefix, title in (
+        ("vqa/accuracy/", "VQA accuracy per question type"),
+        ("captioning/attr/", "caption attributes (generated listing vs the scene)"),
+    ):
+        kinds = _kinds(results, prefix)
+        rows = [(n, r) for n, r in results.items() if any(prefix + k in r.eval for k in kinds)]
+        if not rows:
+            continue
+        lines += [f"**{title}**", "", "| model | " + " | ".join(kinds) + " |"]
+        lines.append("|---" * (len(kinds) + 1) + "|")
+        for name, r in rows:
+            cells = [_cell(r.eval, prefix + k) for k in kinds]
+            lines.append(f"| {name.replace('-', ' ')} | " + " | ".join(cells) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
 def _verdict(results: dict[str, ModelResult]) -> list[str]:
     lines = []
     for family, key, label in (
@@ -394,8 +433,9 @@ def write_report(
         "",
         (QUICK_NOTE if quick else "")
         + f"Trained on {scale.num_train} generated scenes ({scale.image_size}x{scale.image_size} "
-        f"pixels, patch {scale.patch_size}), evaluated on {scale.num_eval} held-out scenes "
-        "(the `test` split). "
+        f"pixels, patch {scale.patch_size}, seen through a convolutional stem), evaluated on "
+        f"{scale.num_eval} held-out scenes (the `test` split); the decoder writes listing "
+        "captions (every object, left to right). "
         f"Precision {precision}; wall time {wall / 60:.1f} min for all four models "
         f"({workers} at a time, one CPU thread each).",
         "",
@@ -407,6 +447,7 @@ def write_report(
         "",
         results_table(results),
         "",
+        per_kind_table(results),
         *([] if quick else _verdict(results)),  # a quick run is too short to compare
         "",
         "One seed per model: at this size, differences of 2-3 points are within the variation "
