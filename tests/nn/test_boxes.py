@@ -11,6 +11,7 @@ from vlmoe.nn.boxes import (
     clip_boxes,
     cxcywh_to_xyxy,
     elementwise_giou,
+    elementwise_iou,
     generalized_box_iou,
     nms,
     nms_reference,
@@ -39,6 +40,7 @@ def test_iou_hand_worked():
     a, b = t([0, 0, 2, 2]), t([1, 1, 3, 3], [2, 2, 4, 4], [0, 0, 2, 2], [0, 0, 1, 1])
     iou = box_iou(a, b)
     torch.testing.assert_close(iou, t([1 / 7, 0.0, 1.0, 0.25]))
+    torch.testing.assert_close(elementwise_iou(a.expand(4, 4), b), iou[0])
     assert box_iou(t([0, 0, 0, 0]), t([0, 0, 0, 0])).item() == 0.0  # empty union
 
 

@@ -6,6 +6,7 @@ from vlmoe.models.checkpoint import CheckpointError, load_model
 from vlmoe.models.config import (
     ContrastiveConfig,
     DecoderConfig,
+    DetectionConfig,
     FusionConfig,
     TextConfig,
     TransformerConfig,
@@ -13,6 +14,7 @@ from vlmoe.models.config import (
 )
 from vlmoe.models.contrastive import ContrastiveModel
 from vlmoe.models.decoder import Decoder
+from vlmoe.models.detection import DetectionModel, DetectionOutput
 from vlmoe.models.freeze import freeze, set_trainable, unfreeze
 from vlmoe.models.fusion import FusionModel
 from vlmoe.models.generation import generate
@@ -36,6 +38,9 @@ __all__ = [
     "Decoder",
     "DecoderConfig",
     "DecoderOutput",
+    "DetectionConfig",
+    "DetectionModel",
+    "DetectionOutput",
     "FusionConfig",
     "FusionModel",
     "FusionOutput",

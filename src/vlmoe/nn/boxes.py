@@ -82,6 +82,14 @@ def generalized_box_iou(a_N4: Tensor, b_M4: Tensor) -> Tensor:
     return iou_NM - penalty_NM
 
 
+def elementwise_iou(a_N4: Tensor, b_N4: Tensor) -> Tensor:
+    """IoU of matched pairs a[i], b[i]: (N, 4), (N, 4) -> (N,)."""
+    wh = torch.minimum(a_N4[:, 2:], b_N4[:, 2:]) - torch.maximum(a_N4[:, :2], b_N4[:, :2])
+    inter = wh.clamp(min=0).prod(-1)
+    union = box_area(a_N4) + box_area(b_N4) - inter
+    return torch.where(union > 0, inter / union.clamp(min=1e-12), 0.0)
+
+
 def elementwise_giou(a_N4: Tensor, b_N4: Tensor) -> Tensor:
     """GIoU of matched pairs a[i], b[i]: (N, 4), (N, 4) -> (N,)."""
     lt = torch.maximum(a_N4[:, :2], b_N4[:, :2])
