@@ -89,9 +89,9 @@ def run_one(
         arch="vit",
         eval_at_end=False,
     )
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     result = trainer.fit()
-    seconds = time.perf_counter() - t0
+    seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
     loader = DataLoader(test, batch_size=64, collate_fn=DetectionCollate(names))
     t1 = time.perf_counter()
     metrics = DetectionEvaluator(loader, names).compute(model)
@@ -107,6 +107,7 @@ def run_one(
         "batch_size": batch_size,
         "train_seconds": seconds,
         "steps_per_s": steps / seconds,
+        "train_cpu_seconds": cpu,  # one thread: about the wall time on an idle machine
         "eval_seconds": time.perf_counter() - t1,
         "final_loss": result.losses[-1],
         "params_total": total,
