@@ -106,3 +106,21 @@ def test_evaluator_with_an_oracle_detector_scores_one():
     )
     assert m["detection/mAP"] == pytest.approx(1.0)
     assert any(k.startswith("detection/AP/") for k in m)
+
+
+def test_object_patch_mask_and_expert_load():
+    from types import SimpleNamespace
+
+    from vlmoe.eval.detection import object_expert_load, object_patch_mask
+
+    boxes = torch.tensor([[[0.0, 0.0, 0.5, 0.5], [0.9, 0.9, 1.0, 1.0]]])
+    m = object_patch_mask(boxes, torch.tensor([[True, False]]), (2, 2))
+    assert m.tolist() == [[True, False, False, False]]  # the second box is padding
+    # Object token 0 goes to expert 0, background tokens 1-3 to expert 1 (top-1).
+    aux = SimpleNamespace(
+        num_experts=3,
+        expert_ids_TK=torch.tensor([[0], [1], [1], [2]]),
+        kept_TK=torch.tensor([[True], [True], [True], [False]]),
+    )
+    load = object_expert_load(aux, m.flatten())
+    assert load.tolist() == [[0.0, 1.0, 0.0], [1.0, 0.0, 0.0]]

@@ -237,6 +237,71 @@ class GroundingEvaluator:
         yield f"{self.prefix}/acc@0.5", hits / n if n else 0.0
 
 
+def object_patch_mask(boxes_BM4: torch.Tensor, mask_BM: torch.Tensor, grid: tuple[int, int]):
+    """(B, N) bool: patches whose centre lies inside a ground-truth box (normalized xyxy)."""
+    rows, cols = grid
+    ys = (torch.arange(rows) + 0.5) / rows
+    xs = (torch.arange(cols) + 0.5) / cols
+    cy, cx = (t.flatten() for t in torch.meshgrid(ys, xs, indexing="ij"))  # (N,)
+    b = boxes_BM4.float()[:, None]  # (B, 1, M, 4)
+    inside_BNM = (
+        (cx[None, :, None] > b[..., 0])
+        & (cx[None, :, None] < b[..., 2])
+        & (cy[None, :, None] > b[..., 1])
+        & (cy[None, :, None] < b[..., 3])
+    )
+    return (inside_BNM & mask_BM[:, None, :]).any(-1)
+
+
+def object_expert_load(aux: Any, object_T: torch.Tensor) -> torch.Tensor:
+    """(2, E) fraction of the kept (token, expert) pairs of background (row 0) and object
+    (row 1) patches that each expert computed, for one MoE layer of a detector's backbone."""
+    E = aux.num_experts
+    kept_TK = aux.kept_TK & (aux.expert_ids_TK >= 0)
+    load = torch.zeros(2, E)
+    for row, sel_T in enumerate((~object_T, object_T)):
+        ids = aux.expert_ids_TK[kept_TK & sel_T[:, None].to(kept_TK.device)]
+        load[row] = torch.bincount(ids.cpu(), minlength=E)[:E].float()
+    return load / load.sum(1, keepdim=True).clamp(min=1)
+
+
+class ObjectRoutingEvaluator:
+    """How differently a detector's MoE layers route object and background patches: for each
+    MoE layer, the total-variation distance between the two expert-load distributions
+    (0 = routed alike, 1 = disjoint experts) as ``routing/layer<i>/object_vs_background_tv``.
+    `compute` gives the (2, E) loads themselves.
+    """
+
+    def __init__(self, loader: Iterable[dict]) -> None:
+        self.loader = loader
+
+    def compute(self, model: torch.nn.Module) -> list[torch.Tensor]:
+        device = model_device(model)
+        loads: list[torch.Tensor] = []
+        was_training = model.training
+        model.eval()
+        with torch.no_grad():
+            for batch in self.loader:
+                out = model(batch["images"].to(device))
+                obj_BN = object_patch_mask(batch["boxes"], batch["box_mask"], out.patch_grid)
+                for i, aux in enumerate(out.moe_aux):
+                    counts = object_expert_load(aux, obj_BN.flatten())
+                    # Re-weight to counts so batches add up: fractions x pairs per row.
+                    n = torch.tensor([(~obj_BN).sum(), obj_BN.sum()], dtype=torch.float32)[:, None]
+                    if len(loads) <= i:
+                        loads.append(torch.zeros_like(counts))
+                    loads[i] += counts * n
+        model.train(was_training)
+        return [x / x.sum(1, keepdim=True).clamp(min=1e-12) for x in loads]
+
+    def run(self, model: torch.nn.Module) -> Iterator[tuple[str, float]]:
+        for i, load in enumerate(self.compute(model)):
+            yield (
+                f"routing/layer{i}/object_vs_background_tv",
+                float(0.5 * (load[0] - load[1]).abs().sum()),
+            )
+
+
 def per_class_table(metrics: dict[str, float]) -> list[tuple[str, float]]:
     """(class, AP) rows of a `coco_metrics` result, worst first."""
     rows = [(k.split("/", 1)[1], v) for k, v in metrics.items() if k.startswith("AP/")]
