@@ -138,7 +138,7 @@ def main(argv: list[str] | None = None) -> None:
         for seed in args.seeds:
             key = f"{preset}/{args.head}/seed{seed}/steps{args.steps}/lr{args.lr}"
             if key not in results:
-                results[key] = run_one(
+                result = run_one(
                     preset,
                     args.head,
                     seed,
@@ -149,14 +149,17 @@ def main(argv: list[str] | None = None) -> None:
                     args.batch_size,
                     Path(args.work) / key.replace("/", "-"),
                 )
+                # Re-read before writing: several runs may share the file.
+                results = json.loads(out.read_text()) if out.exists() else {}
+                results[key] = result
                 out.parent.mkdir(parents=True, exist_ok=True)
                 write_json_atomic(out, results)
             r = results[key]
             m = r["metrics"]
             print(
                 f"{key}: mAP {m['mAP']:.3f} mAP50 {m['mAP50']:.3f} mAP75 {m['mAP75']:.3f} "
-                f"AR100 {m['AR100']:.3f} train {r['train_seconds'] / 60:.1f} min "
-                f"({r['steps_per_s']:.2f} steps/s)"
+                f"AR100 {m['AR100']:.3f} train {r['train_seconds'] / 60:.1f} min wall, "
+                f"{r.get('train_cpu_seconds', math.nan) / 60:.1f} min CPU"
             )
 
 

@@ -153,7 +153,7 @@ def main(argv: list[str] | None = None) -> None:
     model.save_pretrained(Path(args.work) / key.replace("/", "-") / "model", tokenizer=tok)
     metrics = evaluate(model, tok, args.num_eval)
     out = Path(args.out)
-    results = json.loads(out.read_text()) if out.exists() else {}
+    results = json.loads(out.read_text()) if out.exists() else {}  # read late: shared file
     results[key] = {
         "train_seconds": seconds,
         "train_cpu_seconds": cpu,
