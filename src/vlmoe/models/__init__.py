@@ -14,13 +14,14 @@ from vlmoe.models.config import (
 )
 from vlmoe.models.contrastive import ContrastiveModel
 from vlmoe.models.decoder import Decoder
-from vlmoe.models.detection import DetectionModel, DetectionOutput
+from vlmoe.models.detection import DetectionModel
 from vlmoe.models.freeze import freeze, set_trainable, unfreeze
 from vlmoe.models.fusion import FusionModel
 from vlmoe.models.generation import generate
 from vlmoe.models.outputs import (
     ContrastiveOutput,
     DecoderOutput,
+    DetectionOutput,
     FusionOutput,
     TextOutput,
     ViTOutput,

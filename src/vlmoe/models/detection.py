@@ -25,7 +25,7 @@ L decoder layers, M ground-truth boxes (padded per batch), G denoising groups.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -33,6 +33,7 @@ from torch import Tensor, nn
 
 from vlmoe.models.base import PretrainedModel
 from vlmoe.models.config import DetectionConfig
+from vlmoe.models.outputs import DenoisingPlan, DetectionOutput
 from vlmoe.models.vit import ViT
 from vlmoe.moe.layer import MoEAux
 from vlmoe.nn.boxes import batched_nms, cxcywh_to_xyxy
@@ -45,32 +46,6 @@ class Targets:
 
     boxes: Tensor
     labels: Tensor
-
-
-@dataclass
-class DenoisingPlan:
-    """Which ground-truth box each denoising query reconstructs: ``gt_index`` (B, G * M), -1 at
-    padding slots (images with fewer than M boxes)."""
-
-    gt_index: Tensor
-    num_groups: int
-
-
-@dataclass
-class DetectionOutput:
-    """Every field is present whatever the head; what a head does not make is None/empty."""
-
-    class_logits: Tensor  # (B, N or Q, C) final predictions (matching queries only)
-    boxes: Tensor  # (B, N or Q, 4) normalized xyxy
-    layer_class_logits: Tensor | None  # (L, B, Q, C) every decoder layer, last = class_logits
-    layer_boxes: Tensor | None  # (L, B, Q, 4)
-    dn_class_logits: Tensor | None  # (L, B, G * M, C) denoising queries, training only
-    dn_boxes: Tensor | None  # (L, B, G * M, 4)
-    dn_plan: DenoisingPlan | None
-    features: Tensor  # (B, N, D_backbone) patch tokens
-    image_token_mask: Tensor  # (B, N) all True (no class token in a detector's backbone)
-    patch_grid: tuple[int, int]
-    moe_aux: list[MoEAux] = field(default_factory=list)
 
 
 @dataclass
