@@ -143,3 +143,14 @@ def test_decode_set_head_takes_top_scores_without_nms():
     (d,) = decode(out, cfg, 16, 16)
     assert d.labels.tolist() == [3, 3]  # duplicates stay: a set head is not NMS'd
     assert d.boxes[0].tolist() == [0.0, 0.0, 8.0, 8.0]
+
+
+def test_config_errors_name_the_field():
+    from vlmoe.config import ConfigError
+
+    with pytest.raises(ConfigError, match="head_dim=12 must be a multiple of 8"):
+        preset_config("det-debug-set", head_dim=12, decoder_heads=2)
+    with pytest.raises(ConfigError, match="backbone.num_classes must be 0"):
+        preset_config("det-debug", **{"backbone.num_classes": 3})
+    with pytest.raises(ConfigError, match="nms_iou"):
+        preset_config("det-debug", nms_iou=0.0)

@@ -326,6 +326,12 @@ class DetectionConfig(Config):
         for name in ("num_queries", "decoder_layers", "decoder_heads"):
             value = getattr(self, name)
             check(value >= 1, f"{name} must be >= 1, got {value}")
+        if self.head == "set":
+            check(
+                self.head_dim % 8 == 0,
+                f"head_dim={self.head_dim} must be a multiple of 8 for the set head "
+                "(sine embedding of 4 box coordinates)",
+            )
         check(
             self.head_dim % self.decoder_heads == 0,
             f"head_dim={self.head_dim} must be divisible by decoder_heads={self.decoder_heads}",

@@ -106,8 +106,8 @@ class PatchHead(nn.Module):
         h_BND = self.trunk(x_BND)
         logits_BNC = self.cls(h_BND)
         ltrb_BN4 = F.softplus(self.box(h_BND)) * self.patch_wh_2.repeat(2)  # normalized
-        c_BN4 = self.centres_N2.repeat(1, 2)  # (N, 4) [cx, cy, cx, cy]
-        boxes_BN4 = c_BN4 + ltrb_BN4 * torch.tensor([-1.0, -1.0, 1.0, 1.0], device=x_BND.device)
+        c_N4 = self.centres_N2.repeat(1, 2)  # [cx, cy, cx, cy]
+        boxes_BN4 = c_N4 + ltrb_BN4 * torch.tensor([-1.0, -1.0, 1.0, 1.0], device=x_BND.device)
         return logits_BNC, boxes_BN4
 
 
