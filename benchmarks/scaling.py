@@ -361,8 +361,8 @@ def _routing(results: dict[str, Any]) -> dict[str, Any]:
 def _mean_text_len(run: Any) -> float:
     if run.tokenizer is None:
         return 0.0
-    items = run.train_examples.items[:500]
-    return sum(len(run.train_collate._ids(it["text"])) for it in items) / max(1, len(items))
+    batch = run.task.collate([run.train_data[i] for i in range(min(500, len(run.train_data)))])
+    return float(batch["attention_mask"].sum(1).float().mean())
 
 
 def train_model(
@@ -381,8 +381,8 @@ def train_model(
     `curve_examples` examples; the last point is left to the caller's full evaluation unless
     `final_point`); evaluation time is not counted as training time."""
     from vlmoe.eval.runner import run_evaluators
+    from vlmoe.recipes.run import make_trainer
     from vlmoe.train.metrics import read_metrics
-    from vlmoe.train.run import make_trainer
 
     every = max(1, steps // points)
     cfg = cfg.with_overrides(
@@ -451,7 +451,7 @@ def run_one(
 ) -> dict[str, Any]:
     from vlmoe.eval.runner import run_evaluators
     from vlmoe.models import count_parameters, upcycle_model
-    from vlmoe.train.run import prepare_twin
+    from vlmoe.recipes.run import prepare_twin
 
     steps = TASK_STEPS[spec.name]
     cfg = run_config(
@@ -569,26 +569,17 @@ def plan(args: argparse.Namespace) -> list[tuple[str, str, int]]:
 
 def prepare_base(spec: TaskSpec, presets: dict[str, str], precision: str) -> Any:
     """Data, tokenizer and examples of a task, built once and shared by all its runs."""
-    from vlmoe.train.run import prepare
+    from vlmoe.recipes.run import prepare
 
     t0 = time.perf_counter()
     cfg = run_config(spec, VARIANTS["dense"], presets["dense"], 0, TASK_STEPS[spec.name], precision)
     base = prepare(cfg)
-    # Tokenize every text once now: the collators cache token ids, and the twins share them,
-    # so no run's throughput pays for tokenization that another run skips.
-    for examples, collate in (
-        (base.train_examples, base.train_collate),
-        (base.eval_examples, base.eval_collate),
-    ):
-        if base.tokenizer is not None and examples is not None:
-            for item in examples.items:
-                collate._ids(item["text"])
     log.info(
         "%s: data ready in %.1fs (%d train / %d held-out examples)",
         spec.name,
         time.perf_counter() - t0,
-        len(base.train_examples),
-        len(base.eval_examples),
+        len(base.train_data),
+        len(base.eval_data),
     )
     return base
 
@@ -600,8 +591,8 @@ def measure_throughput(
     best 10-step window over `repeats` rounds, after a warm-up window), so the comparison is not
     skewed by other load on a shared machine as the training runs' own rates may be. Written
     to the JSON's `throughput` section ({task: {variant: examples/s}})."""
+    from vlmoe.recipes.run import make_trainer, prepare_twin
     from vlmoe.train.metrics import read_metrics
-    from vlmoe.train.run import make_trainer, prepare_twin
 
     sizes = SIZES
     best: dict[str, dict[str, float]] = {}

@@ -37,6 +37,7 @@ from vlmoe.models.config import (
     TransformerConfig,
     ViTConfig,
 )
+from vlmoe.models.presets import twin_moe
 
 # Held-out (colour, shape) pairs of the compositional task: one per shape and colour, 4 of the
 # world's 24 pairs, so every colour and every shape is still seen in training.
@@ -158,19 +159,14 @@ def moe_config(
     groups = kw.pop("expert_groups", spec.expert_groups)
     if groups == "modality":
         kw.setdefault("num_cross_modal_experts", max(2, num_experts // 4))
-    return MoEConfig(
-        dim=s.dim,
-        hidden_dim=round(s.hidden_dim * ffn_mult) // top_k,
-        num_experts=num_experts,
-        top_k=top_k,
-        expert_groups=groups,
-        **kw,
+    return twin_moe(
+        s.dim, round(s.hidden_dim * ffn_mult), num_experts, top_k, expert_groups=groups, **kw
     )
 
 
 def model_config(spec: TaskSpec, s: Sizes, moe: MoEConfig | None) -> Any:
     """The task's model config (dense when `moe` is None). Vocabulary, class and answer
-    counts are filled in from the data by `vlmoe.train.run.build_model`."""
+    counts are filled in from the data by `vlmoe.recipes.run.build_model`."""
     img = {"image_size": s.image_size, "patch_size": s.patch_size}
     if spec.architecture == "fusion":
         return FusionConfig(
@@ -213,9 +209,9 @@ def register_presets(
     """Register one preset per variant (`scaling-<task>-<variant>`); returns variant -> name.
 
     A named preset per model keeps each run's config short and its model easy to rebuild
-    (`vlmoe.registry.preset_config`).
+    (`vlmoe.models.registry.preset_config`).
     """
-    from vlmoe.registry import register_preset
+    from vlmoe.models.registry import register_preset
 
     names = {}
     for variant, moe in variants.items():
@@ -243,12 +239,10 @@ def tokens_per_example(spec: TaskSpec, s: Sizes, mean_text_len: float) -> float:
 def comp_eval_examples(world_cfg: Any, num: int, spec: TaskSpec, run: Any) -> Any:
     """Held-out examples of the compositional split (every scene shows a held-out pair)."""
     from vlmoe.data.shapes_data import ShapesDataset
-    from vlmoe.train.tasks import build_examples
+    from vlmoe.tasks import TaskDataset
 
     ds = ShapesDataset(world_cfg, spec.eval_split, num)
-    return build_examples(
-        ds, run.info.task, run.info.image_size, "eval", run.info.answer_vocab, run.info.label_names
-    )
+    return TaskDataset(ds, run.task.examples(ds, "eval"), run.info.image_size)
 
 
 # ----------------------------------------------------------------------------- captions
@@ -317,26 +311,24 @@ def build_evaluators(
     eval_batch: int,
     max_examples: int | None,
     routing: bool,
-    iid: tuple[Any, Any] | None = None,
+    iid: Any = None,
 ) -> dict[str, Any]:
     """Evaluators of a task over the run's held-out examples (named as the table expects);
-    `iid` = (examples, collate) of in-distribution held-out VQA for the compositional task."""
+    `iid` = the in-distribution held-out VQA data (a TaskDataset) for the compositional task."""
     from vlmoe.eval.routing import RoutingEvaluator
-    from vlmoe.eval.vqa import VQAEvaluator
-    from vlmoe.train.run import make_evaluators
-    from vlmoe.train.tasks import batches, caption_fn, iter_answers
+    from vlmoe.recipes.run import make_evaluators
+    from vlmoe.tasks import eval_loader
 
     out = make_evaluators(run, max_examples=max_examples, batch_size=eval_batch, routing=False)
-    data = batches(run.eval_examples, run.eval_collate, eval_batch, max_examples)
+    data = eval_loader(run.eval_data, run.task.collate, eval_batch, limit=max_examples)
     if spec.name == "caption":
         out.pop("captioning", None)
-        out["caption"] = CaptionEvaluator(data, caption_fn(run.tokenizer, 24))
+        out["caption"] = CaptionEvaluator(data, run.task.captions)
     if spec.name == "comp":
         out["comp"] = out.pop("vqa")
         if iid is not None:
-            vocab = run.info.answer_vocab
-            iid_data = batches(iid[0], iid[1], eval_batch, max_examples)
-            out["vqa"] = VQAEvaluator(iid_data, lambda m, b: list(iter_answers(m, b, vocab)))
+            iid_data = eval_loader(iid, run.task.collate, eval_batch, limit=max_examples)
+            out["vqa"] = run.task.evaluators(iid_data)["vqa"]
     if routing:
         out["routing"] = RoutingEvaluator(data)
     return out
@@ -356,7 +348,6 @@ def with_eval_split(run: Any, spec: TaskSpec, cfg: Any, num_eval: int) -> Any:
     if spec.eval_split == "test":
         return run, None
     from vlmoe.data.shapes import ShapesConfig
-    from vlmoe.train.tasks import Collator
 
     opts = dict(cfg.data.options)
     world = ShapesConfig(
@@ -366,10 +357,5 @@ def with_eval_split(run: Any, spec: TaskSpec, cfg: Any, num_eval: int) -> Any:
             **opts,
         }
     )
-    examples = comp_eval_examples(world, num_eval, spec, run)
-    iid = (run.eval_examples, run.eval_collate)
-    return dataclasses.replace(
-        run,
-        eval_examples=examples,
-        eval_collate=Collator(examples, run.tokenizer, run.info.max_len),
-    ), iid
+    iid = run.eval_data
+    return dataclasses.replace(run, eval_data=comp_eval_examples(world, num_eval, spec, run)), iid

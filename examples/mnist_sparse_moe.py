@@ -11,7 +11,7 @@ meant, with vlmoe's pieces:
 - the same network with one dense MLP of equal active parameters, for comparison.
 
 Run:  python examples/mnist_sparse_moe.py [--epochs 12] [--out runs/demo-mnist]
-(the same as `vlmoe demo mnist`). The model and loop are in `vlmoe/train/demos/mnist.py`.
+(the same as `vlmoe demo mnist`). The model and loop are in `vlmoe/recipes/demos/mnist.py`.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from __future__ import annotations
 import argparse
 import logging
 
-from vlmoe.train.demos.mnist import DEFAULT_EPOCHS, format_results, run
+from vlmoe.recipes.demos.mnist import DEFAULT_EPOCHS, format_results, run
 
 
 def main() -> None:

@@ -12,10 +12,10 @@ from typing import Any
 __version__ = "0.1.0"
 
 _LAZY = {
-    "create_model": "vlmoe.registry",
-    "list_presets": "vlmoe.registry",
-    "register_preset": "vlmoe.registry",
-    "preset_config": "vlmoe.registry",
+    "create_model": "vlmoe.models",
+    "list_presets": "vlmoe.models",
+    "register_preset": "vlmoe.models",
+    "preset_config": "vlmoe.models",
     "load_model": "vlmoe.models",
     "count_parameters": "vlmoe.models",
 }

@@ -13,8 +13,10 @@ same machinery.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import types
 import typing
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal, TypeVar, get_args, get_origin
 
@@ -105,6 +107,30 @@ def _coerce(value: Any, tp: Any, path: str) -> Any:
     raise ConfigError(f"{path}: cannot read {value!r} as {_type_name(tp)}")
 
 
+def parse_override(text: str) -> tuple[str, Any]:
+    """`"a.b=value"` -> ("a.b", value): the one parser of `--set` overrides. The value is read
+    as YAML (`3`, `true`, `[1, 2]`, `{a: 1}`), and `3e-4` as a number."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"override {text!r} is not of the form key=value")
+    return key.strip(), _parse_scalar(raw.strip())
+
+
+def suggest(name: str, known: Sequence[str]) -> str:
+    """ "; did you mean 'x'?" for the closest of `known`, or ""."""
+    close = difflib.get_close_matches(name, list(known), n=1, cutoff=0.6)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
+def _leaf_paths(data: dict[str, Any], prefix: str = "") -> list[str]:
+    paths = []
+    for key, value in data.items():
+        paths.append(prefix + key)
+        if isinstance(value, dict):
+            paths.extend(_leaf_paths(value, prefix + key + "."))
+    return paths
+
+
 def _parse_scalar(text: str) -> Any:
     """Parse the right-hand side of `--set key=value` the way YAML would read it."""
     try:
@@ -178,28 +204,59 @@ class Config:
         """A copy with some top-level fields changed (validated again)."""
         return self.from_dict({**self.to_dict(), **changes})
 
-    def with_overrides(self: C, overrides: list[str] | dict[str, Any]) -> C:
-        """Apply `a.b.c=value` overrides (strings) or a {dotted key: value} mapping.
+    def find(self, name: str) -> Any:
+        """The value of field `name` anywhere in this config (first found, depth first), or
+        None."""
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.name == name:
+                return value
+            if isinstance(value, Config):
+                found = value.find(name)
+                if found is not None:
+                    return found
+        return None
 
-        Values are parsed as YAML scalars (`3`, `0.1`, `true`, `[1, 2]`), then checked against
-        the field's type; unknown keys raise ConfigError naming the key.
-        """
+    def resolve_key(self, key: str) -> str:
+        """A dotted key as it is, or the dotted path of the one field named `key` anywhere in
+        the config (`num_classes` -> `transformer.num_classes`); ConfigError otherwise."""
+        data = self.to_dict()
+        if "." in key or key in data:
+            return key
+        paths = _leaf_paths(data)
+        matches = [p for p in paths if p.rsplit(".", 1)[-1] == key]
+        if len(matches) == 1:
+            return matches[0]
+        if matches:
+            raise ConfigError(
+                f"override {key!r} is ambiguous: it matches {matches}; use the dotted key"
+            )
+        leaves = {p.rsplit(".", 1)[-1] for p in paths}
+        raise ConfigError(f"override {key!r} is unknown{suggest(key, sorted(leaves))}")
+
+    def with_overrides(self: C, overrides: list[str] | dict[str, Any]) -> C:
+        """Apply `a.b.c=value` overrides (strings, read by `parse_override`) or a
+        {key: value} mapping. A key is dotted, or a bare field name that names exactly one
+        field anywhere (`resolve_key`). Values are checked against the field's type; an
+        unknown key raises ConfigError naming it, with the closest known key."""
         if isinstance(overrides, dict):
             items = list(overrides.items())
         else:
-            items = []
-            for text in overrides:
-                key, sep, raw = text.partition("=")
-                if not sep or not key.strip():
-                    raise ConfigError(f"override {text!r} is not of the form key=value")
-                items.append((key.strip(), _parse_scalar(raw.strip())))
+            items = [parse_override(text) for text in overrides]
         data = self.to_dict()
         for key, value in items:
+            key = self.resolve_key(key)
             node = data
             parts = key.split(".")
             for i, part in enumerate(parts):
                 if not isinstance(node, dict) or part not in node:
-                    raise ConfigError(f"override {key!r}: unknown key {'.'.join(parts[: i + 1])!r}")
+                    where = ".".join(parts[: i + 1])
+                    known = (
+                        [".".join([*parts[:i], k]) for k in node] if isinstance(node, dict) else []
+                    )
+                    raise ConfigError(
+                        f"override {key!r}: unknown key {where!r}{suggest(where, known)}"
+                    )
                 if i == len(parts) - 1:
                     node[part] = value
                 else:

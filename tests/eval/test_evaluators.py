@@ -12,7 +12,7 @@ from vlmoe.eval.retrieval import RetrievalEvaluator
 from vlmoe.eval.routing import RoutingEvaluator
 from vlmoe.eval.runner import evaluate
 from vlmoe.eval.vqa import VQAEvaluator, answers_from_logits
-from vlmoe.registry import create_model
+from vlmoe.models.registry import create_model
 
 
 def fusion_batches(n_batches=2, B=3, L=5):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from vlmoe.registry import get_preset, list_presets
+from vlmoe.models.registry import get_preset, list_presets
 
 DEBUG_PRESETS = [n for n in list_presets() if "-debug" in n]
 

@@ -7,7 +7,7 @@ from torch import nn
 
 import vlmoe
 from vlmoe.models import Decoder, freeze, set_trainable, unfreeze
-from vlmoe.registry import preset_config
+from vlmoe.models.registry import preset_config
 
 from .helpers import make_inputs
 

@@ -8,7 +8,7 @@ from vlmoe import registry
 from vlmoe.config import ConfigError
 from vlmoe.models import count_parameters
 from vlmoe.moe.layer import MoEAux
-from vlmoe.registry import preset_config
+from vlmoe.models.registry import preset_config
 
 from .helpers import DEBUG_PRESETS, float_tensors, make_inputs
 

@@ -1,4 +1,4 @@
-"""A few training steps of every architecture through `vlmoe.train.run.train`, in-process."""
+"""A few training steps of every architecture through `vlmoe.recipes.run.train`, in-process."""
 
 import json
 import shutil
@@ -8,7 +8,7 @@ import torch
 
 from vlmoe.train.config import RunConfig, apply_overrides
 from vlmoe.train.metrics import read_metrics
-from vlmoe.train.run import load_trained, train
+from vlmoe.recipes.run import load_trained, prepare, train
 
 TINY = [
     "data.num_train=16",
@@ -44,8 +44,8 @@ def test_few_steps(tmp_path, preset, data, headline):
         assert entropy == preset.startswith(
             ("fusion", "contrastive")
         )  # LIMoE losses where they belong
-    model, info, _ = load_trained(tmp_path)
-    assert info.architecture == preset.split("-")[0] and not model.training
+    model, task = load_trained(tmp_path)
+    assert task.info.architecture == preset.split("-")[0] and not model.training
 
 
 def test_bf16_autocast_trains(tmp_path):
@@ -102,8 +102,6 @@ def test_same_config_same_losses(tmp_path):
 def test_model_overrides_reach_the_data(tmp_path):
     """Image size and text length overridden on the command line size the data as well as the
     model (the scenes are rendered at the overridden size, captions cut at the new length)."""
-    from vlmoe.train.run import prepare
-
     cfg = apply_overrides(
         RunConfig(),
         TINY
@@ -118,7 +116,7 @@ def test_model_overrides_reach_the_data(tmp_path):
     run = prepare(cfg)
     assert run.info.image_size == 24 and run.info.max_len == 20
     assert run.model.config.vision.image_size == 24
-    batch = run.train_collate([run.train_examples[i] for i in range(2)])
+    batch = run.task.collate([run.train_data[i] for i in range(2)])
     assert tuple(batch["images"].shape[-2:]) == (24, 24)
     result = train(cfg, tmp_path)
     assert len(result.losses) == 2

@@ -7,6 +7,7 @@ from torch import nn
 
 from vlmoe.config import MoEConfig
 from vlmoe.moe.layer import MoELayer
+from vlmoe.tasks.data import Cycle
 from vlmoe.train.trainer import StepOutput
 
 
@@ -29,11 +30,12 @@ def objective(model, batch) -> StepOutput:
     return StepOutput(nn.functional.cross_entropy(logits, batch["y"]), moe_aux=aux)
 
 
-def dataset(n: int = 96) -> list[tuple[torch.Tensor, torch.Tensor]]:
+def dataset(n: int = 96) -> Cycle:
+    """(x, y) pairs, indexed by stream position as the trainer reads them."""
     g = torch.Generator().manual_seed(0)
     x = torch.randn(n, 8, generator=g)
     y = (x[:, 0] > 0).long() + (x[:, 1] > 0).long()
-    return [(x[i], y[i]) for i in range(n)]
+    return Cycle([(x[i], y[i]) for i in range(n)])
 
 
 def collate(items):

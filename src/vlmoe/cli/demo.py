@@ -49,7 +49,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     if args.which == "mnist":
-        from vlmoe.train.demos import mnist
+        from vlmoe.recipes.demos import mnist
 
         out = args.out or "runs/demo-mnist"
         epochs = args.epochs or (0.25 if args.quick else mnist.DEFAULT_EPOCHS)
@@ -61,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
         print(mnist.format_results(results))
         print(f"runs in {out}/ ({time.perf_counter() - start:.0f}s)")
         return 0
-    from vlmoe.train.demos.scenes import run_demo
+    from vlmoe.recipes.demos.scenes import run_demo
 
     out = args.out or "runs/demo"
     print(
@@ -69,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
         f"this takes about {'2' if args.quick else '5-10'} minutes on 2 CPU cores ...",
         flush=True,
     )
-    from vlmoe.train.demos.scenes import ModelResult, results_table
+    from vlmoe.recipes.demos.scenes import ModelResult, results_table
 
     def on_done(r: ModelResult, seconds: float) -> None:
         shown = ", ".join(f"{k} {v:.3f}" for k, v in r.metrics.items())

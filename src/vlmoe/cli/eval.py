@@ -36,8 +36,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from vlmoe.recipes.run import evaluate, prepare_eval, resolve_model_dir
     from vlmoe.train.config import DataSelection
-    from vlmoe.train.run import evaluate, prepare_eval, resolve_model_dir
 
     data = None
     if args.data or args.data_path:

@@ -34,26 +34,31 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from vlmoe.cli.common import CLIError
-    from vlmoe.train.inference import generate, load_image_array
-    from vlmoe.train.run import load_trained
+    from vlmoe.data.images import load_image
+    from vlmoe.recipes.run import load_trained
 
     check_file(args.image, "image", IMAGE_SUFFIXES)
     if args.max_new_tokens < 1:
         raise CLIError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
-    model, info, tokenizer = load_trained(args.model)
-    text = generate(
+    if args.temperature < 0:
+        raise CLIError(f"--temperature must be >= 0 (0 = greedy), got {args.temperature}")
+    model, task = load_trained(args.model)
+    if not hasattr(task, "generate"):
+        raise CLIError(
+            f"{args.model} holds a {task.info.architecture} model for {task.name!r}, which does "
+            "not generate text; use `vlmoe predict` (generation needs a decoder model)"
+        )
+    ids = task.generate(
         model,
-        tokenizer,
-        load_image_array(args.image),
-        info,
-        prompt=args.prompt,
+        load_image(args.image),
+        args.prompt,
         max_new_tokens=args.max_new_tokens,
         temperature=args.temperature,
         top_k=args.top_k,
         top_p=args.top_p,
         seed=args.seed,
     )
-    print(f"{args.prompt + ' ' if args.prompt else ''}{text}")
+    print(task.tokenizer.decode(ids).strip())
     return 0
 
 

@@ -31,29 +31,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from vlmoe.train.run import load_trained, resolve_model_dir
-    from vlmoe.train.tasks import image_to_tensor
+    from vlmoe.data.images import load_image
+    from vlmoe.recipes.run import load_trained, resolve_model_dir
     from vlmoe.viz.inspect import inspect_model
 
     check_file(args.image, "image", IMAGE_SUFFIXES)
-    model, info, tokenizer = load_trained(args.model)
-    from vlmoe.train.inference import load_image_array
-
-    image = load_image_array(args.image)
+    model, task = load_trained(args.model)
+    image = load_image(args.image)
     model_dir = resolve_model_dir(args.model)
     out = (
         Path(args.out)
         if args.out
         else (Path(args.model) if Path(args.model) != model_dir else model_dir) / "inspect"
     )
-    result = inspect_model(
-        model,
-        image,
-        args.text,
-        out,
-        tokenizer=tokenizer,
-        preprocess=lambda rgb: image_to_tensor(rgb, info.image_size),
-    )
+    result = inspect_model(model, task, image, args.text, out)
     if result.caption:
         print(f"caption: {result.caption}")
     for path in result.paths():

@@ -38,16 +38,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from vlmoe.train.inference import load_image_array, predict
-    from vlmoe.train.run import load_trained
+    from vlmoe.data.images import load_image
+    from vlmoe.recipes.run import load_trained
 
     check_file(args.image, "image", IMAGE_SUFFIXES)
-    model, info, tokenizer = load_trained(args.model)
-    image = load_image_array(args.image)
+    model, task = load_trained(args.model)
+    image = load_image(args.image)
     candidates = (
         [t.strip() for t in args.text.split("|")] if args.text and "|" in args.text else None
     )
-    p = predict(model, info, tokenizer, image, args.text, candidates=candidates, top=args.top)
+    p = task.predict(model, image, args.text, candidates=candidates, top=args.top)
     print(f"{p.kind}: {p.text}")
     if len(p.scores) > 1:
         for name, score in p.scores:

@@ -58,7 +58,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--out", default=None, help="run directory (default: runs/<preset>)")
     p.add_argument(
-        "--resume", action="store_true", help="continue the run in --out from its latest checkpoint"
+        "--resume",
+        action="store_true",
+        help="continue the run in --out from its latest checkpoint, with its saved config "
+        "(only train.steps may change, to train longer)",
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="delete the run already in --out and start over (without it, an existing run is "
+        "never touched)",
     )
     p.add_argument(
         "--print-config", action="store_true", help="print the resolved config as YAML and exit"
@@ -92,15 +101,28 @@ def build_config(args: argparse.Namespace):
         "optim.lr": args.lr,
         "train.precision": args.precision,
     }
-    sets = [f"{k}={v}" for k, v in flags.items() if v is not None]
+    given = {k: v for k, v in flags.items() if v is not None}
     # Flags are plain strings: keep them from being read as YAML (a path like "2024.jsonl").
-    cfg = cfg.with_overrides({k: v for k, v in flags.items() if v is not None}) if sets else cfg
-    return apply_overrides(cfg, args.overrides)
+    cfg = cfg.with_overrides(given) if given else cfg
+    cfg = apply_overrides(cfg, args.overrides)
+    data_set = (
+        args.config
+        or any(k.startswith("data.") for k in given)
+        or any(o.strip().startswith("data.") for o in args.overrides)
+    )
+    if args.init_from and not data_set and not args.resume:
+        # Fine-tuning a saved model: by default on the data its run was trained on.
+        from vlmoe.recipes.run import data_of_run
+
+        data = data_of_run(args.init_from)
+        if data is not None:
+            cfg = cfg.replace(data=data)
+    return cfg
 
 
 def run(args: argparse.Namespace) -> int:
     if args.list_presets:
-        from vlmoe.registry import get_preset, list_presets
+        from vlmoe.models.registry import get_preset, list_presets
 
         for name in list_presets():
             print(f"{name:<24} {get_preset(name).description}")
@@ -109,16 +131,25 @@ def run(args: argparse.Namespace) -> int:
     if args.print_config:
         print(cfg.to_yaml(), end="")
         return 0
-    from vlmoe.train.run import train
+    from vlmoe.recipes.run import describe_run, start_run, train
 
+    if args.resume and args.overwrite:
+        raise CLIError("--resume and --overwrite contradict each other: choose one")
     out = Path(
         args.out
         or f"runs/{Path(cfg.model.init_from).name if cfg.model.init_from else cfg.model.preset}"
     )
-    result = train(cfg, out, resume=args.resume)
-    last = result.losses[-1] if result.losses else float("nan")
+    cfg, run = start_run(cfg, out, args.resume, args.overwrite)
+    for line in describe_run(run, out):
+        print(line, flush=True)
+    result = train(cfg, out, resume=args.resume, run=run)
     speed = f"{result.seconds:.0f}s ({result.examples_per_s:.0f} examples/s)"
-    print(f"trained {result.steps} steps in {speed}, final loss {last:.4f}")
+    window = result.losses[-min(10, len(result.losses)) :] or [float("nan")]
+    print(
+        f"trained to step {result.steps} in {speed}; loss at the last step "
+        f"{result.losses[-1] if result.losses else float('nan'):.4f}, mean of the last "
+        f"{len(window)} steps {sum(window) / len(window):.4f}"
+    )
     for key, value in result.eval.items():
         if (
             isinstance(value, float)

@@ -48,7 +48,8 @@ def run(args: argparse.Namespace) -> int:
 
     from vlmoe.config import MoEConfig
     from vlmoe.models import count_parameters, upcycle_model
-    from vlmoe.train.run import TASK_FILE, load_trained, resolve_model_dir
+    from vlmoe.recipes.run import load_trained, resolve_model_dir
+    from vlmoe.tasks.base import TASK_FILE
 
     if args.num_experts < 1 or not 1 <= args.top_k <= args.num_experts:
         raise CLIError(
@@ -59,7 +60,8 @@ def run(args: argparse.Namespace) -> int:
     if out.exists() and any(out.iterdir()):
         raise CLIError(f"output directory {out} exists and is not empty")
     moe = MoEConfig(num_experts=args.num_experts, top_k=args.top_k).with_overrides(args.overrides)
-    dense, _, tokenizer = load_trained(args.dense)
+    dense, task = load_trained(args.dense)
+    tokenizer = task.tokenizer
     towers = [t.strip() for t in args.towers.split(",")] if args.towers else None
     model = upcycle_model(dense, moe, moe_every=args.moe_every, towers=towers, noise_std=args.noise)
     model.save_pretrained(out, tokenizer)

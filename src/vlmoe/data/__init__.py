@@ -13,20 +13,12 @@ the fields it needs.
   :class:`CocoDataset`, :func:`write_manifest`, :func:`write_coco`; errors are
   :class:`DataError`;
 - text: :class:`Tokenizer`;
-- batches: :class:`ImageTransform` and the collators in :mod:`vlmoe.data.collate`.
+- batches: :class:`ImageTransform`, :func:`preprocess_image` (the one model-input
+  pre-processing) and the shared collate pieces in :mod:`vlmoe.data.collate`.
 """
 
 from vlmoe.data.coco import CocoDataset, write_coco
-from vlmoe.data.collate import (
-    IGNORE_INDEX,
-    ClassificationCollate,
-    ContrastiveCollate,
-    DetectionCollate,
-    GenerationCollate,
-    GroundingCollate,
-    VQACollate,
-    stack_images,
-)
+from vlmoe.data.collate import IGNORE_INDEX, stack_images
 from vlmoe.data.errors import DataError, ErrorReport, OnError
 from vlmoe.data.files import FileDataset, ImageFolderDataset
 from vlmoe.data.grammar import QUESTION_KINDS, answer_vocab, swap_left_right
@@ -55,6 +47,7 @@ from vlmoe.data.transforms import (
     ImageTransform,
     denormalize,
     hflip_sample,
+    preprocess_image,
     to_tensor,
 )
 
@@ -75,16 +68,11 @@ __all__ = [
     "SPECIAL_TOKENS",
     "SPLITS",
     "Box",
-    "ClassificationCollate",
     "CocoDataset",
-    "ContrastiveCollate",
     "DataError",
-    "DetectionCollate",
     "DigitsDataset",
     "ErrorReport",
     "FileDataset",
-    "GenerationCollate",
-    "GroundingCollate",
     "ImageFolderDataset",
     "ImageTransform",
     "ManifestDataset",
@@ -99,7 +87,6 @@ __all__ = [
     "ShapesDataset",
     "Tokenizer",
     "VLDataset",
-    "VQACollate",
     "WriteReport",
     "answer_vocab",
     "cli_write",
@@ -110,6 +97,7 @@ __all__ = [
     "load_image",
     "make_sample",
     "pil_to_rgb",
+    "preprocess_image",
     "render",
     "stack_images",
     "swap_left_right",

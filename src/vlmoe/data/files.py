@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
+
 from vlmoe.data.errors import DataError, OnError, check_on_error
 from vlmoe.data.images import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, image_size, load_image
 from vlmoe.data.sample import QA, Box, RefExp, Sample, Transform, VLDataset
@@ -115,8 +117,16 @@ class FileDataset(VLDataset):
     def _load(self, r: FileRecord) -> Sample:
         img = load_image(r.path, max_pixels=self.max_pixels, where=r.where)
         boxes = check_boxes(r.boxes, img.shape[1], img.shape[0], r.path, r.where)
+        return self._sample(r, img, boxes)
+
+    def _sample(self, r: FileRecord, image: np.ndarray, boxes: list[Box]) -> Sample:
         meta = {"source": self.source, "file": str(r.path), "where": r.where, **r.meta}
-        return Sample(img, list(r.captions), list(r.qa), r.label, boxes, list(r.refs), meta)
+        return Sample(image, list(r.captions), list(r.qa), r.label, boxes, list(r.refs), meta)
+
+    def describe(self, index: int) -> Sample:
+        """The record's texts, label and boxes; the image is not read (an empty array)."""
+        r = self.records[index]
+        return self._sample(r, np.zeros((0, 0, 3), np.uint8), list(r.boxes))
 
     def get(self, index: int) -> Sample:
         n = len(self.records)

@@ -1,8 +1,10 @@
 """Datasets by name, so configs and the CLI can say ``data.name: shapes`` or a path.
 
-``load_dataset("shapes" | "mnist" | "digits" | "photos" | PATH, split, ...)``: a ``.jsonl`` path
-or a folder holding ``manifest.jsonl`` reads a manifest; any other folder is read as one
-sub-folder per class. COCO files need two paths; use :class:`~vlmoe.data.coco.CocoDataset`.
+``load_dataset("shapes" | "mnist" | "digits" | "photos" | "coco" | PATH, split, ...)``: a
+``.jsonl`` path or a folder holding ``manifest.jsonl`` reads a manifest; any other folder is
+read as one sub-folder per class; "coco" reads COCO-style JSON (``captions=`` and/or
+``instances=`` files, images under ``image_root=``). This is the one dataset registry: runs,
+the CLI and the benchmarks all load data through it.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from vlmoe.data.coco import CocoDataset
 from vlmoe.data.errors import DataError
 from vlmoe.data.files import ImageFolderDataset
 from vlmoe.data.manifest import ManifestDataset
@@ -18,7 +21,7 @@ from vlmoe.data.sample import Transform, VLDataset
 from vlmoe.data.shapes import ShapesConfig
 from vlmoe.data.shapes_data import ShapesDataset
 
-DATASET_NAMES = ("shapes", "mnist", "digits", "photos")
+DATASET_NAMES = ("shapes", "mnist", "digits", "photos", "coco")
 
 
 def load_dataset(
@@ -48,6 +51,11 @@ def load_dataset(
         return DigitsDataset(split, transform)  # type: ignore[arg-type]
     if name == "photos":
         return PhotosDataset(split, transform=transform)  # type: ignore[arg-type]
+    if name == "coco":
+        image_root = kwargs.pop("image_root", None)
+        if image_root is None:
+            raise DataError("COCO data needs image_root (the folder of the images)", name)
+        return CocoDataset(image_root, transform=transform, **kwargs)
     path = Path(name)
     if path.suffix == ".jsonl":
         return ManifestDataset(path, transform=transform, **kwargs)

@@ -14,7 +14,7 @@ of shape (3, H, W); boxes are ``[x0, y0, x1, y1]`` in pixels of the current imag
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,10 +23,9 @@ import torch
 from torch.utils.data import Dataset
 
 from vlmoe.data.errors import ErrorReport
+from vlmoe.nn.modality import MODALITY_IMAGE, MODALITY_TEXT
 
-# Modality ids carried by every token (DESIGN.md: "every token carries a modality id").
-MODALITY_IMAGE = 0
-MODALITY_TEXT = 1
+__all__ = ["MODALITY_IMAGE", "MODALITY_TEXT", "QA", "Box", "RefExp", "Sample", "VLDataset"]
 
 
 @dataclass(frozen=True)
@@ -139,6 +138,12 @@ class VLDataset(Dataset[Sample]):
         """The untransformed sample at ``index``."""
         raise NotImplementedError
 
+    def describe(self, index: int) -> Sample:
+        """Sample ``index`` with everything but its image, which may be left empty: what a task
+        reads to list its examples without decoding images. Defaults to ``get``; datasets
+        whose images are costly override it."""
+        return self.get(index)
+
     def __getitem__(self, index: int) -> Sample:
         n = len(self)
         if not -n <= index < n:
@@ -151,9 +156,14 @@ class VLDataset(Dataset[Sample]):
             yield self[i]
 
     def texts(self) -> Iterator[str]:
-        """Every text of every sample (captions, questions, answers, refs, box labels)."""
+        """Every text of every sample (captions, questions, answers, refs, box labels); read
+        from ``describe``, so no image is decoded."""
         for i in range(len(self)):
-            yield from self.get(i).texts()
+            yield from self.describe(i).texts()
+
+    def subset(self, indices: Sequence[int]) -> VLDataset:
+        """The samples at ``indices`` as a dataset with the same names and error report."""
+        return Subset(self, indices)
 
     @property
     def num_classes(self) -> int:
@@ -166,3 +176,22 @@ class VLDataset(Dataset[Sample]):
             table = {a: i for i, a in enumerate(self.answer_vocab)}
             self._answer_index = table
         return table.get(answer, -100)
+
+
+class Subset(VLDataset):
+    """Some samples of another dataset (``VLDataset.subset``): a held-out split of a file, say."""
+
+    def __init__(self, base: VLDataset, indices: Sequence[int]) -> None:
+        super().__init__(base.transform)
+        self.base, self.indices = base, list(indices)
+        self.label_names, self.answer_vocab = base.label_names, base.answer_vocab
+        self.box_label_names, self.errors = base.box_label_names, base.errors
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def get(self, index: int) -> Sample:
+        return self.base.get(self.indices[index])
+
+    def describe(self, index: int) -> Sample:
+        return self.base.describe(self.indices[index])

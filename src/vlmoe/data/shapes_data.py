@@ -11,7 +11,6 @@ import dataclasses
 import json
 import logging
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -95,10 +94,8 @@ class ShapesDataset(VLDataset):
     def get(self, index: int) -> Sample:
         return make_sample(self.cfg, self.split, index)
 
-    def texts(self) -> Iterator[str]:
-        """All texts without drawing any image (fast: for tokenizer training)."""
-        for i in range(self.num):
-            yield from make_sample(self.cfg, self.split, i, draw=False).texts()
+    def describe(self, index: int) -> Sample:
+        return make_sample(self.cfg, self.split, index, draw=False)
 
 
 @dataclass(frozen=True)

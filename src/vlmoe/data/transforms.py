@@ -64,6 +64,15 @@ def to_tensor(
     return torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)))  # (3, H, W)
 
 
+def preprocess_image(image: np.ndarray, size: int, in_channels: int = 3) -> torch.Tensor:
+    """The one pre-processing of a model input, for training, evaluation, predict and inspect:
+    (H, W, 3) uint8 -> bilinear resize to (size, size) -> (C, size, size) float in [-1, 1]
+    (``to_tensor`` with the default mean = std = 0.5); C = 1 averages the colour channels.
+    ``ImageTransform(image_size=size)`` without augmentation gives the same tensor."""
+    x = to_tensor(resize_image(to_rgb_array(np.asarray(image)), (size, size)))  # (3, S, S)
+    return x.mean(0, keepdim=True) if in_channels == 1 else x
+
+
 def denormalize(
     x: torch.Tensor, mean: tuple[float, ...] = DEFAULT_MEAN, std: tuple[float, ...] = DEFAULT_STD
 ) -> np.ndarray:

@@ -31,6 +31,16 @@ from vlmoe.models.transformer import Transformer
 from vlmoe.models.upcycle import upcycle_model
 from vlmoe.models.vit import ViT
 
+# The built-in presets register themselves once every architecture above is defined.
+from vlmoe.models import presets  # noqa: E402, F401  (isort: skip)
+from vlmoe.models.registry import (  # noqa: E402
+    create_model,
+    get_preset,
+    list_presets,
+    preset_config,
+    register_preset,
+)
+
 __all__ = [
     "CheckpointError",
     "ContrastiveConfig",
@@ -58,7 +68,12 @@ __all__ = [
     "count_parameters",
     "freeze",
     "generate",
+    "create_model",
+    "get_preset",
+    "list_presets",
     "load_model",
+    "preset_config",
+    "register_preset",
     "set_trainable",
     "unfreeze",
     "upcycle_model",

@@ -10,14 +10,13 @@ from torch import nn
 
 from vlmoe.config import Config
 from vlmoe.models import checkpoint
+from vlmoe.moe.layer import MoELayer
 
 _ARCHITECTURES: dict[str, type[PretrainedModel]] = {}
 
 
 def architectures() -> dict[str, type[PretrainedModel]]:
-    """Architecture name -> model class, for every model class defined so far."""
-    import vlmoe.models  # noqa: F401  (defines every architecture)
-
+    """Architecture name -> model class (importing `vlmoe.models` defines the built-in ones)."""
     return dict(_ARCHITECTURES)
 
 
@@ -67,7 +66,6 @@ def count_parameters(model: nn.Module) -> tuple[int, int]:
     """(total, active) parameters. Active counts each MoE layer's routed experts at the
     fraction a token uses (experts_per_token / num_experts); routers, shared experts and dense
     layers count in full."""
-    from vlmoe.moe.layer import MoELayer
 
     total = sum(p.numel() for p in model.parameters())
     inactive = 0.0

@@ -24,6 +24,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from vlmoe.config import ConfigError
+from vlmoe.data.tokenizer import Tokenizer
 
 if TYPE_CHECKING:
     from vlmoe.models.base import PretrainedModel
@@ -99,7 +100,7 @@ def save_pretrained(model: PretrainedModel, directory: str | Path, tokenizer: An
 
 def read_config(directory: str | Path) -> tuple[str, Any]:
     """(architecture, validated config) from `directory/config.json`."""
-    from vlmoe.models.base import architectures
+    from vlmoe.models.base import architectures  # base imports this module: import at call
 
     path = Path(directory) / CONFIG_NAME
     if not path.is_file():
@@ -163,10 +164,6 @@ def load_weights(model: torch.nn.Module, directory: str | Path) -> None:
 
 
 def _is_vlmoe_tokenizer(tokenizer: Any) -> bool:
-    try:
-        from vlmoe.data.tokenizer import Tokenizer
-    except ImportError:
-        return False
     return isinstance(tokenizer, Tokenizer)
 
 
@@ -191,20 +188,10 @@ def save_tokenizer(tokenizer: Any, directory: Path) -> None:
 
 
 def load_tokenizer(directory: str | Path) -> Any:
-    """The tokenizer saved in `directory`, or None: a `vlmoe.data.tokenizer.Tokenizer` when
-    `vlmoe.data` is importable, else a plain `tokenizers.Tokenizer`."""
+    """The `vlmoe.data.tokenizer.Tokenizer` saved in `directory`, or None."""
     path = Path(directory) / TOKENIZER_NAME
     if not path.is_file():
         return None
-    try:
-        from vlmoe.data.tokenizer import Tokenizer
-    except ImportError:
-        from tokenizers import Tokenizer as HFTokenizer
-
-        try:
-            return HFTokenizer.from_file(str(path))
-        except Exception as e:  # tokenizers raises a bare Exception on a bad file
-            raise CheckpointError(f"{path}: not a valid tokenizer file ({e})") from None
     try:
         return Tokenizer.load(directory)
     except ValueError as e:  # vlmoe.data.DataError names the file
@@ -241,7 +228,7 @@ def check_tokenizer_fits(tokenizer: Any, config: Any, where: str) -> None:
 
 def load_model(directory: str | Path, **kwargs: Any) -> PretrainedModel:
     """Build the model `directory/config.json` names and load its weights (and tokenizer)."""
-    from vlmoe.models.base import architectures
+    from vlmoe.models.base import architectures  # base imports this module: import at call
 
     arch, config = read_config(directory)
     tokenizer = load_tokenizer(directory)

@@ -16,6 +16,8 @@ Routing variants of the ViT (`vit-debug-soft`, `vit-debug-ec`) cover soft MoE an
 
 from __future__ import annotations
 
+from typing import Any
+
 from vlmoe.config import MoEConfig
 from vlmoe.models.config import (
     ContrastiveConfig,
@@ -26,7 +28,7 @@ from vlmoe.models.config import (
     TransformerConfig,
     ViTConfig,
 )
-from vlmoe.registry import register_preset
+from vlmoe.models.registry import register_preset
 
 # (dim, num_layers, num_heads, dense FFN hidden)
 SIZES = {"debug": (32, 2, 2, 96), "small": (128, 4, 4, 384)}
@@ -42,18 +44,27 @@ def tower(size: str, moe: MoEConfig | None = None, **kw) -> TransformerConfig:
     )
 
 
-def twin_moe(size: str, num_experts: int = 8, top_k: int = 2, **kw) -> MoEConfig:
-    """Experts sized for equal active FFN parameters with the dense tower of `size`."""
-    dim, _, _, hidden = SIZES[size]
+def twin_moe(
+    dim: int, dense_hidden: int, num_experts: int = 8, top_k: int = 2, **kw: Any
+) -> MoEConfig:
+    """The MoE FFN with the active parameters of a dense FFN of width `dense_hidden`: each
+    token runs `top_k` routed experts (and any shared experts), each `dense_hidden / (top_k +
+    num_shared_experts)` wide. The one place twins are sized: presets, demos and the scaling
+    study all call it."""
     per_token = top_k + kw.get("num_shared_experts", 0)
     return MoEConfig(
-        dim=dim, hidden_dim=hidden // per_token, num_experts=num_experts, top_k=top_k, **kw
+        dim=dim, hidden_dim=dense_hidden // per_token, num_experts=num_experts, top_k=top_k, **kw
     )
+
+
+def _twin(size: str, **kw: Any) -> MoEConfig:
+    dim, _, _, hidden = SIZES[size]
+    return twin_moe(dim, hidden, **kw)
 
 
 def vl_moe(size: str) -> MoEConfig:
     """VL-MoE routing: modality expert groups, cross-modal experts and a shared expert."""
-    return twin_moe(
+    return _twin(
         size,
         num_experts=8,
         top_k=2,
@@ -67,7 +78,7 @@ def _register() -> None:
     for size in ("debug", "small"):
         image_size, patch = IMAGES[size]
         img = {"image_size": image_size, "patch_size": patch}
-        for variant, moe in (("", None), ("-moe", twin_moe(size))):
+        for variant, moe in (("", None), ("-moe", _twin(size))):
             register_preset(
                 f"vit-{size}{variant}",
                 "vit",

@@ -25,8 +25,7 @@ import torch
 from torch import Tensor
 
 from vlmoe.moe.layer import MoEAux
-
-MODALITY_NAMES = ("image", "text")
+from vlmoe.nn.modality import MODALITY_NAMES
 
 
 def modality_name(m: int) -> str:

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save_file, save_model
 from torch import nn
 
 log = logging.getLogger(__name__)
@@ -83,8 +83,6 @@ def save_model_weights(model: nn.Module, directory: Path) -> None:
     if hasattr(model, "save_pretrained"):
         model.save_pretrained(directory)
     else:
-        from safetensors.torch import save_model
-
         save_model(model, str(directory / MODEL_WEIGHTS))
 
 

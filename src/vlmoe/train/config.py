@@ -19,10 +19,9 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Literal
 
-from vlmoe.config import Config, check
+from vlmoe.config import Config, check, parse_override
 
 Precision = Literal["fp32", "bf16"]
-Task = Literal["auto", "classification", "vqa", "vqa+classification", "captioning", "contrastive"]
 
 
 @dataclasses.dataclass
@@ -129,7 +128,8 @@ class TrainConfig(Config):
     num_threads: int | None = None  # torch intra-op CPU threads; None = torch's default
     log_every: int = 10
     eval_every: int = 0  # 0 = only at the end
-    checkpoint_every: int = 0  # 0 = only at the end
+    # None = about every tenth of the run; 0 = only at the end (and on Ctrl-C).
+    checkpoint_every: int | None = None
     keep_last: int = 2
     progress: Literal["auto", "bar", "none"] = "auto"  # tqdm bar (auto = when stderr is a tty)
     tensorboard: Literal["auto", "none"] = "auto"  # auto = when tensorboard is installed
@@ -143,7 +143,7 @@ class TrainConfig(Config):
             check(self.num_threads >= 1, f"train.num_threads must be >= 1, got {self.num_threads}")
         for name in ("eval_every", "checkpoint_every"):
             value = getattr(self, name)
-            check(value >= 0, f"train.{name} must be >= 0, got {value}")
+            check(value is None or value >= 0, f"train.{name} must be >= 0, got {value}")
         names = [s.name for s in self.stages]
         check(
             len(set(names)) == len(names), f"train.stages: stage names must be unique, got {names}"
@@ -173,6 +173,7 @@ class DataSelection(Config):
     image_size: int | None = None  # None = the model's image_size
     seed: int = 0
     tokenizer_vocab: int | None = None  # None = the model preset's vocab_size
+    num_workers: int = 0  # DataLoader worker processes (0 = load in the training process)
     options: dict[str, Any] = dataclasses.field(default_factory=dict)  # passed to the dataset
 
     def __post_init__(self) -> None:
@@ -180,6 +181,7 @@ class DataSelection(Config):
             check(self.path is not None, f"data.path is required for data.name={self.name!r}")
         check(self.num_train >= 1, f"data.num_train must be >= 1, got {self.num_train}")
         check(self.num_eval >= 0, f"data.num_eval must be >= 0, got {self.num_eval}")
+        check(self.num_workers >= 0, f"data.num_workers must be >= 0, got {self.num_workers}")
         check(
             0 <= self.eval_fraction < 1,
             f"data.eval_fraction must lie in [0, 1), got {self.eval_fraction}",
@@ -192,7 +194,7 @@ class DataSelection(Config):
 class ModelSelection(Config):
     """Which model to build: a registry preset, a model directory, plus dotted overrides.
 
-    `preset` names an entry of `vlmoe.registry` (e.g. `fusion-debug`); `init_from` a model
+    `preset` names an entry of `vlmoe.models.registry` (e.g. `fusion-debug`); `init_from` a model
     directory (`config.json` + `model.safetensors`) to start from instead. `overrides` are
     applied to the preset's config like `--set` (`{"moe.num_experts": 8}`).
     """
@@ -224,7 +226,7 @@ class EvalConfig(Config):
 class RunConfig(Config):
     """Everything a training run needs; saved as `config.yaml` in the run directory."""
 
-    task: Task = "auto"  # auto = the model's natural task (see vlmoe.train.objectives)
+    task: str = "auto"  # a registered task (vlmoe.tasks), or auto = the architecture's default
     model: ModelSelection = dataclasses.field(default_factory=ModelSelection)
     data: DataSelection = dataclasses.field(default_factory=DataSelection)
     optim: OptimizerConfig = dataclasses.field(default_factory=OptimizerConfig)
@@ -232,23 +234,6 @@ class RunConfig(Config):
     losses: MoELossConfig = dataclasses.field(default_factory=MoELossConfig)
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
     eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
-
-
-def parse_value(text: str) -> Any:
-    """A `--set` value read as YAML, plus what YAML 1.1 leaves as strings: `3e-4` is a float."""
-    from vlmoe.config import _parse_scalar
-
-    value = _parse_scalar(text)
-    if isinstance(value, str):
-        try:
-            return (
-                float(value)
-                if any(c in value for c in ".eE") or value.lower() in ("inf", "-inf", "nan")
-                else value
-            )
-        except ValueError:
-            return value
-    return value
 
 
 def apply_overrides(cfg: RunConfig, overrides: list[str]) -> RunConfig:
@@ -259,21 +244,17 @@ def apply_overrides(cfg: RunConfig, overrides: list[str]) -> RunConfig:
     (validated when the model is built), so one flag reaches every level. Values are read as
     YAML (`3`, `true`, `[1, 2]`, `{a: 1}`), and `3e-4` as a number.
     """
-    from vlmoe.config import ConfigError
 
     own = {f.name for f in dataclasses.fields(ModelSelection)}
     plain: dict[str, Any] = {}
     model_over = dict(cfg.model.overrides)
     for text in overrides:
-        key, sep, raw = text.partition("=")
-        key = key.strip()
-        if not sep or not key:
-            raise ConfigError(f"override {text!r} is not of the form key=value")
+        key, value = parse_override(text)
         parts = key.split(".")
         if parts[0] == "model" and len(parts) > 1 and parts[1] not in own:
-            model_over[".".join(parts[1:])] = parse_value(raw.strip())
+            model_over[".".join(parts[1:])] = value
         else:
-            plain[key] = parse_value(raw.strip())
+            plain[key] = value
     cfg = cfg.with_overrides(plain) if plain else cfg
     if model_over != cfg.model.overrides:
         cfg = cfg.with_overrides({"model.overrides": model_over})

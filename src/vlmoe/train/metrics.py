@@ -13,6 +13,8 @@ import sys
 from pathlib import Path
 from typing import Any, Literal
 
+from tqdm.auto import tqdm
+
 log = logging.getLogger(__name__)
 
 
@@ -96,8 +98,6 @@ class Progress:
         enabled = mode == "bar" or (mode == "auto" and sys.stderr.isatty())
         self._bar = None
         if enabled:
-            from tqdm.auto import tqdm
-
             self._bar = tqdm(
                 total=total,
                 initial=initial,

@@ -14,6 +14,9 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from vlmoe.moe import stats
+from vlmoe.moe.layer import MoELayer
+from vlmoe.moe.losses import entropy_losses, load_balance_loss, z_loss
 from vlmoe.train.config import MoELossConfig
 
 log = logging.getLogger(__name__)
@@ -25,7 +28,6 @@ def moe_aux_losses(
     """(weighted total or None when there are no MoE layers, {name: per-layer mean (detached)})."""
     if not auxes:
         return None, {}
-    from vlmoe.moe.losses import entropy_losses, load_balance_loss, z_loss
 
     n = len(auxes)
     terms: dict[str, Tensor] = {}
@@ -53,13 +55,11 @@ def moe_aux_losses(
 
 
 def has_moe_layers(model: nn.Module) -> bool:
-    from vlmoe.moe.layer import MoELayer
 
     return any(isinstance(m, MoELayer) for m in model.modules())
 
 
 def uses_balance_bias(model: nn.Module) -> bool:
-    from vlmoe.moe.layer import MoELayer
 
     return any(isinstance(m, MoELayer) and m.cfg.balance_bias for m in model.modules())
 
@@ -86,7 +86,6 @@ def routing_summary(auxes: Sequence) -> dict[str, float]:
     """Cheap per-step routing numbers for the log (one host transfer): the worst layer's max
     expert load / mean, and the effective experts per token averaged over layers
     (`stats.effective_top_k`: near 1 for a top-2 router means its second weight went to ~0)."""
-    from vlmoe.moe import stats
 
     if not auxes:
         return {}
@@ -102,7 +101,6 @@ def routing_summary(auxes: Sequence) -> dict[str, float]:
 
 def max_top_k(model: nn.Module) -> int:
     """The largest top_k of the model's token-choice MoE layers (0 without any)."""
-    from vlmoe.moe.layer import MoELayer
 
     ks = [
         m.cfg.top_k for m in model.modules() if isinstance(m, MoELayer) and m.cfg.router == "topk"

@@ -19,6 +19,8 @@ import logging
 
 from torch import nn
 
+from vlmoe.models.freeze import GROUPS, select_modules
+
 log = logging.getLogger(__name__)
 
 
@@ -34,8 +36,6 @@ def matches(name: str, pattern: str) -> bool:
 def _selected(model: nn.Module, pattern: str) -> set[int]:
     """ids of the parameters a component name or pattern stands for."""
     try:  # the models' component names: "moe", "experts", "routers", module paths
-        from vlmoe.models.freeze import GROUPS, select_modules
-
         if pattern in GROUPS or pattern in dict(model.named_modules()):
             return {id(p) for m in select_modules(model, [pattern]) for p in m.parameters()}
     except ImportError:

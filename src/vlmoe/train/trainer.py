@@ -6,7 +6,12 @@ logged scalars, the model's `moe_aux` list), and the trainer adds the MoE auxili
 has it enabled, logs, evaluates and checkpoints. Staged training (MoE-LLaVA) switches the
 trainable parameters and restarts the optimizer and schedule at each stage boundary.
 
-Exact resume: the data order (`DataOrder`), every RNG, the optimizer state and the step are
+Batches come through a `torch.utils.data.DataLoader` (`data.num_workers` worker processes, 0 by
+default) whose batch sampler walks a `DataOrder`: `dataset[k]` is called with stream positions
+`k = epoch * len(dataset) + index` (`vlmoe.tasks.TaskDataset` takes them as they are; wrap other
+map-style datasets in `vlmoe.tasks.data.Cycle`).
+
+Exact resume: the data order's position, every RNG, the optimizer state and the step are
 stored, and the learning rate is a pure function of the step, so a resumed run computes the same
 losses as an uninterrupted one (same device and thread count).
 """
@@ -16,6 +21,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import signal
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -25,6 +32,11 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from vlmoe.data.order import DataOrder
+from vlmoe.models.checkpoint import write_text_atomic
+from vlmoe.moe.layer import update_balance_bias
+from vlmoe.tasks.base import StepOutput
+from vlmoe.tasks.data import train_loader
 from vlmoe.train.checkpoint import (
     CheckpointError,
     latest_checkpoint,
@@ -33,7 +45,6 @@ from vlmoe.train.checkpoint import (
     save_checkpoint,
 )
 from vlmoe.train.config import RunConfig, StageConfig
-from vlmoe.train.data_order import DataOrder
 from vlmoe.train.metrics import MetricsLogger, Progress
 from vlmoe.train.moe_losses import (
     max_top_k,
@@ -56,16 +67,6 @@ class TrainingError(RuntimeError):
 
 class NonFiniteError(TrainingError):
     """NaN or Inf in the loss or the gradients; the message names the step and the layer."""
-
-
-@dataclass
-class StepOutput:
-    """What an objective returns for one micro-batch."""
-
-    loss: Tensor  # scalar task loss (MoE aux losses are added by the trainer)
-    metrics: dict[str, Tensor] = field(default_factory=dict)  # extra scalars to log
-    moe_aux: Sequence = ()  # the model's MoEAux list, one per MoE layer
-    num_examples: int = 0
 
 
 Objective = Callable[[nn.Module, dict], StepOutput]
@@ -131,14 +132,94 @@ def locate_nonfinite_forward(model: nn.Module, run_forward: Callable[[], Any]) -
     return found[0] if found else None
 
 
+class StopRequest:
+    """Ctrl-C (SIGINT) during training asks the loop to stop after the step in progress, so
+    the checkpoint it then writes is consistent; a second Ctrl-C stops at once. Only in the
+    main thread (elsewhere signals cannot be caught, and Ctrl-C works as usual)."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: Any = None
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        log.warning("stopping after this step to write a checkpoint (Ctrl-C again to stop now)")
+
+    def __enter__(self) -> StopRequest:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+
+@dataclass
+class _Window:
+    """Running sums of one logging window. Throughput counts the optimizer steps' own time
+    (batching included), so evaluations and checkpoints between steps never slow it down."""
+
+    steps: int = 0
+    examples: int = 0
+    seconds: float = 0.0
+    sums: dict[str, float] = field(default_factory=dict)
+
+    def add(self, loss: float, terms: dict[str, float], examples: int, seconds: float) -> None:
+        self.steps, self.examples, self.seconds = (
+            self.steps + 1,
+            self.examples + examples,
+            self.seconds + seconds,
+        )
+        for k, v in {"loss": loss, **terms}.items():
+            self.sums[k] = self.sums.get(k, 0.0) + v
+
+    @property
+    def rate(self) -> float:
+        return self.examples / max(self.seconds, 1e-9)
+
+    def means(self) -> dict[str, float]:
+        return {k: v / self.steps for k, v in self.sums.items()}
+
+
+@dataclass
+class _Loop:
+    """The state of one `fit` call."""
+
+    stages: list[StageConfig]
+    bounds: list[int]  # cumulative step count at the end of each stage
+    start: int
+    order: DataOrder  # advanced with every batch taken: what a checkpoint stores
+    batches: Any  # iterator over the DataLoader's batches
+    losses: list[float]
+    metrics: MetricsLogger
+    progress: Progress
+    window: _Window = field(default_factory=_Window)
+    examples: int = 0
+    step_seconds: float = 0.0
+    checkpoint: Path | None = None
+    final_eval: dict[str, Any] = field(default_factory=dict)
+    warned_top1: bool = False
+
+    @property
+    def total(self) -> int:
+        return self.bounds[-1]
+
+    def stage_of(self, step: int) -> int:
+        return next(i for i, b in enumerate(self.bounds) if step < b)
+
+
 class Trainer:
     """Train `model` on `dataset` with `objective`, as configured by `cfg.train` & co.
 
     Args:
         model: any nn.Module; moved to the configured device.
-        objective: `(model, batch) -> StepOutput`.
-        dataset: indexable, `len()`-able; `collate_fn(list_of_items) -> dict batch`.
-        cfg: the run config (optim, schedule, losses, train).
+        objective: `(model, batch) -> StepOutput` (a task's `loss`).
+        dataset: map-style, indexed by stream position (see the module docstring);
+            `collate_fn(list_of_items) -> dict batch`.
+        cfg: the run config (optim, schedule, losses, train, data.num_workers).
         run_dir: where metrics.jsonl, config.yaml and checkpoints/ go.
         arch: the model family ("fusion", "contrastive", "decoder", ...) for the entropy losses.
         evaluate: `model -> {name: value}`, called every `train.eval_every` steps and at the end.
@@ -159,12 +240,8 @@ class Trainer:
         on_save: Callable[[Path], None] | None = None,
         eval_at_end: bool = True,
     ) -> None:
-        self.model, self.objective, self.dataset, self.collate_fn = (
-            model,
-            objective,
-            dataset,
-            collate_fn,
-        )
+        self.model, self.objective = model, objective
+        self.dataset, self.collate_fn = dataset, collate_fn
         self.cfg, self.run_dir, self.arch, self.evaluate = cfg, Path(run_dir), arch, evaluate
         self.device = resolve_device(cfg.train.device)
         self.use_entropy = arch in cfg.losses.entropy_for
@@ -195,11 +272,64 @@ class Trainer:
             return torch.autocast(self.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
-    def _next_batch(self, order: DataOrder) -> dict:
-        items = [self.dataset[i] for i in order.next(self.cfg.train.batch_size)]
-        return _to_device(self.collate_fn(items), self.device)
+    def _resume_state(self, resume: bool | str | Path) -> tuple[Path | None, dict | None]:
+        if resume is False or resume is None:
+            return None, None
+        path = latest_checkpoint(self.run_dir) if resume is True else Path(resume)
+        if path is None:
+            raise CheckpointError(
+                f"{self.run_dir}: nothing to resume (no checkpoints/step_* directory)"
+            )
+        return path, read_trainer_state(path)
+
+    def _setup(self, resume: bool | str | Path) -> _Loop:
+        """Seed, place the model, restore a checkpoint, open the data, metrics and progress."""
+        cfg = self.cfg
+        seed_everything(cfg.train.seed, cfg.train.deterministic)
+        if cfg.train.num_threads is not None:
+            torch.set_num_threads(cfg.train.num_threads)
+        self.model.to(self.device).train()
+        warn_if_unbalanced(self.model, cfg.losses, self.use_entropy)
+        stages = _stages(cfg)
+        bounds = [sum(s.steps for s in stages[: i + 1]) for i in range(len(stages))]
+        ckpt_path, state = self._resume_state(resume)
+        start = 0 if state is None else int(state["step"])
+        order = DataOrder(size=len(self.dataset), seed=cfg.train.seed)
+        losses: list[float] = []
+        index = next(i for i, b in enumerate(bounds) if min(start, bounds[-1] - 1) < b)
+        self._enter_stage(index, stages)
+        if state is not None:
+            # A checkpoint from the stage before a boundary holds that stage's optimizer state;
+            # the uninterrupted run starts the new stage with a fresh optimizer, and so does this.
+            same_stage = state.get("stage_index", index) == index
+            load_checkpoint(ckpt_path, self.model, self.optimizer if same_stage else None)
+            order = DataOrder.from_state(state["data_order"])
+            losses = list(state.get("losses", []))
+            log.info("resumed from %s at step %d", ckpt_path, start)
+        self.model.to(self.device)
+        loader = train_loader(
+            self.dataset, self.collate_fn, order, cfg.train.batch_size, cfg.data.num_workers
+        )
+        return _Loop(
+            stages=stages,
+            bounds=bounds,
+            start=start,
+            order=order,
+            batches=iter(loader),
+            losses=losses,
+            metrics=MetricsLogger(
+                self.run_dir,
+                resume_step=start if state else None,
+                tensorboard=cfg.train.tensorboard,
+            ),
+            progress=Progress(bounds[-1], initial=start, mode=cfg.train.progress),
+        )
 
     # ------------------------------------------------------------------ one optimizer step
+
+    def _next_batch(self, loop: _Loop) -> dict:
+        loop.order.next(self.cfg.train.batch_size)  # keep the checkpointed position in step
+        return _to_device(next(loop.batches), self.device)
 
     def _forward_loss(self, batch: dict) -> tuple[Tensor, dict[str, Tensor], Sequence]:
         with self._autocast():
@@ -210,24 +340,27 @@ class Trainer:
         terms.update(out.metrics)
         return loss, terms, out.moe_aux
 
-    def _step(self, step: int, order: DataOrder) -> tuple[float, dict[str, float], int]:
+    def _micro_batch(self, step: int, batch: dict, accum: int) -> tuple[float, dict, Sequence]:
+        """Forward and backward of one micro-batch; stops on a non-finite loss."""
+        loss, terms, aux = self._forward_loss(batch)
+        value = loss.item()
+        if not math.isfinite(value):
+            where = locate_nonfinite_forward(self.model, lambda: self.objective(self.model, batch))
+            raise NonFiniteError(
+                f"step {step + 1}: loss is {value}"
+                + (f"; first non-finite value in layer {where}" if where else "")
+            )
+        (loss / accum).backward()
+        return value, terms, aux
+
+    def _step(self, step: int, loop: _Loop) -> tuple[float, dict[str, float], int]:
         assert self.optimizer is not None
         accum = self.cfg.train.grad_accum
         totals: dict[str, float] = {}
         loss_sum, n_examples, last_aux = 0.0, 0, ()
         for _ in range(accum):
-            batch = self._next_batch(order)
-            loss, terms, last_aux = self._forward_loss(batch)
-            value = loss.item()
-            if not math.isfinite(value):
-                where = locate_nonfinite_forward(
-                    self.model, lambda b=batch: self.objective(self.model, b)
-                )
-                raise NonFiniteError(
-                    f"step {step + 1}: loss is {value}"
-                    + (f"; first non-finite value in layer {where}" if where else "")
-                )
-            (loss / accum).backward()
+            batch = self._next_batch(loop)
+            value, terms, last_aux = self._micro_batch(step, batch, accum)
             loss_sum += value / accum
             n_examples += _batch_size(batch)
             for k, v in terms.items():
@@ -235,13 +368,12 @@ class Trainer:
         self._check_grads(step)
         if self.cfg.optim.grad_clip is not None:
             params = [p for p in self.model.parameters() if p.grad is not None]
-            norm = torch.nn.utils.clip_grad_norm_(params, self.cfg.optim.grad_clip)
-            totals["grad_norm"] = float(norm)
+            totals["grad_norm"] = float(
+                torch.nn.utils.clip_grad_norm_(params, self.cfg.optim.grad_clip)
+            )
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         if last_aux and uses_balance_bias(self.model):
-            from vlmoe.moe.layer import update_balance_bias
-
             # Aux-loss-free balancing (DeepSeek-V3): after the step, from the last micro-batch.
             update_balance_bias(self.model, list(last_aux))
         totals.update(routing_summary(last_aux))
@@ -261,130 +393,117 @@ class Trainer:
 
     # ------------------------------------------------------------------ the loop
 
-    def _resume_state(self, resume: bool | str | Path) -> tuple[Path | None, dict | None]:
-        if resume is False or resume is None:
-            return None, None
-        path = latest_checkpoint(self.run_dir) if resume is True else Path(resume)
-        if path is None:
-            raise CheckpointError(
-                f"{self.run_dir}: nothing to resume (no checkpoints/step_* directory)"
-            )
-        return path, read_trainer_state(path)
+    def _lr(self, step: int, loop: _Loop) -> float:
+        """The learning rate of `step`: a pure function of the step and the stage."""
+        index = loop.stage_of(step)
+        stage = loop.stages[index]
+        base = stage.lr if stage.lr is not None else self.cfg.optim.lr
+        return base * lr_factor(
+            step - (loop.bounds[index] - stage.steps), stage.steps, self.cfg.schedule
+        )
+
+    def _train_step(self, loop: _Loop, step: int) -> None:
+        index = loop.stage_of(step)
+        if index != self._stage_index:
+            self._enter_stage(index, loop.stages)
+        set_lr(self.optimizer, self._lr(step, loop))
+        t = time.perf_counter()
+        loss, terms, n_examples = self._step(step, loop)
+        t = time.perf_counter() - t
+        loop.step_seconds += t
+        loop.examples += n_examples
+        loop.losses.append(loss)
+        loop.window.add(loss, terms, n_examples, t)
+        loop.progress.update(loss, loop.window.rate)
+
+    def _log_window(self, loop: _Loop, done: int) -> None:
+        """Write the window's means to metrics.jsonl; warn once if top-k routing collapsed."""
+        record = loop.window.means()
+        record.update(
+            lr=self._lr(done - 1, loop),
+            examples_per_s=loop.window.rate,
+            stage=loop.stages[loop.stage_of(done - 1)].name,
+        )
+        loop.metrics.log(done, "train", record)
+        eff = record.get("moe/effective_top_k")
+        if eff is not None and not loop.warned_top1 and done > self.cfg.schedule.warmup_steps:
+            loop.warned_top1 = warn_if_top1_in_effect(eff, max_top_k(self.model), done)
+        # With a progress bar on screen the bar shows this; keep the log quiet.
+        log.log(
+            logging.DEBUG if loop.progress.active else logging.INFO,
+            "step %d/%d loss %.4f (%.0f ex/s)",
+            done,
+            loop.total,
+            record["loss"],
+            loop.window.rate,
+        )
+        loop.window = _Window()
+
+    def _maybe_evaluate(self, loop: _Loop, done: int) -> None:
+        every = self.cfg.train.eval_every
+        at_end = done == loop.total and self.eval_at_end
+        periodic = every and done % every == 0 and done != loop.total
+        if self.evaluate is None or not (at_end or periodic):
+            return
+        loop.final_eval = self.evaluate(self.model)
+        self.model.train()
+        loop.metrics.log(done, "eval", loop.final_eval)
+
+    def _maybe_checkpoint(self, loop: _Loop, done: int, now: bool = False) -> None:
+        every = self.cfg.train.checkpoint_every
+        if every is None:  # periodic checkpoints sized to the run
+            every = max(1, math.ceil(loop.total / 10))
+        if not now and done != loop.total and not (every and done % every == 0):
+            return
+        index = loop.stage_of(done - 1)
+        loop.checkpoint = save_checkpoint(
+            self.run_dir,
+            done,
+            self.model,
+            self.optimizer,
+            {
+                "data_order": loop.order.state_dict(),
+                "losses": loop.losses,
+                "stage": loop.stages[index].name,
+                "stage_index": index,
+                "arch": self.arch,
+                "task": self.cfg.task,
+            },
+            keep_last=self.cfg.train.keep_last,
+            extra=self.on_save,
+        )
 
     def fit(self, resume: bool | str | Path = False) -> TrainResult:
         """Train to `cfg.train.total_steps`; `resume=True` continues from the latest checkpoint."""
-        cfg = self.cfg
+        loop = self._setup(resume)  # a failed resume stops here, before anything is written
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        cfg.to_yaml(self.run_dir / "config.yaml")
-        seed_everything(cfg.train.seed, cfg.train.deterministic)
-        if cfg.train.num_threads is not None:
-            torch.set_num_threads(cfg.train.num_threads)
-        self.model.to(self.device).train()
-        warn_if_unbalanced(self.model, cfg.losses, self.use_entropy)
-        top_k, warned_top1 = max_top_k(self.model), False
-        stages = _stages(cfg)
-        bounds = [sum(s.steps for s in stages[: i + 1]) for i in range(len(stages))]
-        total = bounds[-1]
-
-        ckpt_path, state = self._resume_state(resume)
-        start = 0 if state is None else int(state["step"])
-        stage_of = lambda s: next(i for i, b in enumerate(bounds) if s < b)  # noqa: E731
-        self._enter_stage(stage_of(min(start, total - 1)), stages)
-        order = DataOrder(size=len(self.dataset), seed=cfg.train.seed)
-        losses: list[float] = []
-        if state is not None:
-            load_checkpoint(ckpt_path, self.model, self.optimizer)
-            order = DataOrder.from_state(state["data_order"])
-            losses = list(state.get("losses", []))
-            log.info("resumed from %s at step %d", ckpt_path, start)
-        metrics = MetricsLogger(
-            self.run_dir, resume_step=start if state else None, tensorboard=cfg.train.tensorboard
-        )
-        progress = Progress(total, initial=start, mode=cfg.train.progress)
+        write_text_atomic(self.run_dir / "config.yaml", self.cfg.to_yaml())
         t0 = time.perf_counter()
-        window: dict[str, float] = {}
-        # Throughput counts the optimizer steps' own time (batching included), so evaluations
-        # and checkpoints between steps never slow the logged rate down.
-        window_n, window_ex, window_s = 0, 0, 0.0
-        run_ex, ckpt, final_eval, step_seconds = 0, None, {}, 0.0
         try:
-            for step in range(start, total):
-                index = stage_of(step)
-                if index != self._stage_index:
-                    self._enter_stage(index, stages)
-                stage = stages[index]
-                stage_start = bounds[index] - stage.steps
-                base = stage.lr if stage.lr is not None else cfg.optim.lr
-                lr = base * lr_factor(step - stage_start, stage.steps, cfg.schedule)
-                set_lr(self.optimizer, lr)
-                t_step = time.perf_counter()
-                loss, terms, n_ex = self._step(step, order)
-                t_step = time.perf_counter() - t_step
-                step_seconds += t_step
-                losses.append(loss)
-                run_ex += n_ex
-                window_n, window_ex, window_s = window_n + 1, window_ex + n_ex, window_s + t_step
-                window["loss"] = window.get("loss", 0.0) + loss
-                for k, v in terms.items():
-                    window[k] = window.get(k, 0.0) + v
-                done = step + 1
-                rate = window_ex / max(window_s, 1e-9)
-                progress.update(loss, rate)
-                if done % cfg.train.log_every == 0 or done == total:
-                    record = {k: v / window_n for k, v in window.items()}
-                    record.update(lr=lr, examples_per_s=rate, stage=stage.name)
-                    metrics.log(done, "train", record)
-                    eff = record.get("moe/effective_top_k")
-                    if eff is not None and not warned_top1 and done > cfg.schedule.warmup_steps:
-                        warned_top1 = warn_if_top1_in_effect(eff, top_k, done)
-                    # With a progress bar on screen the bar shows this; keep the log quiet.
-                    log.log(
-                        logging.DEBUG if progress.active else logging.INFO,
-                        "step %d/%d loss %.4f (%.0f ex/s)",
-                        done,
-                        total,
-                        record["loss"],
-                        rate,
-                    )
-                    window, window_n, window_ex, window_s = {}, 0, 0, 0.0
-                if self.evaluate is not None and (
-                    (done == total and self.eval_at_end)
-                    or (cfg.train.eval_every and done % cfg.train.eval_every == 0 and done != total)
-                ):
-                    results = self.evaluate(self.model)
-                    self.model.train()
-                    metrics.log(done, "eval", results)
-                    final_eval = results
-                if done == total or (
-                    cfg.train.checkpoint_every and done % cfg.train.checkpoint_every == 0
-                ):
-                    ckpt = save_checkpoint(
-                        self.run_dir,
-                        done,
-                        self.model,
-                        self.optimizer,
-                        {
-                            "data_order": order.state_dict(),
-                            "losses": losses,
-                            "stage": stage.name,
-                            "arch": self.arch,
-                            "task": cfg.task,
-                        },
-                        keep_last=cfg.train.keep_last,
-                        extra=self.on_save,
-                    )
+            with StopRequest() as stop:
+                for step in range(loop.start, loop.total):
+                    self._train_step(loop, step)
+                    done = step + 1
+                    if done % self.cfg.train.log_every == 0 or done == loop.total:
+                        self._log_window(loop, done)
+                    self._maybe_evaluate(loop, done)
+                    self._maybe_checkpoint(loop, done, now=stop.requested)
+                    if stop.requested:
+                        raise KeyboardInterrupt(
+                            f"interrupted after step {done}; checkpoint {loop.checkpoint} "
+                            "written: continue with --resume"
+                        )
         finally:
-            progress.close()
-            metrics.close()
-        seconds = time.perf_counter() - t0
-        if self.evaluate is not None and self.eval_at_end and not final_eval and start >= total:
-            final_eval = self.evaluate(self.model)
+            loop.progress.close()
+            loop.metrics.close()
+        if self.evaluate is not None and self.eval_at_end and loop.start >= loop.total:
+            loop.final_eval = self.evaluate(self.model)
         return TrainResult(
             run_dir=self.run_dir,
-            steps=total,
-            losses=losses,
-            eval=final_eval,
-            seconds=seconds,
-            examples_per_s=run_ex / max(step_seconds, 1e-9),
-            checkpoint=ckpt or latest_checkpoint(self.run_dir),
+            steps=loop.total,
+            losses=loop.losses,
+            eval=loop.final_eval,
+            seconds=time.perf_counter() - t0,
+            examples_per_s=loop.examples / max(loop.step_seconds, 1e-9),
+            checkpoint=loop.checkpoint or latest_checkpoint(self.run_dir),
         )

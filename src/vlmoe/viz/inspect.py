@@ -1,23 +1,23 @@
 """`inspect_model`: run one image (and text) through a model and draw where its tokens went.
 
-This is what `vlmoe inspect RUN_OR_MODEL --image X [--text Y]` calls. It prepares the image at
-the model's input size, tokenizes the text with the model's tokenizer, runs one forward pass,
-and writes into `out_dir`:
+This is what `vlmoe inspect RUN_OR_MODEL --image X [--text Y]` calls. The model's task makes
+the prediction (`Task.predict`: the same pre-processing and tokenization as training), and the
+routing of that forward pass is drawn into `out_dir`:
 
 - `routing.png`: per MoE layer, the image with each patch coloured by its top-1 expert and the
-  text tokens coloured the same way (`vlmoe.viz.routing.plot_patch_routing`);
+  text tokens coloured the same way (`vlmoe.viz.routing.draw_patch_routing`);
 - `expert_load.png`: this example's tokens per expert, per layer and modality;
 - `routing.json`: the same top-1 routing as numbers (per layer: the patch grid of expert ids,
   and a list of (token, expert, confidence)).
 
-A decoder model given no text captions the image first and inspects the caption's tokens.
+A captioning model given no text captions the image first and inspects the caption's tokens.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -27,14 +27,14 @@ import torch
 from PIL import Image
 from torch import Tensor
 
+from vlmoe.data.images import load_image, to_rgb_array
 from vlmoe.eval.routing import RoutingStats, moe_layer_names
 from vlmoe.moe.layer import MoEAux
+from vlmoe.nn.modality import MODALITY_TEXT
 from vlmoe.viz.expert_load import plot_expert_load
 from vlmoe.viz.routing import LayerRouting, draw_patch_routing, layer_routing
 
 logger = logging.getLogger(__name__)
-
-Preprocess = Callable[[np.ndarray], Tensor]
 
 
 @dataclass
@@ -46,100 +46,19 @@ class InspectResult:
     routing_json: Path
     layers: list[LayerRouting]
     text_tokens: list[str] = field(default_factory=list)
-    caption: str | None = None  # the generated caption, for a decoder given no text
+    caption: str | None = None  # the generated caption, for a captioning model given no text
 
     def paths(self) -> list[Path]:
         return [p for p in (self.routing_png, self.expert_load_png, self.routing_json) if p]
 
 
-def model_image_size(model: torch.nn.Module) -> tuple[int, int]:
-    """(image_size, in_channels) the model expects, from its config."""
-    cfg = model.config
-    vision = getattr(cfg, "vision", None) if not hasattr(cfg, "image_size") else cfg
-    if vision is None:
-        raise ValueError(
-            "this model's vision encoder is external (config.vision is null); pass `preprocess` "
-            "to inspect_model to prepare images for it"
-        )
-    return vision.image_size, vision.in_channels
-
-
 def load_rgb(image: str | Path | Image.Image | np.ndarray) -> np.ndarray:
     """An (H, W, 3) uint8 array from a path (via `vlmoe.data.images.load_image`), PIL or array."""
     if isinstance(image, str | Path):
-        from vlmoe.data.images import load_image
-
         return load_image(image)
     if isinstance(image, Image.Image):
         return np.array(image.convert("RGB"))
-    arr = np.asarray(image)
-    if arr.dtype != np.uint8:
-        arr = np.clip(arr * (255.0 if arr.max() <= 1.0 else 1.0), 0, 255).astype(np.uint8)
-    return arr if arr.ndim == 3 else np.repeat(arr[..., None], 3, axis=-1)
-
-
-def default_preprocess(image_size: int, in_channels: int = 3) -> Preprocess:
-    """What training does (`vlmoe.data.transforms`): a bilinear resize to image_size x
-    image_size, then `(x / 255 - 0.5) / 0.5`, giving (C, H, W) float in [-1, 1]."""
-    from vlmoe.data.transforms import resize_image, to_tensor
-
-    def preprocess(rgb: np.ndarray) -> Tensor:
-        x = to_tensor(np.array(resize_image(rgb, (image_size, image_size))))  # a writable copy
-        return x.mean(0, keepdim=True) if in_channels == 1 else x
-
-    return preprocess
-
-
-def tokenize(tokenizer: Any, text: str, max_len: int | None = None) -> tuple[list[int], list[str]]:
-    """(ids, token strings) of `text` as training encodes it.
-
-    With vlmoe's `Tokenizer` (`vlmoe.data.tokenizer`): `encode(text, add_special=True)`, so the
-    ids are wrapped in <bos> ... <eos> as in training. With a plain `tokenizers.Tokenizer`:
-    its own `encode`.
-    """
-    if hasattr(tokenizer, "backend") and hasattr(tokenizer, "bos_id"):
-        ids = tokenizer.encode(text, add_special=True, max_len=max_len)
-        return ids, [_token_string(tokenizer, i) for i in ids]
-    enc = tokenizer.encode(text)
-    ids, tokens = list(enc.ids), list(enc.tokens)
-    if max_len is not None:
-        ids, tokens = ids[:max_len], tokens[:max_len]
-    return ids, tokens
-
-
-def _token_string(tokenizer: Any, i: int) -> str:
-    backend = getattr(tokenizer, "backend", tokenizer)
-    token = (
-        str(backend.id_to_token(i)) if hasattr(backend, "id_to_token") else tokenizer.decode([i])
-    )
-    # BPE word-start markers (Metaspace "▁", byte-level "Ġ") are not part of the word.
-    return token.replace("▁", "").replace("Ġ", "") or token
-
-
-def _decode(tokenizer: Any, ids: Sequence[int]) -> str:
-    return tokenizer.decode(list(ids))
-
-
-def _special_id(tokenizer: Any, role: str) -> int | None:
-    """The id of "bos" or "eos": vlmoe's `bos_id`/`eos_id`, else a `[BOS]`/`<bos>` token."""
-    value = getattr(tokenizer, f"{role}_id", None)
-    if isinstance(value, int):
-        return value
-    if hasattr(tokenizer, "token_to_id"):
-        for tok in (f"[{role.upper()}]", f"<{role}>", f"<|{role}|>"):
-            i = tokenizer.token_to_id(tok)
-            if i is not None:
-                return int(i)
-    return None
-
-
-def _forward(model, images, ids, mask):
-    arch = getattr(model, "architecture", None)
-    if arch == "vit":
-        return model(images)
-    if ids is None and arch in ("fusion", "contrastive", "decoder"):
-        return model(images=images)
-    return model(images=images, input_ids=ids, attention_mask=mask)
+    return to_rgb_array(np.asarray(image))
 
 
 def _layer_indices(out: Any, aux: MoEAux) -> tuple[Tensor | None, Tensor | None]:
@@ -151,33 +70,29 @@ def _layer_indices(out: Any, aux: MoEAux) -> tuple[Tensor | None, Tensor | None]
     image_index = torch.nonzero(mask[0]).flatten()
     text_index = None
     if modality is not None and aux.modality_T is not None:
-        text_index = torch.nonzero(modality[0] == 1).flatten()
+        text_index = torch.nonzero(modality[0] == MODALITY_TEXT).flatten()
     return image_index, text_index
 
 
 @torch.no_grad()
 def inspect_model(
     model: torch.nn.Module,
+    task: Any,
     image: str | Path | Image.Image | np.ndarray,
     text: str | None = None,
     out_dir: str | Path = "inspect",
     *,
-    tokenizer: Any = None,
-    preprocess: Preprocess | None = None,
     confidence: Literal["alpha", "none"] = "alpha",
-    max_new_tokens: int = 16,
 ) -> InspectResult:
-    """Route one image (+ text) through `model` and write the routing plots into `out_dir`.
+    """Route one image (+ text) through `model` via its `task` and write the routing plots.
 
     Args:
-        model: a vlmoe model (vit, fusion, contrastive or decoder) with MoE layers.
+        model: a vlmoe model with MoE layers.
+        task: the model's `vlmoe.tasks.Task` (`vlmoe.recipes.run.load_trained` gives both).
         image: an image path, PIL image or (H, W, 3) uint8 array.
-        text: a question, caption or prompt; a decoder given none captions the image first.
-        tokenizer: defaults to `model.tokenizer`.
-        preprocess: (H, W, 3) uint8 -> (C, H, W) float tensor; defaults to training's: a
-            bilinear resize to the model's image size, scaled to [-1, 1].
+        text: a question, caption or prompt; a captioning model given none captions the image.
     Raises:
-        ValueError: the model has no MoE layers, or text is given but no tokenizer is known.
+        ValueError: the model has no MoE layers.
         vlmoe.data.errors.DataError: an unreadable image file.
     """
     layer_names = moe_layer_names(model)
@@ -186,56 +101,14 @@ def inspect_model(
             f"{type(model).__name__} has no MoE layers: nothing to inspect (dense model)"
         )
     rgb = load_rgb(image)
-    if preprocess is None:
-        preprocess = default_preprocess(*model_image_size(model))
-    device = next(model.parameters()).device
-    images = preprocess(rgb)[None].to(device)
-    tokenizer = tokenizer if tokenizer is not None else getattr(model, "tokenizer", None)
-    arch = getattr(model, "architecture", None)
     was_training = model.training
     model.eval()
     try:
-        caption = None
-        if text is None and arch == "decoder" and tokenizer is not None:
-            caption = _caption(model, tokenizer, images, max_new_tokens)
-            text = _decode(tokenizer, caption[0][1:]).strip()
-        ids = mask = None
-        tokens: list[str] = []
-        if text is not None and arch != "vit":
-            if tokenizer is None:
-                raise ValueError("text given but the model has no tokenizer: pass `tokenizer`")
-            max_len = getattr(model.config, "max_seq_len", None)
-            if caption is not None:  # the decoder's own caption, after <bos> as generated
-                ids_list, tokens = caption
-            else:
-                ids_list, tokens = tokenize(tokenizer, text, max_len)
-            ids = torch.tensor([ids_list], dtype=torch.long, device=device)
-            mask = torch.ones_like(ids)
-        out = _forward(model, images, ids, mask)
+        pred = task.predict(model, rgb, text)
     finally:
         model.train(was_training)
-    return _write(
-        out, layer_names, rgb, tokens, text if caption else None, Path(out_dir), confidence
-    )
-
-
-def _caption(model, tokenizer, images: Tensor, max_new_tokens: int) -> tuple[list[int], list[str]]:
-    """Greedy caption after <bos>: (ids with <bos> first, token strings), <eos> left out."""
-    bos, eos = _special_id(tokenizer, "bos"), _special_id(tokenizer, "eos")
-    bos = bos if bos is not None else 0
-    prompt = torch.tensor([[bos]], device=images.device)
-    new = model.generate(
-        prompt,
-        images=images,
-        max_new_tokens=max_new_tokens,
-        stop_tokens=(eos,) if eos is not None else (),
-    )
-    ids = [bos]
-    for i in new[0].tolist():
-        if i == eos:
-            break
-        ids.append(i)
-    return ids, [_token_string(tokenizer, i) for i in ids]
+    caption = pred.text if pred.kind == "caption" and not text else None
+    return _write(pred.output, layer_names, rgb, pred.tokens, caption, Path(out_dir), confidence)
 
 
 def _write(out, layer_names, rgb, tokens, caption, out_dir: Path, confidence) -> InspectResult:

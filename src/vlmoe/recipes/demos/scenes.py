@@ -23,15 +23,25 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 import time
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from vlmoe.data.shapes import ShapesConfig
+from vlmoe.data.shapes_data import make_sample
+from vlmoe.models.base import count_parameters
+from vlmoe.models.presets import twin_moe
+from vlmoe.recipes.run import load_trained, prepare, train
+from vlmoe.tasks import Task
 from vlmoe.train.config import RunConfig, apply_overrides
-from vlmoe.train.run import prepare, train
+from vlmoe.viz import load_from_results, plot_curves, plot_expert_load
+from vlmoe.viz.inspect import inspect_model
 
 log = logging.getLogger(__name__)
 
@@ -69,10 +79,11 @@ def _tower(s: DemoScale, prefix: str, moe: str) -> dict[str, Any]:
         f"{prefix}transformer.hidden_dim": s.hidden_dim,
     }
     if moe != "none":
-        per_token = 2 + (1 if moe == "modality" else 0)  # top-2 (+ the shared expert)
-        over[f"{prefix}transformer.moe.hidden_dim"] = s.hidden_dim // per_token
-        if moe == "modality":
-            over[f"{prefix}transformer.moe.shared_hidden_dim"] = s.hidden_dim // per_token
+        shared = 1 if moe == "modality" else 0  # top-2 (+ the shared expert)
+        width = twin_moe(s.dim, s.hidden_dim, num_shared_experts=shared).hidden_dim
+        over[f"{prefix}transformer.moe.hidden_dim"] = width
+        if shared:
+            over[f"{prefix}transformer.moe.shared_hidden_dim"] = width
     return over
 
 
@@ -113,11 +124,8 @@ def demo_configs(s: DemoScale) -> dict[str, RunConfig]:
         )
         over = {**img, **_tower(s, "", "none")}
         if moe == "pool":  # one pool of 8 experts for image and text tokens (LIMoE-style)
-            over["transformer.moe"] = {
-                "num_experts": 8,
-                "top_k": 2,
-                "hidden_dim": s.hidden_dim // 2,
-            }
+            moe = twin_moe(s.dim, s.hidden_dim).to_dict()
+            over["transformer.moe"] = {k: moe[k] for k in ("num_experts", "top_k", "hidden_dim")}
         out[f"fusion-{variant}"] = cfg.with_overrides({"model.overrides": over})
     for variant, preset, moe in (
         ("dense", "decoder-debug", "none"),
@@ -154,17 +162,12 @@ class ModelResult:
     eval: dict[str, Any]
 
 
-def _headline(task: str, ev: dict[str, Any]) -> dict[str, float]:
-    keys = {
-        "vqa+classification": ("vqa/accuracy", "classification/accuracy"),
-        "captioning": ("captioning/bleu4",),
-    }[task]
-    return {k: float(ev[k]) for k in keys if k in ev}
+def _headline(task: Task, ev: dict[str, Any]) -> dict[str, float]:
+    return {k: float(ev[k]) for k in task.headline if k in ev}
 
 
 def _train_one(name: str, cfg_dict: dict[str, Any], out_dir: str, log_level: int) -> dict[str, Any]:
     """Train and evaluate one demo model (runs in a worker process, one CPU thread)."""
-    from vlmoe.models.base import count_parameters
 
     logging.basicConfig(level=log_level, format=f"[{name}] %(message)s")
     logging.getLogger("vlmoe").setLevel(log_level)
@@ -178,7 +181,7 @@ def _train_one(name: str, cfg_dict: dict[str, Any], out_dir: str, log_level: int
         ModelResult(
             name,
             r.info.task,
-            _headline(r.info.task, result.eval),
+            _headline(r.task, result.eval),
             total,
             active,
             result.examples_per_s,
@@ -203,9 +206,6 @@ def run_demo(
     cores far better than one run with two threads, and neither slows the other down.
     `on_done(result, seconds_since_start)` is called as each model finishes.
     """
-    import os
-    from concurrent.futures import ProcessPoolExecutor, as_completed
-    from multiprocessing import get_context
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -262,7 +262,6 @@ def run_demo(
 
 def draw_plots(out_dir: Path, results: dict[str, ModelResult]) -> dict[str, Path]:
     """Loss/accuracy curves (dense vs MoE), expert-load heatmaps, routing over one image."""
-    from vlmoe.viz import load_from_results, plot_curves, plot_expert_load
 
     plots: dict[str, Path] = {}
     for family, metrics in (
@@ -306,25 +305,13 @@ def draw_plots(out_dir: Path, results: dict[str, ModelResult]) -> dict[str, Path
 
 def _routing_example(out_dir: Path, family: str) -> Path:
     """Which expert each patch / token of one held-out scene went to (vlmoe.viz.inspect)."""
-    from vlmoe.data.shapes import ShapesConfig
-    from vlmoe.data.shapes_data import make_sample
-    from vlmoe.train.run import load_trained
-    from vlmoe.train.tasks import image_to_tensor
-    from vlmoe.viz import inspect_model
-
-    model, info, tokenizer = load_trained(out_dir / f"{family}-moe")
+    model, task = load_trained(out_dir / f"{family}-moe")
     cfg = RunConfig.from_yaml(out_dir / f"{family}-moe" / "config.yaml")
-    world = ShapesConfig(image_size=cfg.data.image_size or info.image_size, seed=cfg.data.seed)
+    size = cfg.data.image_size or task.info.image_size
+    world = ShapesConfig(image_size=size, seed=cfg.data.seed)
     sample = make_sample(world, "test", 0)
-    text = sample.qa[0].question if family == "fusion" and sample.qa else None
-    result = inspect_model(
-        model,
-        sample.image,
-        text,
-        out_dir / f"{family}_inspect",
-        tokenizer=tokenizer,
-        preprocess=lambda rgb: image_to_tensor(rgb, info.image_size),
-    )
+    text = sample.qa[0].question if task.needs_text and not hasattr(task, "generate") else None
+    result = inspect_model(model, task, sample.image, text, out_dir / f"{family}_inspect")
     target = out_dir / f"{family}_routing.png"
     target.write_bytes(result.routing_png.read_bytes())
     return target

@@ -1,6 +1,6 @@
 """Named model presets (timm / torchtitan style): `register_preset`, `list_presets`,
 `preset_config`, `create_model`. Every architecture has `debug` and `small` presets, dense and
-MoE (`vlmoe.models.presets`).
+MoE (`vlmoe.models.presets`, registered when `vlmoe.models` is imported).
 
 Overrides are dotted config keys (`"transformer.num_layers": 6`) or a bare field name that
 names exactly one field anywhere in the config (`vocab_size=300`, `num_classes=5`).
@@ -11,7 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from vlmoe.config import Config, ConfigError
+from vlmoe.config import Config, ConfigError, suggest
+from vlmoe.models.base import architectures
 
 if TYPE_CHECKING:
     from vlmoe.models.base import PretrainedModel
@@ -28,14 +29,8 @@ class Preset:
 _PRESETS: dict[str, Preset] = {}
 
 
-def _load_builtin() -> None:
-    import vlmoe.models.presets  # noqa: F401  (registers the built-in presets)
-
-
 def register_preset(name: str, architecture: str, config: Config, description: str = "") -> None:
     """Add a preset; re-registering a name replaces it."""
-    from vlmoe.models.base import architectures
-
     known = architectures()
     if architecture not in known:
         raise ConfigError(
@@ -52,58 +47,27 @@ def register_preset(name: str, architecture: str, config: Config, description: s
 
 def list_presets(architecture: str | None = None) -> list[str]:
     """Preset names, sorted; only those of `architecture` when given."""
-    _load_builtin()
     return sorted(
         n for n, p in _PRESETS.items() if architecture is None or p.architecture == architecture
     )
 
 
 def get_preset(name: str) -> Preset:
-    _load_builtin()
     if name not in _PRESETS:
-        raise ConfigError(f"unknown preset {name!r}; available: {list_presets()}")
+        raise ConfigError(
+            f"unknown preset {name!r}{suggest(name, list(_PRESETS))} (see --list-presets)"
+        )
     return _PRESETS[name]
-
-
-def _leaf_paths(data: dict[str, Any], prefix: str = "") -> list[str]:
-    paths = []
-    for key, value in data.items():
-        paths.append(prefix + key)
-        if isinstance(value, dict):
-            paths.extend(_leaf_paths(value, prefix + key + "."))
-    return paths
-
-
-def resolve_overrides(config: Config, overrides: dict[str, Any]) -> dict[str, Any]:
-    """Map bare field names to their unique dotted path; dotted keys pass through."""
-    paths = _leaf_paths(config.to_dict())
-    resolved = {}
-    for key, value in overrides.items():
-        if "." in key or key in config.to_dict():
-            resolved[key] = value
-            continue
-        matches = [p for p in paths if p.rsplit(".", 1)[-1] == key]
-        if len(matches) != 1:
-            hint = (
-                f"it matches {matches}; use the dotted key" if matches else f"valid keys: {paths}"
-            )
-            raise ConfigError(
-                f"override {key!r} is {'ambiguous' if matches else 'unknown'}: {hint}"
-            )
-        resolved[matches[0]] = value
-    return resolved
 
 
 def preset_config(name: str, **overrides: Any) -> Config:
     """A fresh copy of the preset's config with `overrides` applied and validated."""
     config = get_preset(name).config
     config = type(config).from_dict(config.to_dict())
-    return config.with_overrides(resolve_overrides(config, overrides)) if overrides else config
+    return config.with_overrides(overrides) if overrides else config
 
 
 def create_model(name: str, **overrides: Any) -> PretrainedModel:
     """Build the model of preset `name`, e.g. `create_model("fusion-small-moe", vocab_size=300)`."""
-    from vlmoe.models.base import architectures
-
     preset = get_preset(name)
     return architectures()[preset.architecture](preset_config(name, **overrides))

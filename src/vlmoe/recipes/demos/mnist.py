@@ -21,8 +21,11 @@ per digit class).
 from __future__ import annotations
 
 import logging
+import os
 import time
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
+from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +33,9 @@ import torch
 from torch import Tensor, nn
 
 from vlmoe.config import MoEConfig
+from vlmoe.data.real import MnistDataset
+from vlmoe.models.base import count_parameters
+from vlmoe.models.presets import twin_moe
 from vlmoe.moe.layer import MoELayer
 from vlmoe.nn.mlp import MLP
 from vlmoe.train.config import RunConfig
@@ -43,7 +49,6 @@ DEFAULT_EPOCHS = 12
 def load_mnist_5k() -> tuple[tuple[Tensor, Tensor], tuple[Tensor, Tensor]]:
     """((x_train (4000, 784) uint8, y_train), (x_test (1000, 784), y_test)): the fixed,
     class-stratified split of `vlmoe.data.real.MnistDataset`."""
-    from vlmoe.data.real import MnistDataset
 
     def arrays(split: str) -> tuple[Tensor, Tensor]:
         ds = MnistDataset(split)
@@ -99,7 +104,8 @@ def _shift(x_BP: Tensor, g: torch.Generator) -> Tensor:
 
 
 class _AugmentedDigits:
-    """(x, y) pairs; each read shifts the digit with a generator seeded by (epoch-free) index."""
+    """(x, y) pairs by stream position k (see `vlmoe.train.trainer`): each read shifts digit
+    k mod N with a generator seeded by k, so every epoch sees new shifts, reproducibly."""
 
     def __init__(self, x: Tensor, y: Tensor, augment: bool) -> None:
         self.x, self.y, self.augment, self.reads = x, y, augment, 0
@@ -107,10 +113,11 @@ class _AugmentedDigits:
     def __len__(self) -> int:
         return len(self.y)
 
-    def __getitem__(self, i: int) -> tuple[Tensor, Tensor]:
+    def __getitem__(self, k: int) -> tuple[Tensor, Tensor]:
+        i = k % len(self.y)
         x = self.x[i]
         if self.augment:
-            x = _shift(x, torch.Generator().manual_seed(int(torch.randint(0, 2**31, (1,)))))
+            x = _shift(x, torch.Generator().manual_seed(k))
         return x.reshape(784), self.y[i]
 
 
@@ -161,7 +168,6 @@ def train_one(
     num_threads: int | None = None,
 ) -> MNISTResult:
     """Train one classifier (MoE when `moe` is given, else dense) and evaluate it."""
-    from vlmoe.models.base import count_parameters
 
     (x_tr, y_tr), (x_ev, y_ev) = load_mnist_5k()
     torch.manual_seed(seed)
@@ -202,7 +208,7 @@ def train_one(
 
 def moe_config(dim: int = 64) -> MoEConfig:
     """Top-2 of 8 SwiGLU experts of hidden width 64: active FFN width 2 x 64 = the dense 128."""
-    return MoEConfig(dim=dim, hidden_dim=64, num_experts=8, top_k=2)
+    return twin_moe(dim, 128, num_experts=8, top_k=2)
 
 
 def run(
@@ -213,9 +219,6 @@ def run(
     With two or more CPU cores the two models train side by side in two processes of one
     thread each (faster than one after the other with two threads each, for models this size).
     """
-    import os
-    from concurrent.futures import ProcessPoolExecutor
-    from multiprocessing import get_context
 
     out_dir = Path(out_dir)
     jobs = [
