@@ -25,30 +25,21 @@ import time
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader
 
-from vlmoe.data.collate import DetectionCollate
 from vlmoe.data.shapes import ShapesConfig
 from vlmoe.data.shapes_data import ShapesDataset
 from vlmoe.data.transforms import ImageTransform
 from vlmoe.eval.detection import DetectionEvaluator
-from vlmoe.models.detection import targets_from_batch
-from vlmoe.models.detection_loss import detection_loss
-from vlmoe.registry import create_model
+from vlmoe.models.registry import create_model
+from vlmoe.tasks import TaskDataset, TaskInfo, eval_loader
+from vlmoe.tasks.detection import Detection
 from vlmoe.train.checkpoint import write_json_atomic
 from vlmoe.train.config import OptimizerConfig, RunConfig, ScheduleConfig, TrainConfig
-from vlmoe.train.trainer import StepOutput, Trainer
+from vlmoe.train.trainer import Trainer
 
 SCENES = ShapesConfig(
     image_size=64, min_objects=1, max_objects=6, occlusion=0.3, large_objects="any", seed=0
 )
-
-
-def objective(model, batch: dict) -> StepOutput:
-    targets = targets_from_batch(batch)
-    out = model(batch["images"], targets)
-    loss, parts = detection_loss(out, targets, model.config)
-    return StepOutput(loss, parts, out.moe_aux, len(batch["images"]))
 
 
 def run_one(
@@ -65,8 +56,12 @@ def run_one(
     torch.manual_seed(seed)
     model = create_model(preset, head=head)
     names = SCENES.box_label_names
-    train = ShapesDataset(SCENES, "train", num_train, ImageTransform(64, hflip="swap_text"))
-    test = ShapesDataset(SCENES, "test", num_eval, ImageTransform(64))
+    task = Detection(TaskInfo("detection", "detection", 64, 0, list(names)))
+    train_set = ShapesDataset(SCENES, "train", num_train)
+    test_set = ShapesDataset(SCENES, "test", num_eval)
+    flip = ImageTransform(None, hflip="swap_text")  # mirrors boxes with the pixels
+    train = TaskDataset(train_set, task.examples(train_set, "train"), 64, flip.augment, seed)
+    test = TaskDataset(test_set, task.examples(test_set, "eval"), 64)
     cfg = RunConfig(
         optim=OptimizerConfig(lr=lr),
         schedule=ScheduleConfig(warmup_steps=max(1, steps // 20)),
@@ -82,9 +77,9 @@ def run_one(
     )
     trainer = Trainer(
         model,
-        objective,
+        task.loss,
         train,
-        DetectionCollate(names),
+        task.collate,
         cfg,
         run_dir,
         arch="vit",
@@ -93,7 +88,7 @@ def run_one(
     t0, c0 = time.perf_counter(), time.process_time()
     result = trainer.fit()
     seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
-    loader = DataLoader(test, batch_size=64, collate_fn=DetectionCollate(names))
+    loader = eval_loader(test, task.collate, 64)
     t1 = time.perf_counter()
     metrics = DetectionEvaluator(loader, names).compute(model)
     total, active = model.num_parameters()

@@ -4,7 +4,6 @@ import numpy as np
 import pytest
 
 from vlmoe.data.locations import (
-    GroundingQA,
     add_location_tokens,
     box_to_text,
     grounding_pairs,
@@ -74,5 +73,3 @@ def test_grounding_pairs_and_transform():
         ("detect blue star", "<loc4><loc4><loc7><loc7> blue star"),
         ("locate the blue object", "<loc4><loc4><loc7><loc7>"),
     ]
-    only = GroundingQA(8, ["locate"])(s)
-    assert [(q.question, q.kind) for q in only.qa] == [("locate the blue object", "locate")]

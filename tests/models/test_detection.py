@@ -12,7 +12,7 @@ from vlmoe.models.detection_loss import (
     match_cost,
     sigmoid_focal_loss,
 )
-from vlmoe.registry import create_model, preset_config
+from vlmoe.models.registry import create_model, preset_config
 
 PRESETS = ["det-debug", "det-debug-moe", "det-debug-set", "det-debug-set-moe"]
 

@@ -7,8 +7,8 @@ import vlmoe
 from vlmoe import registry
 from vlmoe.config import ConfigError
 from vlmoe.models import count_parameters
-from vlmoe.moe.layer import MoEAux
 from vlmoe.models.registry import preset_config
+from vlmoe.moe.layer import MoEAux
 
 from .helpers import DEBUG_PRESETS, float_tensors, make_inputs
 

@@ -23,7 +23,7 @@ from collections.abc import Sequence
 
 from tokenizers import AddedToken
 
-from vlmoe.data.sample import QA, Sample
+from vlmoe.data.sample import Sample
 from vlmoe.data.tokenizer import Tokenizer
 
 _LOC = re.compile(r"<loc(\d+)>")
@@ -106,20 +106,3 @@ def grounding_pairs(sample: Sample, num_bins: int) -> list[tuple[str, str]]:
     for ref in sample.refs:
         pairs.append((f"locate {ref.text}", box_to_text(norm[ref.box], num_bins)))
     return pairs
-
-
-class GroundingQA:
-    """Sample transform: replace the sample's questions with its grounding pairs (prompt,
-    location-token answer), so `vlmoe.data.collate.GenerationCollate(task="vqa")` trains a
-    decoder to answer them. Apply after the image transform (boxes then match the pixels)."""
-
-    def __init__(self, num_bins: int, kinds: Sequence[str] = ("detect", "locate")) -> None:
-        self.num_bins, self.kinds = num_bins, tuple(kinds)
-
-    def __call__(self, sample: Sample) -> Sample:
-        qa = [
-            QA(prompt, answer, kind=prompt.split(" ", 1)[0])
-            for prompt, answer in grounding_pairs(sample, self.num_bins)
-            if prompt.split(" ", 1)[0] in self.kinds
-        ]
-        return sample.replace(qa=qa)

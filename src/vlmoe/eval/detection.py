@@ -8,8 +8,9 @@ large are NaN), AR given 1, 10 and 100 detections per image, and AP per class. v
 evaluator of its own to keep in step with it. Grounding (one box per referring expression) is
 scored by accuracy at IoU >= 0.5, as in the RefCOCO papers.
 
-`DetectionEvaluator` and `GroundingEvaluator` run a model over a DataLoader of
-`vlmoe.data.collate` batches and yield `(name, value)` pairs like every evaluator here.
+`DetectionEvaluator` and `GroundingEvaluator` run a model over a DataLoader of task batches
+(`vlmoe.tasks.detection`, `vlmoe.tasks.grounding`) and yield `(name, value)` pairs like every
+evaluator here.
 """
 
 from __future__ import annotations
@@ -168,15 +169,15 @@ def _default_detect(model: torch.nn.Module, images: torch.Tensor) -> list:
 
 
 class DetectionEvaluator:
-    """COCO metrics of a detector over batches of `DetectionCollate` (``images``, ``boxes``,
-    ``box_labels``, ``box_mask``), as ``detection/<stat>`` and ``detection/AP/<class>``.
+    """COCO metrics of a detector over detection batches (``images``, ``boxes`` normalized,
+    ``box_labels``, ``box_mask``; see `vlmoe.tasks.detection`), as ``<stat>`` (`COCO_STATS`)
+    and ``AP/<class>``.
 
     Args:
         loader: iterable of batches.
         class_names: name of each class id.
         detect: ``(model, images) -> per-image objects with boxes (pixels), scores, labels``;
             default ``model.detect``.
-        prefix: name prefix of the yielded metrics.
     """
 
     def __init__(
@@ -184,14 +185,8 @@ class DetectionEvaluator:
         loader: Iterable[dict],
         class_names: Sequence[str],
         detect: DetectFn = _default_detect,
-        prefix: str = "detection",
     ) -> None:
-        self.loader, self.class_names, self.detect, self.prefix = (
-            loader,
-            class_names,
-            detect,
-            prefix,
-        )
+        self.loader, self.class_names, self.detect = loader, class_names, detect
 
     def compute(self, model: torch.nn.Module) -> dict[str, float]:
         device = model_device(model)
@@ -210,8 +205,7 @@ class DetectionEvaluator:
         return coco_metrics(preds, gts, sizes, self.class_names)
 
     def run(self, model: torch.nn.Module) -> Iterator[tuple[str, float]]:
-        for name, value in self.compute(model).items():
-            yield f"{self.prefix}/{name}", value
+        yield from self.compute(model).items()
 
 
 class GroundingEvaluator:
@@ -222,9 +216,8 @@ class GroundingEvaluator:
         self,
         loader: Iterable[dict],
         predict: Callable[[torch.nn.Module, dict], torch.Tensor],
-        prefix: str = "grounding",
     ) -> None:
-        self.loader, self.predict, self.prefix = loader, predict, prefix
+        self.loader, self.predict = loader, predict
 
     def run(self, model: torch.nn.Module) -> Iterator[tuple[str, float]]:
         device = model_device(model)
@@ -234,7 +227,8 @@ class GroundingEvaluator:
             pred = self.predict(model, to_device(batch, device)).float().cpu()
             hits += grounding_accuracy(pred, target) * len(target)
             n += len(target)
-        yield f"{self.prefix}/acc@0.5", hits / n if n else 0.0
+        yield "acc@0.5", hits / n if n else 0.0
+        yield "num_examples", n
 
 
 def object_patch_mask(boxes_BM4: torch.Tensor, mask_BM: torch.Tensor, grid: tuple[int, int]):
@@ -268,7 +262,7 @@ def object_expert_load(aux: Any, object_T: torch.Tensor) -> torch.Tensor:
 class ObjectRoutingEvaluator:
     """How differently a detector's MoE layers route object and background patches: for each
     MoE layer, the total-variation distance between the two expert-load distributions
-    (0 = routed alike, 1 = disjoint experts) as ``routing/layer<i>/object_vs_background_tv``.
+    (0 = routed alike, 1 = disjoint experts) as ``layer<i>/object_vs_background_tv``.
     `compute` gives the (2, E) loads themselves.
     """
 

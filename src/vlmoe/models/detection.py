@@ -59,8 +59,9 @@ class Detections:
 
 
 def targets_from_batch(batch: dict) -> list[Targets]:
-    """Per-image `Targets` from a `vlmoe.data.collate.DetectionCollate` batch (``boxes``,
-    ``box_labels``, ``box_mask``); padding and unknown labels (-100) are left out."""
+    """Per-image `Targets` from a detection batch (``boxes`` (B, M, 4) normalized xyxy,
+    ``box_labels`` (B, M), ``box_mask`` (B, M), as `vlmoe.tasks.detection` collates them);
+    padding and unknown labels (-100) are left out."""
     keep_BM = batch["box_mask"] & (batch["box_labels"] >= 0)
     return [
         Targets(boxes=b_M4[k_M], labels=l_M[k_M])
@@ -306,6 +307,10 @@ class DetectionModel(PretrainedModel):
             patch_grid=self.grid_size,
             moe_aux=auxes,
         )
+
+    def decode(self, out: DetectionOutput, height: int, width: int) -> list[Detections]:
+        """Detections in pixels of a (height, width) input from this model's output."""
+        return decode(out, self.config, height, width)
 
     @torch.no_grad()
     def detect(self, images: Tensor) -> list[Detections]:

@@ -168,7 +168,7 @@ def _register_detectors() -> None:
     for size in ("debug", "small"):
         image_size, patch = IMAGES[size]
         dim, _, heads, _ = SIZES[size]
-        for variant, moe in (("", None), ("-moe", twin_moe(size))):
+        for variant, moe in (("", None), ("-moe", _twin(size))):
             backbone = ViTConfig(
                 image_size=image_size,
                 patch_size=patch,

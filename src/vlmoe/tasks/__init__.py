@@ -8,7 +8,14 @@ inspect and the server consume (`vlmoe.tasks.base` has the protocol), and the on
 
 from typing import Any
 
-from vlmoe.tasks import captioning, classification, contrastive, vqa  # noqa: F401  (register)
+from vlmoe.tasks import (  # noqa: F401  (register)
+    captioning,
+    classification,
+    contrastive,
+    detection,
+    grounding,
+    vqa,
+)
 from vlmoe.tasks.base import IGNORE_INDEX, Example, Prediction, StepOutput, Task, TaskInfo
 from vlmoe.tasks.data import TaskDataset, eval_loader, train_loader
 from vlmoe.tasks.registry import (
