@@ -314,6 +314,10 @@ class DetectionConfig(Config):
     nms_iou: float = 0.5
     max_detections: int = 100
 
+    @property
+    def image_size(self) -> int:
+        return self.backbone.image_size
+
     def __post_init__(self) -> None:
         check(self.num_classes >= 1, f"num_classes must be >= 1, got {self.num_classes}")
         check(

@@ -145,6 +145,8 @@ class Task:
     default_for: ClassVar[tuple[str, ...]] = ()
     needs_text: ClassVar[bool] = False
     headline: ClassVar[tuple[str, ...]] = ()  # the evaluation results a summary shows first
+    # The dataset attribute whose names become `TaskInfo.label_names` (detection: the box labels).
+    label_field: ClassVar[str] = "label_names"
 
     def __init__(self, info: TaskInfo, tokenizer: Any = None) -> None:
         if self.needs_text and tokenizer is None:
