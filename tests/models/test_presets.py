@@ -4,9 +4,8 @@ import pytest
 import torch
 
 import vlmoe
-from vlmoe import registry
 from vlmoe.config import ConfigError
-from vlmoe.models import count_parameters
+from vlmoe.models import count_parameters, registry
 from vlmoe.models.registry import preset_config
 from vlmoe.moe.layer import MoEAux
 

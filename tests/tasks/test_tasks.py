@@ -4,6 +4,7 @@ path (per-item decoding, DataLoader workers, stream positions)."""
 import numpy as np
 import pytest
 import torch
+from torch.utils.data import DataLoader
 
 from vlmoe.data import ImageTransform, MnistDataset, ShapesConfig, ShapesDataset, stack_images
 from vlmoe.data.order import DataOrder

@@ -6,9 +6,9 @@ import shutil
 import pytest
 import torch
 
-from vlmoe.recipes.run import load_trained, prepare, train
 from vlmoe.train.config import RunConfig, apply_overrides
 from vlmoe.train.metrics import read_metrics
+from vlmoe.recipes.run import load_trained, prepare, train
 
 TINY = [
     "data.num_train=16",
