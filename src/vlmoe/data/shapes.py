@@ -56,7 +56,7 @@ class ShapesConfig:
             always clear); "any" = each object is large with probability 1/2.
         background: "plain", "noise" (grey per-pixel noise) or "gradient".
         noise_level: amplitude of background noise/gradient in grey levels.
-        occlusion: how much of an object's box later-drawn objects may cover, as a fraction of
+        occlusion: how much of an object's box any one other object may cover, as a fraction of
             its area (0 = boxes never overlap, the default; 0.3 = up to 30% hidden). Objects are
             drawn in order, so an object covers those before it; boxes stay the full (amodal)
             extent of each shape.
