@@ -27,6 +27,10 @@ def test_detection_train_eval_predict(tmp_path, scene_png, capsys):
     assert "boxes:" in capsys.readouterr().out
     assert np.asarray(Image.open(out)).ndim == 3
     assert "boxes" in json.loads(out.with_suffix(".json").read_text())
+    # Routing of the backbone's patches (MoE) through the task's predict pass.
+    insp = tmp_path / "inspect"
+    assert main(["inspect", str(run), "--image", str(scene_png), "--out", str(insp)]) == 0
+    assert (insp / "routing.png").is_file()
 
 
 def test_grounding_train_and_predict(tmp_path, scene_png, capsys):
