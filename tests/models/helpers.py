@@ -15,6 +15,8 @@ def architecture(name: str) -> str:
 
 def image_size(model) -> int:
     c = model.config
+    if model.architecture == "detection":
+        return c.backbone.image_size
     return c.vision.image_size if model.architecture == "decoder" else c.image_size
 
 
@@ -29,7 +31,7 @@ def make_inputs(model, batch: int = 2, seq_len: int = 7, seed: int = 0) -> dict:
     arch = model.architecture
     if arch == "dit":
         return dit_inputs(model, batch, seq_len, g)
-    if arch == "vit":
+    if arch in ("vit", "detection"):
         return {"images": torch.randn(batch, 3, image_size(model), image_size(model), generator=g)}
     ids = torch.randint(0, vocab_size(model), (batch, seq_len), generator=g)
     mask = torch.ones(batch, seq_len, dtype=torch.long)

@@ -45,7 +45,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--init-from", metavar="MODEL_DIR", help="start from a saved model instead of a preset"
     )
     p.add_argument(
-        "--task", help="classification | vqa | vqa+classification | captioning | contrastive"
+        "--task",
+        help="classification | vqa | vqa+classification | captioning | contrastive | detection"
+        " | grounding",
     )
     p.add_argument("--data", help="shapes | mnist | digits | jsonl | folder | coco")
     p.add_argument("--data-path", help="manifest / folder / COCO json for --data jsonl|folder|coco")

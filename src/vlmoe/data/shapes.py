@@ -56,6 +56,10 @@ class ShapesConfig:
             always clear); "any" = each object is large with probability 1/2.
         background: "plain", "noise" (grey per-pixel noise) or "gradient".
         noise_level: amplitude of background noise/gradient in grey levels.
+        occlusion: how much of an object's box any one other object may cover, as a fraction of
+            its area (0 = boxes never overlap, the default; 0.3 = up to 30% hidden). Objects are
+            drawn in order, so an object covers those before it; boxes stay the full (amodal)
+            extent of each shape.
         holdout: (colour, shape) pairs never shown in the train/val splits; the ``comp_test``
             split puts at least one of them in every scene.
         label: the class label: shape or colour of the largest object, number of objects, none.
@@ -75,6 +79,7 @@ class ShapesConfig:
     large_objects: Literal["one", "any"] = "one"
     background: Background = "plain"
     noise_level: int = 24
+    occlusion: float = 0.0
     holdout: tuple[tuple[str, str], ...] = ()
     label: LabelKind = "largest_shape"
     num_captions: int = 3
@@ -135,6 +140,7 @@ class ShapesConfig:
             "must be plain|noise|gradient",
         )
         _check(0 <= self.noise_level <= 60, "noise_level", self.noise_level, "must be in [0, 60]")
+        _check(0 <= self.occlusion < 1, "occlusion", self.occlusion, "must be in [0, 1)")
         _check(
             self.label in ("largest_shape", "largest_colour", "count", "none"),
             "label",
@@ -294,10 +300,27 @@ def _disjoint(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> boo
     return a[2] <= b[0] or b[2] <= a[0] or a[3] <= b[1] or b[3] <= a[1]
 
 
+def _covered(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> float:
+    """Fraction of box ``a``'s area inside box ``b``."""
+    w = min(a[2], b[2]) - max(a[0], b[0])
+    h = min(a[3], b[3]) - max(a[1], b[1])
+    return max(0, w) * max(0, h) / ((a[2] - a[0]) * (a[3] - a[1]))
+
+
+def _fits(
+    box: tuple[int, int, int, int], others: list[tuple[int, int, int, int]], occlusion: float
+) -> bool:
+    if occlusion == 0:
+        return all(_disjoint(box, b) for b in others)
+    # Either box may end up on top, so neither may lose more than `occlusion` of its area.
+    return all(_covered(box, b) <= occlusion and _covered(b, box) <= occlusion for b in others)
+
+
 def _place(
-    sides: list[int], S: int, rng: np.random.Generator
+    sides: list[int], S: int, rng: np.random.Generator, occlusion: float = 0.0
 ) -> list[tuple[int, int, int, int]] | None:
-    """Non-overlapping square boxes of the given sides, placed largest first; None if stuck."""
+    """Square boxes of the given sides, placed largest first, overlapping at most by
+    ``occlusion`` of either box's area (0: disjoint); None if stuck."""
     order = sorted(range(len(sides)), key=lambda i: -sides[i])
     boxes: dict[int, tuple[int, int, int, int]] = {}
     for i in order:
@@ -305,7 +328,7 @@ def _place(
         for _ in range(200):
             x0, y0 = (int(v) for v in rng.integers(0, S - s + 1, size=2))
             box = (x0, y0, x0 + s, y0 + s)
-            if all(_disjoint(box, b) for b in boxes.values()):
+            if _fits(box, list(boxes.values()), occlusion):
                 boxes[i] = box
                 break
         else:
@@ -326,7 +349,8 @@ def generate_scene(
     """The scene number ``index`` of ``split`` in the world ``(cfg, seed)``.
 
     Objects have distinct (colour, shape) pairs, so "the red circle" always names one object,
-    and their boxes never overlap. The largest object (by area) is unique.
+    and their boxes never overlap unless ``cfg.occlusion`` > 0 (then each box is at most that
+    fraction covered). The largest object (by area) is unique.
     """
     cfg = cfg or ShapesConfig()
     rng = split_rng(seed, split, index)
@@ -355,7 +379,7 @@ def generate_scene(
         jitter = 1 + cfg.size_jitter * (2 * rng.random() - 1)
         sides.append(max(4, round(base * S * jitter)))
     _untie_largest(sides)
-    boxes = _place(sides, S, rng)
+    boxes = _place(sides, S, rng, cfg.occlusion)
     while boxes is None:  # rare: shrink the scene by its last object and try again
         if len(chosen) <= max(1, cfg.min_objects):
             raise ValueError(
@@ -369,7 +393,7 @@ def generate_scene(
         if "large" not in sizes and cfg.large_objects == "one":
             sizes[0], sides[0] = "large", max(sides) + 1
         _untie_largest(sides)
-        boxes = _place(sides, S, rng)
+        boxes = _place(sides, S, rng, cfg.occlusion)
 
     objects = tuple(
         SceneObject(shape=s, colour=c, size=z, box=b)

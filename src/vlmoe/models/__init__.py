@@ -7,6 +7,7 @@ from vlmoe.models.checkpoint import CheckpointError, load_model
 from vlmoe.models.config import (
     ContrastiveConfig,
     DecoderConfig,
+    DetectionConfig,
     FusionConfig,
     TextConfig,
     TransformerConfig,
@@ -14,6 +15,7 @@ from vlmoe.models.config import (
 )
 from vlmoe.models.contrastive import ContrastiveModel
 from vlmoe.models.decoder import Decoder
+from vlmoe.models.detection import DetectionModel
 from vlmoe.models.dit import DiT, DiTConfig, DiTOutput
 from vlmoe.models.freeze import freeze, set_trainable, unfreeze
 from vlmoe.models.fusion import FusionModel
@@ -21,6 +23,7 @@ from vlmoe.models.generation import generate
 from vlmoe.models.outputs import (
     ContrastiveOutput,
     DecoderOutput,
+    DetectionOutput,
     FusionOutput,
     TextOutput,
     ViTOutput,
@@ -51,6 +54,9 @@ __all__ = [
     "DiT",
     "DiTConfig",
     "DiTOutput",
+    "DetectionConfig",
+    "DetectionModel",
+    "DetectionOutput",
     "FusionConfig",
     "FusionModel",
     "FusionOutput",

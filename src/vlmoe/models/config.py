@@ -360,3 +360,81 @@ class DecoderConfig(Config):
     @property
     def vision_width(self) -> int:
         return self.vision.transformer.dim if self.vision is not None else self.vision_dim
+
+
+@dataclass
+class DetectionConfig(Config):
+    """Object detector: a (MoE) ViT backbone and a detection head on its patch tokens
+    (`vlmoe.models.detection`).
+
+    `head="patch"`: dense per-patch prediction (class scores + box distances, FCOS/GFL style)
+    decoded with NMS. `head="set"`: DETR-style object queries with Hungarian matching, anchor
+    boxes refined layer by layer and denoising queries (DN-DETR) to speed up convergence.
+    """
+
+    num_classes: int = 24  # object classes (no background class)
+    backbone: ViTConfig = field(
+        default_factory=lambda: ViTConfig(num_classes=0, pool="mean", image_size=64)
+    )
+    head: Literal["patch", "set"] = "patch"
+    head_dim: int = 128  # width of the head's layers
+    # patch head
+    center_radius: float = 1.5  # positives: patch centres within this many patches of a box centre
+    # set head
+    num_queries: int = 16
+    decoder_layers: int = 3
+    decoder_heads: int = 4
+    dn_groups: int = 4  # denoising groups per image (0 = off)
+    dn_box_noise: float = 0.4  # box noise scale (DN-DETR's lambda)
+    dn_label_noise: float = 0.2  # probability of flipping a denoising query's label
+    # losses (DINO's weights: focal class 2, L1 5, GIoU 2; the patch head uses the same)
+    class_weight: float = 2.0
+    l1_weight: float = 5.0
+    giou_weight: float = 2.0
+    focal_alpha: float = 0.25
+    focal_gamma: float = 2.0
+    # decoding
+    score_threshold: float = 0.05
+    nms_iou: float = 0.5
+    max_detections: int = 100
+
+    @property
+    def image_size(self) -> int:
+        return self.backbone.image_size
+
+    def __post_init__(self) -> None:
+        check(self.num_classes >= 1, f"num_classes must be >= 1, got {self.num_classes}")
+        check(
+            self.backbone.num_classes == 0,
+            f"backbone.num_classes must be 0 (no classification head), got "
+            f"{self.backbone.num_classes}",
+        )
+        check(self.head_dim >= 1, f"head_dim must be >= 1, got {self.head_dim}")
+        check(self.center_radius > 0, f"center_radius must be > 0, got {self.center_radius}")
+        for name in ("num_queries", "decoder_layers", "decoder_heads"):
+            value = getattr(self, name)
+            check(value >= 1, f"{name} must be >= 1, got {value}")
+        if self.head == "set":
+            check(
+                self.head_dim % 8 == 0,
+                f"head_dim={self.head_dim} must be a multiple of 8 for the set head "
+                "(sine embedding of 4 box coordinates)",
+            )
+        check(
+            self.head_dim % self.decoder_heads == 0,
+            f"head_dim={self.head_dim} must be divisible by decoder_heads={self.decoder_heads}",
+        )
+        check(self.dn_groups >= 0, f"dn_groups must be >= 0, got {self.dn_groups}")
+        check(
+            0 <= self.dn_box_noise <= 1, f"dn_box_noise must be in [0, 1], got {self.dn_box_noise}"
+        )
+        check(
+            0 <= self.dn_label_noise <= 1,
+            f"dn_label_noise must be in [0, 1], got {self.dn_label_noise}",
+        )
+        check(0 < self.nms_iou <= 1, f"nms_iou must be in (0, 1], got {self.nms_iou}")
+        check(
+            0 <= self.score_threshold < 1,
+            f"score_threshold must be in [0, 1), got {self.score_threshold}",
+        )
+        check(self.max_detections >= 1, f"max_detections must be >= 1, got {self.max_detections}")

@@ -82,3 +82,29 @@ class DecoderOutput:
     moe_aux: list[MoEAux] = field(default_factory=list)
     vision_moe_aux: list[MoEAux] = field(default_factory=list)
     lm_moe_aux: list[MoEAux] = field(default_factory=list)
+
+
+@dataclass
+class DenoisingPlan:
+    """Which ground-truth box each denoising query reconstructs: ``gt_index`` (B, G * M), -1 at
+    padding slots (images with fewer than M boxes)."""
+
+    gt_index: Tensor
+    num_groups: int
+
+
+@dataclass
+class DetectionOutput:
+    """Every field is present whatever the head; what a head does not make is None/empty."""
+
+    class_logits: Tensor  # (B, N or Q, C) final predictions (matching queries only)
+    boxes: Tensor  # (B, N or Q, 4) normalized xyxy
+    layer_class_logits: Tensor | None  # (L, B, Q, C) every decoder layer, last = class_logits
+    layer_boxes: Tensor | None  # (L, B, Q, 4)
+    dn_class_logits: Tensor | None  # (L, B, G * M, C) denoising queries, training only
+    dn_boxes: Tensor | None  # (L, B, G * M, 4)
+    dn_plan: DenoisingPlan | None
+    features: Tensor  # (B, N, D_backbone) patch tokens
+    image_token_mask: Tensor  # (B, N) all True (no class token in a detector's backbone)
+    patch_grid: tuple[int, int]
+    moe_aux: list[MoEAux] = field(default_factory=list)

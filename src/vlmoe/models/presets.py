@@ -8,6 +8,9 @@ dense FFN of hidden width h, its experts have hidden width h / (top_k + num_shar
     MoE in every other block (V-MoE / MoE-LLaVA "sparse" placement).
   - `fusion-*-moe` (VL-MoE): modality groups of 3 image + 3 text experts, 2 cross-modal
     experts, 1 shared expert, top-2: experts (and the shared expert) of width h/3.
+Detectors (`det-*`) put a per-patch head (`det-{size}`) or a DETR-style set head
+(`det-{size}-set`) on the ViT of the same size, dense or MoE; the 24 classes are the scene
+world's "colour shape" box labels.
 Routing variants of the ViT (`vit-debug-soft`, `vit-debug-ec`) cover soft MoE and expert choice.
 
 Scene presets (`fusion-scene`, `decoder-scene`, `vit-mnist`, each with a `-moe` twin) are the
@@ -33,6 +36,7 @@ from vlmoe.config import MoEConfig
 from vlmoe.models.config import (
     ContrastiveConfig,
     DecoderConfig,
+    DetectionConfig,
     FusionConfig,
     TextConfig,
     TransformerConfig,
@@ -286,6 +290,7 @@ def _register() -> None:
                 f"VL-MoE-style fusion encoder {size}"
                 f"{' with modality experts + shared expert' if moe else ' (dense)'}",
             )
+    _register_detectors()
     img = {"image_size": IMAGES["debug"][0], "patch_size": IMAGES["debug"][1]}
     register_preset(
         "vit-debug-soft",
@@ -396,6 +401,37 @@ def _register_dit() -> None:
                         transformer=dit_tower(size, variant),
                     ),
                     f"caption-conditioned diffusion transformer {size} ({mode}) {what[variant]}",
+                )
+
+
+def _register_detectors() -> None:
+    for size in ("debug", "small"):
+        image_size, patch = IMAGES[size]
+        dim, _, heads, _ = SIZES[size]
+        for variant, moe in (("", None), ("-moe", _twin(size))):
+            backbone = ViTConfig(
+                image_size=image_size,
+                patch_size=patch,
+                pool="mean",
+                num_classes=0,
+                transformer=tower(size, moe),
+            )
+            what = "with MoE (E=8, top-2) every other block" if moe else "(dense)"
+            for head, suffix in (("patch", ""), ("set", "-set")):
+                register_preset(
+                    f"det-{size}{suffix}{variant}",
+                    "detection",
+                    DetectionConfig(
+                        num_classes=24,
+                        backbone=backbone,
+                        head=head,
+                        head_dim=dim,
+                        num_queries=8 if size == "debug" else 16,
+                        decoder_layers=2 if size == "debug" else 3,
+                        decoder_heads=heads,
+                    ),
+                    f"detector {size}, {'per-patch' if head == 'patch' else 'DETR-style set'} "
+                    f"head on a ViT {what}",
                 )
 
 

@@ -175,7 +175,7 @@ def prepare(cfg: RunConfig) -> Run:
         architecture,
         image_size,
         max_len,
-        list(train_set.label_names),
+        list(getattr(train_set, task_cls.label_field)),
         list(train_set.answer_vocab),
     )
     task = task_cls(info, tokenizer)

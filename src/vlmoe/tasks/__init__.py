@@ -12,6 +12,8 @@ from vlmoe.tasks import (  # noqa: F401  (register)
     captioning,
     classification,
     contrastive,
+    detection,
+    grounding,
     image_generation,
     vqa,
 )

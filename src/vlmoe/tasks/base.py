@@ -150,6 +150,8 @@ class Task:
     headline: ClassVar[tuple[str, ...]] = ()  # the evaluation results a summary shows first
     predicts: ClassVar[tuple[str, ...]] = ()  # the `Prediction.kind`s its `predict` gives
     label_smoothing: float = 0.0  # of class / answer losses (a run sets losses.label_smoothing)
+    # The dataset attribute whose names become `TaskInfo.label_names` (detection: the box labels).
+    label_field: ClassVar[str] = "label_names"
 
     def __init__(self, info: TaskInfo, tokenizer: Any = None) -> None:
         if self.needs_text and tokenizer is None:

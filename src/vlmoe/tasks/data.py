@@ -19,7 +19,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from vlmoe.data.order import DataOrder
-from vlmoe.data.sample import Sample
+from vlmoe.data.sample import Box, Sample
 from vlmoe.data.transforms import preprocess_image
 from vlmoe.tasks.base import Example
 
@@ -52,8 +52,14 @@ class TaskDataset(Dataset):
             g = torch.Generator().manual_seed(self.seed * 1_000_003 + k)
             sample = self.augment(sample, g)
         if not isinstance(sample.image, torch.Tensor):
+            H, W = sample.image_hw
+            sx, sy = self.image_size / max(W, 1), self.image_size / max(H, 1)
             sample = sample.replace(
-                image=preprocess_image(np.asarray(sample.image), self.image_size)
+                image=preprocess_image(np.asarray(sample.image), self.image_size),
+                # Boxes follow the resize (detection and grounding read them in pixels).
+                boxes=[
+                    Box(b.x0 * sx, b.y0 * sy, b.x1 * sx, b.y1 * sy, b.label) for b in sample.boxes
+                ],
             )
         return sample, example
 

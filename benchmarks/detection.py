@@ -1,0 +1,173 @@
+"""Detection on multi-object scenes: train detectors, score them by COCO mAP on held-out scenes.
+
+Scenes: the scene world with 1-6 objects per image, up to 30% of an object's box covered by
+another (`ShapesConfig(max_objects=6, occlusion=0.3, large_objects="any")`), 64x64 pixels,
+24 classes ("colour shape"); held-out scenes are the `test` split (another seed stream).
+Models: `det-small` presets (ViT width 128, 4 blocks, 8x8 patches) with the per-patch head or
+the DETR-style set head (`--head set`), dense or MoE (E=8 top-2 in every other block, equal
+active parameters). Training uses `vlmoe.train.Trainer` (AdamW, warm-up + cosine, the MoE
+balance losses at their defaults); evaluation `vlmoe.eval.detection` (pycocotools).
+
+    OMP_NUM_THREADS=1 python benchmarks/detection.py --preset det-small-moe --steps 1500 \
+        --seeds 0 1 2 --out benchmarks/results/detection.json
+
+Each run appends its metrics, steps, training seconds and steps/s to the JSON (resumable: runs
+already there are skipped) and prints one table row.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import time
+from pathlib import Path
+
+import torch
+
+from vlmoe.data.shapes import ShapesConfig
+from vlmoe.data.shapes_data import ShapesDataset
+from vlmoe.data.transforms import ImageTransform
+from vlmoe.eval.detection import DetectionEvaluator
+from vlmoe.models.registry import create_model
+from vlmoe.tasks import TaskDataset, TaskInfo, eval_loader
+from vlmoe.tasks.detection import Detection
+from vlmoe.train.checkpoint import write_json_atomic
+from vlmoe.train.config import OptimizerConfig, RunConfig, ScheduleConfig, TrainConfig
+from vlmoe.train.trainer import Trainer
+
+SCENES = ShapesConfig(
+    image_size=64, min_objects=1, max_objects=6, occlusion=0.3, large_objects="any", seed=0
+)
+
+
+def run_one(
+    preset: str,
+    head: str,
+    seed: int,
+    steps: int,
+    num_train: int,
+    num_eval: int,
+    lr: float,
+    batch_size: int,
+    run_dir: Path,
+) -> dict:
+    torch.manual_seed(seed)
+    model = create_model(preset, head=head)
+    names = SCENES.box_label_names
+    task = Detection(TaskInfo("detection", "detection", 64, 0, list(names)))
+    train_set = ShapesDataset(SCENES, "train", num_train)
+    test_set = ShapesDataset(SCENES, "test", num_eval)
+    flip = ImageTransform(None, hflip="swap_text")  # mirrors boxes with the pixels
+    train = TaskDataset(train_set, task.examples(train_set, "train"), 64, flip.augment, seed)
+    test = TaskDataset(test_set, task.examples(test_set, "eval"), 64)
+    cfg = RunConfig(
+        optim=OptimizerConfig(lr=lr),
+        schedule=ScheduleConfig(warmup_steps=max(1, steps // 20)),
+        train=TrainConfig(
+            steps=steps,
+            batch_size=batch_size,
+            seed=seed,
+            num_threads=1,
+            progress="none",
+            tensorboard="none",
+            log_every=50,
+        ),
+    )
+    trainer = Trainer(
+        model,
+        task.loss,
+        train,
+        task.collate,
+        cfg,
+        run_dir,
+        arch="vit",
+        eval_at_end=False,
+    )
+    t0, c0 = time.perf_counter(), time.process_time()
+    result = trainer.fit()
+    seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
+    loader = eval_loader(test, task.collate, 64)
+    t1 = time.perf_counter()
+    metrics = DetectionEvaluator(loader, names).compute(model)
+    total, active = model.num_parameters()
+    return {
+        "preset": preset,
+        "head": head,
+        "seed": seed,
+        "steps": steps,
+        "num_train": num_train,
+        "num_eval": num_eval,
+        "lr": lr,
+        "batch_size": batch_size,
+        "train_seconds": seconds,
+        "steps_per_s": steps / seconds,
+        "train_cpu_seconds": cpu,  # one thread: about the wall time on an idle machine
+        "eval_seconds": time.perf_counter() - t1,
+        "final_loss": result.losses[-1],
+        "params_total": total,
+        "params_active": active,
+        "metrics": metrics,
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--preset", nargs="+", default=["det-small-moe"])
+    p.add_argument("--head", default="patch", choices=["patch", "set"])
+    p.add_argument("--seeds", type=int, nargs="+", default=[0])
+    p.add_argument("--steps", type=int, default=1500)
+    p.add_argument("--num-train", type=int, default=20000)
+    p.add_argument("--num-eval", type=int, default=500)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--out", default="benchmarks/results/detection.json")
+    p.add_argument("--work", default="runs/detection")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    torch.set_num_threads(1)
+    out = Path(args.out)
+    results = json.loads(out.read_text()) if out.exists() else {}
+    print(f"CPU: {_cpu()}; torch threads 1")
+    for preset in args.preset:
+        for seed in args.seeds:
+            key = f"{preset}/{args.head}/seed{seed}/steps{args.steps}/lr{args.lr}"
+            if key not in results:
+                result = run_one(
+                    preset,
+                    args.head,
+                    seed,
+                    args.steps,
+                    args.num_train,
+                    args.num_eval,
+                    args.lr,
+                    args.batch_size,
+                    Path(args.work) / key.replace("/", "-"),
+                )
+                # Re-read before writing: several runs may share the file.
+                results = json.loads(out.read_text()) if out.exists() else {}
+                results[key] = result
+                out.parent.mkdir(parents=True, exist_ok=True)
+                write_json_atomic(out, results)
+            r = results[key]
+            m = r["metrics"]
+            print(
+                f"{key}: mAP {m['mAP']:.3f} mAP50 {m['mAP50']:.3f} mAP75 {m['mAP75']:.3f} "
+                f"AR100 {m['AR100']:.3f} train {r['train_seconds'] / 60:.1f} min wall, "
+                f"{r.get('train_cpu_seconds', math.nan) / 60:.1f} min CPU"
+            )
+
+
+def _cpu() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown"
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,57 @@
+"""`vlmoe train --task detection|grounding`, `vlmoe eval` and `vlmoe predict` writing boxes."""
+
+import json
+
+import numpy as np
+from PIL import Image
+
+from vlmoe.cli.main import main
+
+TINY = ["--set", "data.num_train=16", "--set", "data.num_eval=4", "--batch-size", "4", "-q"]
+SCENES = '{"max_objects": 6, "occlusion": 0.3, "large_objects": "any"}'
+
+
+def test_detection_train_eval_predict(tmp_path, scene_png, capsys):
+    run = tmp_path / "det"
+    args = ["train", "--preset", "det-debug-moe", "--task", "detection", "--steps", "2"]
+    assert main([*args, "--out", str(run), "--set", f"data.options={SCENES}", *TINY]) == 0
+    assert main(["eval", str(run)]) == 0
+    assert "detection/mAP50" in capsys.readouterr().out
+    out = tmp_path / "pred" / "boxes.png"
+    assert (
+        main(
+            ["predict", str(run), "--image", str(scene_png), "--out", str(out), "--threshold", "0"]
+        )
+        == 0
+    )
+    assert "boxes:" in capsys.readouterr().out
+    assert np.asarray(Image.open(out)).ndim == 3
+    assert "boxes" in json.loads(out.with_suffix(".json").read_text())
+    # Routing of the backbone's patches (MoE) through the task's predict pass.
+    insp = tmp_path / "inspect"
+    assert main(["inspect", str(run), "--image", str(scene_png), "--out", str(insp)]) == 0
+    assert (insp / "routing.png").is_file()
+
+
+def test_grounding_train_and_predict(tmp_path, scene_png, capsys):
+    run = tmp_path / "ground"
+    args = ["train", "--preset", "decoder-debug", "--task", "grounding", "--steps", "2"]
+    assert main([*args, "--out", str(run), *TINY]) == 0
+    assert "grounding/acc@0.5" in capsys.readouterr().out
+    out = tmp_path / "g.png"
+    assert (
+        main(
+            [
+                "predict",
+                str(run),
+                "--image",
+                str(scene_png),
+                "--text",
+                "the red circle",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
+    assert out.with_suffix(".json").is_file()
