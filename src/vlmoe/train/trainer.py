@@ -39,6 +39,7 @@ from torch import Tensor, nn
 
 from vlmoe.data.order import DataOrder
 from vlmoe.distributed.runtime import Runtime
+from vlmoe.eval.routing import RoutingStats, starved_experts_warning
 from vlmoe.io import write_text_atomic
 from vlmoe.moe.layer import update_balance_bias
 from vlmoe.nn.machine import resolve_precision
@@ -209,6 +210,7 @@ class _Loop:
     checkpoint: Path | None = None
     final_eval: dict[str, Any] = field(default_factory=dict)
     warned_top1: bool = False
+    routing: RoutingStats = field(default_factory=RoutingStats)
 
     @property
     def total(self) -> int:
@@ -270,6 +272,7 @@ class Trainer:
         self.use_entropy = arch in cfg.losses.entropy_for
         self.on_save, self.eval_at_end = on_save, eval_at_end
         self.optimizer: torch.optim.Optimizer | None = None
+        self._last_aux: Sequence = ()
         self._stage_index = -1
 
     # ------------------------------------------------------------------ setup
@@ -416,6 +419,7 @@ class Trainer:
             # Aux-loss-free balancing (DeepSeek-V3): after the step, from the last micro-batch.
             update_balance_bias(self.model, list(last_aux))
         totals.update(routing_summary(last_aux))
+        self._last_aux = last_aux
         if self.runtime.distributed:  # the global batch's numbers, the same on every rank
             totals = self.runtime.mean_metrics({"loss": loss_sum, **totals})
             loss_sum = totals.pop("loss")
@@ -473,6 +477,8 @@ class Trainer:
             stage=loop.stages[loop.stage_of(done - 1)].name,
         )
         loop.metrics.log(done, "train", record)
+        if self._last_aux:  # expert loads, sampled once a window, for the starved-expert check
+            loop.routing.update(list(self._last_aux))
         eff = record.get("moe/effective_top_k")
         if eff is not None and not loop.warned_top1 and done > self.cfg.schedule.warmup_steps:
             loop.warned_top1 = warn_if_top1_in_effect(eff, max_top_k(self.model), done)
@@ -561,6 +567,9 @@ class Trainer:
         finally:
             loop.progress.close()
             loop.metrics.close()
+        starved = starved_experts_warning(loop.routing.summaries()) if loop.routing.sums else None
+        if starved:
+            log.warning("%s", starved)
         if self.evaluate is not None and self.eval_at_end and loop.start >= loop.total:
             loop.final_eval = self._evaluate()
         return TrainResult(
