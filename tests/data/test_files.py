@@ -363,3 +363,18 @@ def test_property_any_record_parses_or_raises_data_error(good_dir, record):
         assert "m.jsonl (line 1)" in str(e)
     else:
         assert rec.path.name == record["image"]
+
+
+def test_first_error_is_the_first_bad_line(tmp_path):
+    """A missing image on line 2 is reported before invalid JSON on line 4: errors come in
+    file order (the JSON used to be reported first)."""
+    from PIL import Image
+
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "a.png")
+    (tmp_path / "m.jsonl").write_text(
+        '{"image": "a.png"}\n{"image": "missing.png"}\n{"image": "a.png"}\nnot json\n'
+    )
+    with pytest.raises(DataError, match=r"m.jsonl line 2\): image file not found"):
+        ManifestDataset(tmp_path / "m.jsonl")
+    skipped = ManifestDataset(tmp_path / "m.jsonl", on_error="skip")
+    assert len(skipped) == 2 and skipped.errors.skipped == 2

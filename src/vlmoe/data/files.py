@@ -25,6 +25,7 @@ dataset's length is fixed (use ``check="decode"`` to rule that out).
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -72,6 +73,12 @@ def check_boxes(boxes: list[Box], width: int, height: int, path: Path, where: st
     return out
 
 
+def _line_of(where: str | None) -> int:
+    """The line number in a location like "manifest.jsonl line 3" (0 when there is none)."""
+    m = re.search(r"line (\d+)", where or "")
+    return int(m.group(1)) if m else 0
+
+
 class FileDataset(VLDataset):
     """A dataset of :class:`FileRecord`; see the module docstring for checks and ``on_error``."""
 
@@ -93,9 +100,17 @@ class FileDataset(VLDataset):
         self.check = check
         self.max_pixels = max_pixels
         self.source = source
-        for e in parse_errors or []:
-            self.errors.handle(e, self.on_error)
-        self.records = [r for r in records if self._check_record(r)]
+        # Bad lines are met in file order, so the first error raised is the file's first bad
+        # line, whether the line fails to parse or its image fails the check.
+        events = [(_line_of(e.where), 0, e) for e in parse_errors or []]
+        events += [(_line_of(r.where), 1, r) for r in records]
+        kept = []
+        for _, kind, item in sorted(events, key=lambda ev: (ev[0], ev[1])):
+            if kind == 0:
+                self.errors.handle(item, self.on_error)
+            elif self._check_record(item):
+                kept.append(item)
+        self.records = kept
         total = len(self.records) + self.errors.skipped
         self.errors.log_summary(source, total)
         if not self.records:
