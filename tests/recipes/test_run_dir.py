@@ -149,14 +149,16 @@ def test_kill_9_at_random_moments_then_resume_is_bit_identical(tmp_path):
     uninterrupted run."""
     sets = [x for s in TINY + ["model.preset=decoder-debug-moe", STAGES] for x in ("--set", s)]
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[2] / "src")}
+    t0 = time.perf_counter()
     subprocess.run(_cli(*sets, "--out", str(tmp_path / "full")), check=True, env=env)
+    full_seconds = time.perf_counter() - t0  # kill moments are fractions of one whole run
     run = tmp_path / "run"
     rng = random.Random(0)
     kills, first = 0, True
     while True:
         args = (*sets, "--out", str(run)) if first else ("--out", str(run), "--resume")
         proc = subprocess.Popen(_cli(*args), env=env, stderr=subprocess.PIPE)
-        time.sleep(rng.uniform(3.0, 9.0))
+        time.sleep(rng.uniform(0.4, 0.9) * full_seconds)
         if proc.poll() is None and kills < 3:
             proc.kill()
             proc.wait()
