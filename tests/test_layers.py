@@ -7,23 +7,25 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_layers_contract_holds(tmp_path):
-    # lint-imports reads the installed package; run it on this checkout's src/.
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            "import sys; from importlinter.cli import lint_imports_command;"
-            " sys.exit(lint_imports_command())",
-            str(ROOT / "pyproject.toml"),
-            "--no-cache",
-        ],
+def lint_imports(src: Path, cwd: Path) -> subprocess.CompletedProcess:
+    """import-linter's command on the package under `src`, with this repository's contract."""
+    code = (
+        "import sys; from importlinter.cli import lint_imports_command;"
+        " sys.exit(lint_imports_command())"
+    )
+    return subprocess.run(
+        [sys.executable, "-c", code, str(ROOT / "pyproject.toml"), "--no-cache"],
         capture_output=True,
         text=True,
-        cwd=tmp_path,
-        env={"PYTHONPATH": str(ROOT / "src"), "PATH": ""},
+        cwd=cwd,
+        env={"PYTHONPATH": str(src), "PATH": ""},
         timeout=300,
     )
+
+
+def test_layers_contract_holds(tmp_path):
+    # lint-imports reads the installed package; run it on this checkout's src/.
+    out = lint_imports(ROOT / "src", tmp_path)
     assert out.returncode == 0, out.stdout + out.stderr
     assert "1 kept, 0 broken" in out.stdout
 
@@ -36,19 +38,5 @@ def test_an_upward_import_breaks_the_contract(tmp_path):
     shutil.copytree(ROOT / "src" / "vlmoe", pkg, ignore=shutil.ignore_patterns("__pycache__"))
     with open(pkg / "data" / "order.py", "a") as f:
         f.write("\nimport vlmoe.tasks  # noqa\n")
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            "import sys; from importlinter.cli import lint_imports_command;"
-            " sys.exit(lint_imports_command())",
-            str(ROOT / "pyproject.toml"),
-            "--no-cache",
-        ],
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-        env={"PYTHONPATH": str(tmp_path / "src"), "PATH": ""},
-        timeout=300,
-    )
+    out = lint_imports(tmp_path / "src", tmp_path)
     assert out.returncode != 0 and "vlmoe.data.order -> vlmoe.tasks" in out.stdout

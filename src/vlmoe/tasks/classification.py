@@ -41,6 +41,14 @@ def classification_loss(
     return out, loss, {"acc/train_cls": accuracy(logits.detach(), batch["label"])}
 
 
+def label_prediction(task: Task, model: nn.Module, image: np.ndarray, top: int) -> Prediction:
+    """The top labels of the class head for one image (classification, and a fusion model
+    asked no question)."""
+    out = model(images=task.image_batch(image, model))
+    scores = top_scores(class_logits(out)[0], task.info.label_names, top)
+    return Prediction("label", scores[0][0], scores, output=out)
+
+
 @register_task
 class Classification(Task):
     name = "classification"
@@ -76,6 +84,4 @@ class Classification(Task):
         top: int = 3,
         **_: Any,
     ) -> Prediction:
-        out = model(images=self.image_batch(image, model))
-        scores = top_scores(class_logits(out)[0], self.info.label_names, top)
-        return Prediction("label", scores[0][0], scores, output=out)
+        return label_prediction(self, model, image, top)

@@ -28,6 +28,7 @@ from vlmoe.tasks.base import (
     accuracy,
     top_scores,
 )
+from vlmoe.tasks.classification import label_prediction
 from vlmoe.tasks.registry import register_task
 
 
@@ -149,9 +150,7 @@ class VQAClassification(VQA):
         **_: Any,
     ) -> Prediction:
         if not text or not text.strip():
-            out = model(images=self.image_batch(image, model))
-            scores = top_scores(class_logits(out)[0], self.info.label_names, top)
-            return Prediction("label", scores[0][0], scores, output=out)
+            return label_prediction(self, model, image, top)
         p = super().predict(model, image, text, top=top)
         p.extra["label"] = top_scores(class_logits(p.output)[0], self.info.label_names, 1)[0]
         return p
