@@ -44,6 +44,7 @@ from vlmoe.recipes.run import load_trained, prepare, train
 from vlmoe.tasks import Task
 from vlmoe.train.config import RunConfig, apply_overrides
 from vlmoe.viz import load_from_results, plot_curves, plot_expert_load
+from vlmoe.viz.expert_load import reachable_from_results
 from vlmoe.viz.inspect import inspect_model
 
 log = logging.getLogger(__name__)
@@ -301,6 +302,7 @@ def draw_plots(out_dir: Path, results: dict[str, ModelResult]) -> dict[str, Path
                 out_dir / f"{family}_expert_load.png",
                 names,
                 title=f"{family} MoE: expert load on held-out scenes",
+                reachable_LME=reachable_from_results(moe.eval, counts, names),
             )
         except ValueError as e:
             log.warning("no expert load for %s: %s", family, e)
