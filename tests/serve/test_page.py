@@ -105,6 +105,8 @@ class _ToyDetector:
     """A stand-in for a detection task (none ships yet): the served model's forward pass, and
     one box around the top-left quarter of the image."""
 
+    predicts = ("boxes",)
+
     def __init__(self, task):
         self.inner = task
         self.info, self.tokenizer = task.info, task.tokenizer

@@ -49,6 +49,7 @@ class Detection(Task):
     architectures = ("detection",)
     default_for = ("detection",)
     headline = ("detection/mAP", "detection/mAP50", "detection/mAP75")
+    predicts = ("boxes",)
     label_field = "box_label_names"
 
     def __init__(self, info: Any, tokenizer: Any = None) -> None:

@@ -31,6 +31,7 @@ class Grounding(Task):
     architectures = ("decoder",)
     needs_text = True
     headline = ("grounding/acc@0.5",)
+    predicts = ("boxes",)
     max_new_tokens = 24  # room for a few labelled boxes after "detect ..."
 
     def __init__(self, info: Any, tokenizer: Any = None) -> None:

@@ -30,6 +30,7 @@ from vlmoe.tasks.registry import register_task
 class _FlowTask(Task):
     architectures = ("dit",)
     headline = ("flow/flow_loss",)
+    predicts = ("image",)
     flow = FlowConfig()
 
     def conditions(self, batch: dict[str, Any]) -> dict[str, Tensor]:
