@@ -18,6 +18,10 @@ The config is built from defaults, then CONFIG.yaml, then the flags below, then 
 overrides (any field: `--set optim.lr=3e-4`, `--set train.precision=bf16`,
 `--set model.transformer.num_layers=6`). The resolved config is saved as config.yaml.
 MoE balance losses are on by default (losses.load_balance=0.01, losses.z_loss=0.001).
+A bad image or line in your data stops the run naming the file and line; with
+`--set data.on_error=skip` bad samples are left out and counted instead.
+An --out that holds a run is never touched unless you pass --resume (continue it with its
+saved config; only train.steps may grow) or --overwrite (delete it and start over).
 """
 EPILOG = """\
 examples:
