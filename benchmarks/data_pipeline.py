@@ -29,6 +29,7 @@ from pathlib import Path
 
 from vlmoe.data.shapes import ShapesConfig
 from vlmoe.data.shapes_data import make_sample, write_shapes
+from vlmoe.nn.machine import this_cpu
 
 
 def peak_rss_mb(manifest: Path, steps: int, out: Path) -> float:
@@ -53,7 +54,7 @@ def main() -> None:
     args = p.parse_args()
     n = 200 if args.quick else 2000
     cfg = ShapesConfig(image_size=64)
-    print(f"CPU: {_cpu()}  python {sys.version.split()[0]}")
+    print(f"CPU: {this_cpu().model}  python {sys.version.split()[0]}")
     with tempfile.TemporaryDirectory() as tmp:
         rows = []
         for size in (n, 10 * n):
@@ -76,16 +77,6 @@ def main() -> None:
         make_sample(cfg, "train", i, draw=False)
     described = 300 / (time.perf_counter() - t)
     print(f"scenes/s: {drawn:.0f} drawn, {described:.0f} described (no image)")
-
-
-def _cpu() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown"
 
 
 if __name__ == "__main__":

@@ -31,6 +31,7 @@ from vlmoe.data.shapes_data import ShapesDataset
 from vlmoe.data.transforms import ImageTransform
 from vlmoe.eval.detection import DetectionEvaluator
 from vlmoe.models.registry import create_model
+from vlmoe.nn.machine import this_cpu
 from vlmoe.tasks import TaskDataset, TaskInfo, eval_loader
 from vlmoe.tasks.detection import Detection
 from vlmoe.train.checkpoint import write_json_atomic
@@ -129,7 +130,7 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(1)
     out = Path(args.out)
     results = json.loads(out.read_text()) if out.exists() else {}
-    print(f"CPU: {_cpu()}; torch threads 1")
+    print(f"CPU: {this_cpu().model}; torch threads 1")
     for preset in args.preset:
         for seed in args.seeds:
             key = f"{preset}/{args.head}/seed{seed}/steps{args.steps}/lr{args.lr}"
@@ -157,16 +158,6 @@ def main(argv: list[str] | None = None) -> None:
                 f"AR100 {m['AR100']:.3f} train {r['train_seconds'] / 60:.1f} min wall, "
                 f"{r.get('train_cpu_seconds', math.nan) / 60:.1f} min CPU"
             )
-
-
-def _cpu() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown"
 
 
 if __name__ == "__main__":

@@ -27,13 +27,14 @@ import logging
 import os
 import platform
 import statistics
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
 
 import torch
+
+from vlmoe.io import write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -163,22 +164,6 @@ def _cache_key(cpu: CpuInfo, threads: int) -> str:
     )
 
 
-def _write_json_atomic(path: Path, data: dict) -> None:
-    # The atomic writer of checkpoints lives in `vlmoe.train`, above this layer; this is the
-    # same temporary-file + os.replace pattern for one small file.
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=1, sort_keys=True)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 _rates_memo: dict[str, MatmulRates] = {}
 
 
@@ -208,7 +193,7 @@ def matmul_rates(cpu: CpuInfo | None = None, path: Path | None = None) -> Matmul
             rates.threads,
         )
         try:
-            _write_json_atomic(path, {**entries, key: asdict(rates)})
+            write_json_atomic(path, {**entries, key: asdict(rates)}, indent=1)
         except OSError as err:
             log.warning("could not cache matmul rates in %s: %s", path, err)
     _rates_memo[memo_key] = rates
