@@ -193,6 +193,7 @@ def matmul_rates(cpu: CpuInfo | None = None, path: Path | None = None) -> Matmul
             rates.threads,
         )
         try:
+            path.parent.mkdir(parents=True, exist_ok=True)
             write_json_atomic(path, {**entries, key: asdict(rates)}, indent=1)
         except OSError as err:
             log.warning("could not cache matmul rates in %s: %s", path, err)
