@@ -128,7 +128,7 @@ TASKS: dict[str, TaskSpec] = {
             "comp/accuracy",
             "comp VQA acc",
             extra=("vqa/accuracy",),
-            data={"name": "shapes", "options": {"holdout": [list(p) for p in HOLDOUT]}},
+            data={"name": "shapes", "shapes": {"holdout": [list(p) for p in HOLDOUT]}},
             eval_split="comp_test",
             expert_groups="modality",
         ),
@@ -364,15 +364,6 @@ def with_eval_split(run: Any, spec: TaskSpec, cfg: Any, num_eval: int) -> Any:
     and, for reference, the in-distribution held-out examples under `iid_examples`."""
     if spec.eval_split == "test":
         return run, None
-    from vlmoe.data.shapes import ShapesConfig
-
-    opts = dict(cfg.data.options)
-    world = ShapesConfig(
-        **{
-            "image_size": max(16, cfg.data.image_size or run.info.image_size),
-            "seed": cfg.data.seed,
-            **opts,
-        }
-    )
+    world = cfg.data.world(run.info.image_size)
     iid = run.eval_data
     return dataclasses.replace(run, eval_data=comp_eval_examples(world, num_eval, spec, run)), iid

@@ -8,13 +8,13 @@ from PIL import Image
 from vlmoe.cli.main import main
 
 TINY = ["--set", "data.num_train=16", "--set", "data.num_eval=4", "--batch-size", "4", "-q"]
-SCENES = '{"max_objects": 6, "occlusion": 0.3, "large_objects": "any"}'
+SCENES = ["--set", "data.shapes={max_objects: 6, occlusion: 0.3, large_objects: any}"]
 
 
 def test_detection_train_eval_predict(tmp_path, scene_png, capsys):
     run = tmp_path / "det"
     args = ["train", "--preset", "det-debug-moe", "--task", "detection", "--steps", "2"]
-    assert main([*args, "--out", str(run), "--set", f"data.options={SCENES}", *TINY]) == 0
+    assert main([*args, "--out", str(run), *SCENES, *TINY]) == 0
     assert main(["eval", str(run)]) == 0
     assert "detection/mAP50" in capsys.readouterr().out
     out = tmp_path / "pred" / "boxes.png"
@@ -55,3 +55,14 @@ def test_grounding_train_and_predict(tmp_path, scene_png, capsys):
         == 0
     )
     assert out.with_suffix(".json").is_file()
+
+
+def test_detection_trains_on_coco_instances(tmp_path, capsys):
+    data = tmp_path / "coco"
+    assert main(["data", "shapes", str(data), "--num", "24", "--format", "coco", "-q"]) == 0
+    run = tmp_path / "det-coco"
+    args = ["train", "--preset", "det-debug", "--task", "detection", "--steps", "2", "--data"]
+    args += ["coco", "--data-path", str(data / "instances.json"), "--set", "data.coco=instances"]
+    assert main([*args, "--out", str(run), "--batch-size", "4", "-q"]) == 0
+    assert main(["eval", str(run)]) == 0
+    assert "detection/mAP50" in capsys.readouterr().out

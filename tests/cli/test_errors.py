@@ -66,6 +66,12 @@ def test_missing_corrupt_and_mismatched_checkpoints(fusion_run, scene_png, tmp_p
         (["train", "config.txt"], ".yaml"),
         (["upcycle", "a", "b", "--top-k", "9"], "top-k"),
         (["data", "shapes", "x", "--num", "0"], "--num"),
+        (["train", "--set", "data.shapes.max_objects=12"], "ShapesConfig.max_objects=12"),
+        (["train", "--set", "data.shapes.colours=[red, teal]"], "'teal'"),
+        (["train", "--set", "data.shapes.seed=3"], "data.seed"),
+        (["train", "--set", "data.augment.hflip=always"], "data.augment.hflip"),
+        (["train", "--set", "data.augment.crop_scale=[0, 1]"], "augment.crop_scale"),
+        (["train", "--set", "data.options={max_objects: 6}"], "data.options"),
     ],
 )
 def test_invalid_configs(argv, expected, capsys):

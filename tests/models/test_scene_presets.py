@@ -35,4 +35,4 @@ def test_recipes_are_valid_run_configs(family):
     cfg = RunConfig().with_overrides({"model.preset": family, **recipe.overrides()})
     assert cfg.train.steps == recipe.steps and cfg.optim.lr == recipe.lr
     assert cfg.losses.label_smoothing == recipe.label_smoothing
-    assert cfg.data.options == recipe.data_options
+    assert all(getattr(cfg.data.shapes, k) == v for k, v in recipe.world.items())

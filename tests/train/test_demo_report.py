@@ -31,4 +31,4 @@ def test_demo_models_see_through_a_conv_stem():
             key = "vision.patch_embed" if name.startswith("decoder") else "patch_embed"
             assert cfg.model.overrides[key] == "conv", name
             if name.startswith("decoder"):  # listing captions, scored per attribute
-                assert cfg.data.options == {"num_captions": 1}
+                assert cfg.data.shapes.num_captions == 1

@@ -18,6 +18,8 @@ from typing import Any, Literal
 
 import numpy as np
 
+from vlmoe.config import Config, check
+
 SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "star", "diamond", "cross")
 COLOURS: dict[str, tuple[int, int, int]] = {
     "red": (220, 40, 40),
@@ -41,8 +43,8 @@ STREAM_SCENE = 0
 STREAM_TEXT = 1
 
 
-@dataclass(frozen=True)
-class ShapesConfig:
+@dataclass
+class ShapesConfig(Config):
     """Configuration of the scene world.
 
     Attributes:
@@ -164,23 +166,6 @@ class ShapesConfig:
         _check(self.num_captions >= 1, "num_captions", self.num_captions, "must be >= 1")
         _check(self.num_questions >= 0, "num_questions", self.num_questions, "must be >= 0")
 
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["shapes"] = list(self.shapes)
-        d["colours"] = list(self.colours)
-        d["holdout"] = [list(p) for p in self.holdout]
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> ShapesConfig:
-        known = set(cls.__dataclass_fields__)
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(
-                f"ShapesConfig: unknown fields {sorted(unknown)}; known: {sorted(known)}"
-            )
-        return cls(**d)
-
     @property
     def label_names(self) -> list[str]:
         if self.label == "largest_shape":
@@ -198,8 +183,7 @@ class ShapesConfig:
 
 
 def _check(ok: bool, name: str, value: Any, why: str) -> None:
-    if not ok:
-        raise ValueError(f"ShapesConfig.{name}={value!r}: {why}")
+    check(ok, f"ShapesConfig.{name}={value!r}: {why}")
 
 
 @dataclass(frozen=True)

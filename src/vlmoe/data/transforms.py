@@ -20,13 +20,14 @@ passed in, never from Python's ``random``.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
 import torch
 from PIL import Image
 
+from vlmoe.config import Config, check
 from vlmoe.data.grammar import listing, parse_listing, swap_left_right
 from vlmoe.data.images import to_rgb_array
 from vlmoe.data.sample import QA, Box, RefExp, Sample
@@ -171,52 +172,50 @@ def random_crop_box(
 
 
 @dataclass
-class ImageTransform:
-    """Sample -> Sample with a (3, S, S) float image; see the module docstring.
+class Augmentation(Config):
+    """The random part of the image pipeline: a crop and a flip that keep every text true.
+
+    The typed `data.augment` part of a run's config (off by default) and the random half of
+    :class:`ImageTransform`. Calling it maps a sample to a sample whose image stays (H, W, 3)
+    uint8; `generator` (or torch's global RNG) draws the randomness.
 
     Attributes:
-        image_size: output side S; None keeps the input size (then no resize).
-        mean, std: per-channel normalization.
         hflip: "off" or "swap_text" (flip with probability ``hflip_prob``, swapping left/right).
         hflip_prob: flip probability under "swap_text".
         crop: "off" or "keep_boxes" (random square crop containing every box).
         crop_scale: range of the crop side as a fraction of min(H, W).
-        resample: interpolation for resizing ("nearest" suits tiny digits and scene pixels).
     """
 
-    image_size: int | None = 64
-    mean: tuple[float, ...] = DEFAULT_MEAN
-    std: tuple[float, ...] = DEFAULT_STD
     hflip: Literal["off", "swap_text"] = "off"
     hflip_prob: float = 0.5
     crop: Literal["off", "keep_boxes"] = "off"
     crop_scale: tuple[float, float] = (0.8, 1.0)
-    resample: Resample = "bilinear"
 
     def __post_init__(self) -> None:
-        if self.hflip not in ("off", "swap_text"):
-            raise ValueError(f"ImageTransform.hflip={self.hflip!r}: must be 'off' or 'swap_text'")
-        if self.crop not in ("off", "keep_boxes"):
-            raise ValueError(f"ImageTransform.crop={self.crop!r}: must be 'off' or 'keep_boxes'")
-        if not 0 < self.crop_scale[0] <= self.crop_scale[1] <= 1:
-            raise ValueError(
-                f"ImageTransform.crop_scale={self.crop_scale!r}: need 0 < lo <= hi <= 1"
-            )
-        if not 0 <= self.hflip_prob <= 1:
-            raise ValueError(f"ImageTransform.hflip_prob={self.hflip_prob!r}: must be in [0, 1]")
-        if self.image_size is not None and self.image_size < 1:
-            raise ValueError(f"ImageTransform.image_size={self.image_size!r}: must be >= 1")
-        if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
-            raise ValueError(
-                f"ImageTransform.mean/std={self.mean!r}/{self.std!r}: need 3 values, std > 0"
-            )
-        if self.resample not in _RESAMPLE:
-            raise ValueError(
-                f"ImageTransform.resample={self.resample!r}: one of {tuple(_RESAMPLE)}"
-            )
+        self.crop_scale = tuple(self.crop_scale)  # type: ignore[assignment]
+        check(
+            self.hflip in ("off", "swap_text"),
+            f"augment.hflip={self.hflip!r}: must be 'off' or 'swap_text'",
+        )
+        check(
+            self.crop in ("off", "keep_boxes"),
+            f"augment.crop={self.crop!r}: must be 'off' or 'keep_boxes'",
+        )
+        check(
+            len(self.crop_scale) == 2 and 0 < self.crop_scale[0] <= self.crop_scale[1] <= 1,
+            f"augment.crop_scale={list(self.crop_scale)!r}: need 0 < lo <= hi <= 1",
+        )
+        check(
+            0 <= self.hflip_prob <= 1,
+            f"augment.hflip_prob={self.hflip_prob!r}: must be in [0, 1]",
+        )
 
-    def augment(self, sample: Sample, generator: torch.Generator | None = None) -> Sample:
-        """The random crop and flip only; the image stays (H, W, 3) uint8."""
+    @property
+    def active(self) -> bool:
+        """Whether this augmentation changes anything."""
+        return self.crop != "off" or (self.hflip != "off" and self.hflip_prob > 0)
+
+    def __call__(self, sample: Sample, generator: torch.Generator | None = None) -> Sample:
         sample = sample.replace(image=to_rgb_array(np.asarray(sample.image)))
         if self.crop == "keep_boxes":
             H, W = sample.image_hw
@@ -230,6 +229,47 @@ class ImageTransform:
         ):
             sample = hflip_sample(sample)
         return sample
+
+
+@dataclass
+class ImageTransform:
+    """Sample -> Sample with a (3, S, S) float image; see the module docstring.
+
+    Attributes:
+        image_size: output side S; None keeps the input size (then no resize).
+        mean, std: per-channel normalization.
+        hflip, hflip_prob, crop, crop_scale: the random part, as in :class:`Augmentation`.
+        resample: interpolation for resizing ("nearest" suits tiny digits and scene pixels).
+    """
+
+    image_size: int | None = 64
+    mean: tuple[float, ...] = DEFAULT_MEAN
+    std: tuple[float, ...] = DEFAULT_STD
+    hflip: Literal["off", "swap_text"] = "off"
+    hflip_prob: float = 0.5
+    crop: Literal["off", "keep_boxes"] = "off"
+    crop_scale: tuple[float, float] = (0.8, 1.0)
+    resample: Resample = "bilinear"
+    augmentation: Augmentation = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.augmentation = Augmentation(
+            hflip=self.hflip, hflip_prob=self.hflip_prob, crop=self.crop, crop_scale=self.crop_scale
+        )
+        if self.image_size is not None and self.image_size < 1:
+            raise ValueError(f"ImageTransform.image_size={self.image_size!r}: must be >= 1")
+        if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
+            raise ValueError(
+                f"ImageTransform.mean/std={self.mean!r}/{self.std!r}: need 3 values, std > 0"
+            )
+        if self.resample not in _RESAMPLE:
+            raise ValueError(
+                f"ImageTransform.resample={self.resample!r}: one of {tuple(_RESAMPLE)}"
+            )
+
+    def augment(self, sample: Sample, generator: torch.Generator | None = None) -> Sample:
+        """The random crop and flip only; the image stays (H, W, 3) uint8."""
+        return self.augmentation(sample, generator)
 
     def __call__(self, sample: Sample, generator: torch.Generator | None = None) -> Sample:
         if isinstance(sample.image, torch.Tensor):

@@ -105,14 +105,13 @@ class Recipe:
     weight_decay: float
     label_smoothing: float
     num_train: int | None = None  # training scenes (None: the dataset's own split)
-    data_options: dict[str, Any] = field(default_factory=dict)  # `data.options`
+    world: dict[str, Any] = field(default_factory=dict)  # `data.shapes.*` (the scene world)
     note: str = ""
 
     def overrides(self) -> dict[str, Any]:
         """The recipe as `vlmoe.train.RunConfig` overrides (`--set` keys)."""
         data = {"data.num_train": self.num_train} if self.num_train else {}
-        if self.data_options:
-            data["data.options"] = dict(self.data_options)
+        data.update({f"data.shapes.{k}": v for k, v in self.world.items()})
         return {
             "task": self.task,
             "data.name": self.data,
@@ -152,7 +151,7 @@ RECIPES: dict[str, Recipe] = {
         weight_decay=0.05,
         label_smoothing=0.0,
         num_train=3000,
-        data_options={"num_captions": 1},
+        world={"num_captions": 1},
         note="3000 training scenes of 32x32 pixels, one listing caption each",
     ),
     "vit-mnist": Recipe(

@@ -28,7 +28,6 @@ from torch import nn
 
 from vlmoe.config import ConfigError
 from vlmoe.data.registry import load_dataset
-from vlmoe.data.shapes import ShapesConfig
 from vlmoe.data.tokenizer import Tokenizer
 from vlmoe.distributed.runtime import Runtime
 from vlmoe.eval.routing import RoutingEvaluator, moe_layer_names
@@ -54,30 +53,33 @@ MODEL_DIR = "model"
 
 def load_datasets(data: DataSelection, image_size: int) -> tuple[Any, Any]:
     """(train, held-out) datasets of `vlmoe.data.Sample`s for a data selection."""
-    opts = dict(data.options)
     if data.name == "shapes":
-        world = ShapesConfig(
-            **{"image_size": max(16, data.image_size or image_size), "seed": data.seed, **opts}
-        )
+        world = data.world(image_size)
         return (
             load_dataset("shapes", "train", shapes=world, num=data.num_train),
             load_dataset("shapes", "test", shapes=world, num=data.num_eval),
         )
     if data.name in ("mnist", "digits", "photos"):
         return load_dataset(data.name, "train"), load_dataset(data.name, "test")
-    opts.update(on_error=data.on_error, check=data.check)
-    train_set = _file_dataset(data, data.path, opts)
+    train_set = _file_dataset(data, data.path)
     if data.eval_path:
-        return train_set, _file_dataset(data, data.eval_path, opts)
+        return train_set, _file_dataset(data, data.eval_path)
     return split_dataset(train_set, data.eval_fraction, data.seed)
 
 
-def _file_dataset(data: DataSelection, path: str | None, opts: dict[str, Any]) -> Any:
+def _file_dataset(data: DataSelection, path: str | None) -> Any:
+    opts = {"on_error": data.on_error, "check": data.check, "max_pixels": data.max_pixels}
     if data.name == "coco":
-        return load_dataset(
-            "coco", captions=path, image_root=data.image_root or Path(str(path)).parent, **opts
-        )
+        root = data.image_root or _coco_image_root(Path(str(path)))
+        return load_dataset("coco", **{data.coco: path}, image_root=root, **opts)
     return load_dataset(str(path), **opts)
+
+
+def _coco_image_root(annotations: Path) -> Path:
+    """Where COCO images are when `data.image_root` is not set: the `images` folder beside the
+    annotations file if there is one (as `vlmoe data --format coco` writes), else its folder."""
+    beside = annotations.parent / "images"
+    return beside if beside.is_dir() else annotations.parent
 
 
 def split_dataset(dataset: Any, fraction: float, seed: int) -> tuple[Any, Any]:
@@ -181,7 +183,10 @@ def prepare(cfg: RunConfig) -> Run:
     task = task_cls(info, tokenizer)
     task.max_new_tokens = cfg.eval.max_new_tokens
     task.label_smoothing = cfg.losses.label_smoothing
-    train_data = TaskDataset(train_set, task.examples(train_set, "train"), image_size)
+    augment = cfg.data.augment if cfg.data.augment.active else None
+    train_data = TaskDataset(
+        train_set, task.examples(train_set, "train"), image_size, augment, cfg.train.seed
+    )
     eval_data = None
     if eval_set is not None and len(eval_set):
         eval_data = TaskDataset(eval_set, task.examples(eval_set, "eval"), image_size)

