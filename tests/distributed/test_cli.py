@@ -97,3 +97,43 @@ def test_kill_9_stops_the_run_and_resume_continues(tmp_path, env, one_process):
     assert step < STEPS and load_file(str(last / "model.safetensors"))  # whole and readable
     assert main([*ARGS, "--out", str(out), "--nproc", "2", "--resume"]) == 0
     _assert_same(_losses(out), one_process, range(step + 1, STEPS + 1))
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_nodes_on_loopback_equal_one_process(tmp_path, env, one_run, one_process):
+    """Two agents (`--nnodes 2`, one process each) meet at a c10d rendezvous on 127.0.0.1, as
+    two machines would; the run directory is shared, as on a cluster's shared file system."""
+    out = tmp_path / "run"
+    endpoint = f"127.0.0.1:{_free_port()}"
+    node = [sys.executable, "-m", "vlmoe", *ARGS, "--out", str(out), "--nproc", "1"]
+    node += ["--nnodes", "2", "--rdzv-endpoint", endpoint]
+    agents = [
+        subprocess.Popen(node, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
+    results = [a.communicate(timeout=600) for a in agents]
+    for agent, (stdout, stderr) in zip(agents, results, strict=True):
+        assert agent.returncode == 0, stderr
+        assert "trained on 2 processes" in stdout
+    _assert_same(_losses(out), one_process, range(1, STEPS + 1))
+    got = load_file(str(out / "model" / "model.safetensors"))
+    for name, tensor in load_file(str(one_run / "model" / "model.safetensors")).items():
+        torch.testing.assert_close(got[name], tensor, atol=1e-5, rtol=1e-5, msg=name)
+
+
+def test_a_node_alone_stops_at_the_rendezvous_timeout(tmp_path, env, capsys):
+    endpoint = f"127.0.0.1:{_free_port()}"
+    argv = [*ARGS, "--out", str(tmp_path / "run"), "--nproc", "1", "--nnodes", "2"]
+    argv += ["--rdzv-endpoint", endpoint, "--set", "parallel.timeout_s=3"]
+    start = time.monotonic()
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert "did not all join the rendezvous at " + endpoint + " within 3s" in err, err
+    assert "Traceback" not in err and time.monotonic() - start < 120

@@ -19,8 +19,8 @@ def test_torchrun_args_single_and_multi_node():
         "--nproc-per-node", "2", "--max-restarts", "0", "--standalone", "-m", "vlmoe", "train"
     ]  # fmt: skip
     multi = torchrun_args(["x.py"], 4, nnodes=2, rdzv_endpoint="h:29400")
-    assert multi[-7:] == ["--rdzv-backend", "c10d", "--rdzv-endpoint", "h:29400", "--rdzv-id",
-                          "vlmoe", "x.py"]  # fmt: skip
+    assert multi[-9:] == ["--rdzv-backend", "c10d", "--rdzv-endpoint", "h:29400", "--rdzv-id",
+                          "vlmoe", "--rdzv-conf", "join_timeout=300", "x.py"]  # fmt: skip
     with pytest.raises(DistributedError, match="--nnodes=2 needs --rdzv-endpoint"):
         torchrun_args(["x.py"], 2, nnodes=2)
     with pytest.raises(DistributedError, match="--nproc must be >= 1, got 0"):

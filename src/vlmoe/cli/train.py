@@ -222,7 +222,9 @@ def _launch(args: argparse.Namespace, cfg, out: Path) -> int:
     command += ["--resume"] if args.resume else []
     command += ["-v"] * args.verbose + (["-q"] if args.quiet else [])
     try:
-        launch(command, nproc, args.nnodes, args.rdzv_endpoint)
+        launch(
+            command, nproc, args.nnodes, args.rdzv_endpoint, join_timeout_s=cfg.parallel.timeout_s
+        )
     except DistributedError as e:
         world = nproc * args.nnodes
         raise CLIError(f"training on {world} processes stopped: {e}", code=1) from None

@@ -26,8 +26,10 @@ def torchrun_args(
     nnodes: int = 1,
     rdzv_endpoint: str | None = None,
     rdzv_id: str = "vlmoe",
+    join_timeout_s: float = 300.0,
 ) -> list[str]:
-    """The `torchrun` argument list for `command` ("-m module args..." or "script.py args...")."""
+    """The `torchrun` argument list for `command` ("-m module args..." or "script.py args...").
+    Several nodes wait at most `join_timeout_s` for each other at the rendezvous."""
     if nproc < 1:
         raise DistributedError(f"--nproc must be >= 1, got {nproc}")
     if nnodes < 1:
@@ -43,6 +45,7 @@ def torchrun_args(
             )
         args += ["--nnodes", str(nnodes), "--rdzv-backend", "c10d"]
         args += ["--rdzv-endpoint", rdzv_endpoint, "--rdzv-id", rdzv_id]
+        args += ["--rdzv-conf", f"join_timeout={max(1, round(join_timeout_s))}"]
     return args + command
 
 
@@ -52,19 +55,28 @@ def launch(
     nnodes: int = 1,
     rdzv_endpoint: str | None = None,
     rdzv_id: str = "vlmoe",
+    join_timeout_s: float = 300.0,
 ) -> None:
     """Run `command` on `nproc` local processes (times `nnodes` nodes); return when all end.
 
-    Raises DistributedError when a worker fails, naming its rank and exit code or signal."""
+    Raises DistributedError when a worker fails, naming its rank and exit code or signal, or
+    when the nodes do not all join the rendezvous within `join_timeout_s`."""
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.elastic.rendezvous import RendezvousError
     from torch.distributed.run import get_args_parser, run
 
     args = get_args_parser().parse_args(
-        torchrun_args(command, nproc, nnodes, rdzv_endpoint, rdzv_id)
+        torchrun_args(command, nproc, nnodes, rdzv_endpoint, rdzv_id, join_timeout_s)
     )
     log.info("starting %d process(es) per node on %d node(s): %s", nproc, nnodes, command)
     try:
         run(args)
+    except RendezvousError as e:
+        raise DistributedError(
+            f"the {nnodes} nodes did not all join the rendezvous at {rdzv_endpoint} within "
+            f"{join_timeout_s:g}s (parallel.timeout_s): start the same command on every node "
+            f"({type(e).__name__})"
+        ) from None
     except ChildFailedError as e:
         # The root cause: a rank killed by a signal (not the agent's SIGTERM), else one that
         # exited with an error (peers of a dead rank fail too), earliest and lowest first.
