@@ -9,7 +9,7 @@ import vlmoe
 from vlmoe.models import Decoder, freeze, set_trainable, unfreeze
 from vlmoe.models.registry import preset_config
 
-from .helpers import make_inputs
+from .helpers import make_inputs, vocab_size
 
 
 def test_modality_grouped_fusion_never_routes_image_tokens_to_text_experts():
@@ -181,3 +181,31 @@ def test_bf16_weights_forward_and_rope_precision():
     ref = model(**inputs).logits
     low = model.to(torch.bfloat16)(**inputs).logits.float()
     assert torch.allclose(ref, low, atol=0.1)
+
+
+def test_fusion_cls_pooling_reads_a_learned_token_after_patches_and_text(tmp_path):
+    torch.manual_seed(0)
+    model = vlmoe.create_model("fusion-debug-moe", pool="cls", num_answers=5).eval()
+    inputs = make_inputs(model, batch=3)
+    out = model(**inputs)
+    n_img = model.image_embed.num_patches
+    L = inputs["input_ids"].shape[1]
+    assert out.hidden_states.shape[1] == n_img + L + 1
+    assert torch.equal(out.pooled, out.hidden_states[:, -1])
+    assert out.image_token_mask[:, :n_img].all() and not out.image_token_mask[:, n_img:].any()
+    assert (out.modality[:, -1] == 1).all()  # the [CLS] token routes as text
+    # Padding stays invisible: changing a padded token's id changes nothing.
+    inputs["attention_mask"][0, -1] = 0
+    before = model(**inputs).vqa_logits
+    inputs["input_ids"][0, -1] = (inputs["input_ids"][0, -1] + 1) % vocab_size(model)
+    torch.testing.assert_close(model(**inputs).vqa_logits, before)
+    # Mean pooling differs, and the [CLS] token learns.
+    mean_model = vlmoe.create_model("fusion-debug-moe", pool="mean", num_answers=5)
+    assert not hasattr(mean_model, "cls_token") or mean_model.cls_token is None
+    model.train()
+    model(**inputs).vqa_logits.sum().backward()
+    assert model.cls_token.grad is not None and model.cls_token.grad.abs().sum() > 0
+    model.save_pretrained(tmp_path / "m")
+    again = vlmoe.load_model(tmp_path / "m").eval()
+    model.eval()
+    torch.testing.assert_close(again(**inputs).vqa_logits, model(**inputs).vqa_logits)

@@ -3,8 +3,11 @@ transformer over [image patches ; text tokens], with modality-type embeddings, a
 (image 0, text 1, padding -1) passed to every MoE layer, so that modality expert groups and
 shared experts (the default in the presets) see which tokens are which.
 
-Heads on the mean-pooled sequence: image classification, VQA as answer classification, and
-image-text matching (2-way).
+Heads on the pooled sequence: image classification, VQA as answer classification, and
+image-text matching (2-way). `pool="mean"` averages every valid token; `pool="cls"` appends a
+learned [CLS] token (a text-modality token, as VLMo's T_CLS; last, so patch and text positions
+are unchanged) and reads its final state, so
+attention, not an average over mostly-background patches, decides what the heads see.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from torch import Tensor, nn
 
 from vlmoe.models.config import FusionConfig
 from vlmoe.models.embed import check_batch_sizes, masked_mean
-from vlmoe.models.image_text import IMAGE, ImageTextModel
+from vlmoe.models.image_text import IMAGE, TEXT, ImageTextModel
 from vlmoe.models.outputs import FusionOutput
 from vlmoe.models.transformer import Transformer
 from vlmoe.nn.attention import build_attention_mask
@@ -31,6 +34,9 @@ class FusionModel(ImageTextModel):
         self.class_head = nn.Linear(dim, config.num_classes) if config.num_classes else None
         self.vqa_head = nn.Linear(dim, config.num_answers) if config.num_answers else None
         self.itm_head = nn.Linear(dim, 2)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, dim)) if config.pool == "cls" else None
+        if self.cls_token is not None:
+            nn.init.normal_(self.cls_token, std=0.02)
 
     def forward(
         self,
@@ -53,12 +59,17 @@ class FusionModel(ImageTextModel):
             parts.append(x_BLD)
             valid.append(valid_BL)
             modality.append(modality_BL)
+        if self.cls_token is not None:  # last, so patch and text positions stay put
+            B, device = parts[0].shape[0], parts[0].device
+            parts.append(self.cls_token.expand(B, -1, -1).to(parts[0].dtype))
+            valid.append(torch.ones(B, 1, dtype=torch.bool, device=device))
+            modality.append(torch.full((B, 1), TEXT, dtype=torch.long, device=device))
         x_BSD = torch.cat(parts, dim=1)
         valid_BS, modality_BS = torch.cat(valid, dim=1), torch.cat(modality, dim=1)
         S = x_BSD.shape[1]
         mask = build_attention_mask(valid_BS, S, S, causal=False, device=x_BSD.device)
         h_BSD, auxes = self.transformer(x_BSD, modality_BS, mask=mask)
-        pooled_BD = masked_mean(h_BSD, valid_BS)
+        pooled_BD = h_BSD[:, -1] if self.cls_token is not None else masked_mean(h_BSD, valid_BS)
         return FusionOutput(
             hidden_states=h_BSD,
             pooled=pooled_BD,
