@@ -180,7 +180,12 @@ async def next_event(request: Request, job: Job) -> tuple[str, Any]:
 
 async def call_result(engine: Engine, request: Request, fn: Callable[[], Any]) -> Any:
     """Run `fn` on the engine's worker (queued like every job) and return what it returns."""
-    job = engine.submit(engine.call_job(asyncio.get_running_loop(), fn))
+    return await job_result(request, engine.submit(engine.call_job(asyncio.get_running_loop(), fn)))
+
+
+async def job_result(request: Request, job: Job) -> Any:
+    """Wait for a submitted one-shot job's result (its error raised); cancel it when the
+    client goes away or the request times out."""
     try:
         kind, value = await next_event(request, job)
     except BaseException:

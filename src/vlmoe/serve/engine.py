@@ -67,7 +67,15 @@ KIND_ENDPOINTS: dict[str, tuple[str, ...]] = {
     "answer": ("chat", "vqa"),
     "caption": ("chat",),
     "match": ("match",),
+    "boxes": ("detect",),
+    "image": ("images",),
 }
+ENDPOINT_ORDER = ("chat", "images", "classify", "vqa", "match", "detect")
+
+
+class JobStoppedError(Exception):
+    """Raised inside a job's work when the job was cancelled or timed out (the client has
+    been told, or is gone); the worker drops the job quietly."""
 
 
 class ModelAdapter:
@@ -84,9 +92,12 @@ class ModelAdapter:
     @property
     def endpoints(self) -> tuple[str, ...]:
         offered = {e for kind in self.task.predicts for e in KIND_ENDPOINTS.get(kind, ())}
-        named = tuple(e for e in ("chat", "classify", "vqa", "match") if e in offered)
-        if self.generates and "chat" not in named:
-            named = ("chat", *named)
+        if self.generates:
+            offered.add("chat")
+        named = tuple(e for e in ENDPOINT_ORDER if e in offered)
+        # An image generator's one way in is /v1/images/generations (predict wants an image).
+        if set(self.task.predicts) == {"image"}:
+            return named
         return (*named, "predict")
 
     @property
@@ -141,7 +152,7 @@ class ModelAdapter:
     # The calls below run on the worker thread, one example at a time.
 
     def predict(
-        self, rgb: np.ndarray, text: str | None, routing: bool = False, **options: Any
+        self, rgb: np.ndarray | None, text: str | None, routing: bool = False, **options: Any
     ) -> tuple[Prediction, list[dict] | None]:
         """`Task.predict`, and the routing of its forward pass when asked. The task's
         `ValueError`s (a missing question, ...) are the client's: 400."""
@@ -153,6 +164,39 @@ class ModelAdapter:
         if routing and p.output is not None:
             captured = capture_routing(self.model, p.output, p.tokens)
         return p, captured
+
+    def generate_images(
+        self,
+        prompt: str,
+        num: int,
+        *,
+        steps: int,
+        cfg: float,
+        sampler: str,
+        seed: int,
+        routing: bool = False,
+        stopped: Callable[[], bool] = lambda: False,
+    ) -> tuple[list[np.ndarray], list[dict] | None]:
+        """`num` (S, S, 3) uint8 images for `prompt` through `Task.predict` (an image
+        generation task), and the routing of its forward pass when asked. `stopped()` is
+        asked after every sampling step; when true, `JobStoppedError` ends the sampling."""
+
+        def progress(step: int, total: int) -> None:
+            if stopped():
+                raise JobStoppedError
+
+        p, captured = self.predict(
+            None,  # type: ignore[arg-type]
+            prompt,
+            routing,
+            num=num,
+            steps=steps,
+            cfg=cfg,
+            sampler=sampler,
+            seed=seed,
+            progress=progress,
+        )
+        return list(p.extra["images"]), captured
 
     @torch.no_grad()
     def match(self, rgbs: list[np.ndarray], texts: list[str]) -> tuple[list, list]:
@@ -412,6 +456,8 @@ class Engine:
             except APIError as e:
                 for job in batch:
                     job.emit("error", e)
+            except JobStoppedError:
+                self.jobs_stopped += len(batch)
             except Exception as e:  # a fault of the model code: the server stays up
                 log.exception("the engine failed on a batch of %d", len(batch))
                 for job in batch:

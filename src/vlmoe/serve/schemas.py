@@ -180,6 +180,37 @@ class MatchResponse(BaseModel):
     routing: list[dict[str, Any]] | None = None
 
 
+class DetectRequest(BaseModel):
+    model: str | None = None
+    image: str = Field(description="a data:image/...;base64 URL (or http(s) when allowed)")
+    text: str | None = Field(
+        default=None, description="what to find, for a grounding model (e.g. 'the red circle')"
+    )
+    score_threshold: float = Field(
+        default=0.3,
+        ge=0.0,
+        le=1.0,
+        description="the lowest score of a box returned (the model's own floor still applies)",
+    )
+    max_detections: int = Field(default=100, ge=1, le=1000, description="the most boxes returned")
+    routing: bool = False
+
+
+class DetectedBox(BaseModel):
+    label: str
+    score: float
+    box: list[float] = Field(description="[x0, y0, x1, y1] in pixels of the input image")
+    box_normalized: list[float] = Field(description="[x0, y0, x1, y1] divided by width, height")
+
+
+class DetectResponse(BaseModel):
+    model: str
+    width: int = Field(description="the input image's width in pixels")
+    height: int = Field(description="the input image's height in pixels")
+    boxes: list[DetectedBox] = Field(description="best first")
+    routing: list[dict[str, Any]] | None = None
+
+
 class PredictRequest(BaseModel):
     model: str | None = None
     image: str
@@ -199,6 +230,68 @@ class PredictResponse(BaseModel):
     routing: list[dict[str, Any]] | None = None
 
 
+# ----------------------------------------------------------------------------- images
+
+# OpenAI Images options these models cannot honour (with the values that mean "as usual").
+UNSUPPORTED_IMAGE_FIELDS: dict[str, tuple[Any, ...]] = {
+    "quality": (None, "auto", "standard"),
+    "style": (None,),
+    "background": (None, "auto"),
+    "output_format": (None, "png"),
+    "output_compression": (None,),
+    "moderation": (None, "auto", "low"),
+    "partial_images": (None, 0),
+    "stream": (None, False),
+}
+
+
+class ImageGenerationRequest(BaseModel):
+    """OpenAI's `POST /v1/images/generations` body, plus vlmoe's sampling fields."""
+
+    model_config = ConfigDict(extra="allow")  # checked by `unsupported_option`
+
+    model: str | None = None
+    prompt: str = Field(
+        min_length=1, description="the caption, or for a class-conditioned model a class name"
+    )
+    n: int = Field(default=1, ge=1, description="images to generate (capped by the server)")
+    size: str | None = Field(default=None, description="'WxH' (the model's size) or 'auto'")
+    response_format: str | None = Field(
+        default=None, description="'b64_json' (the server keeps no files, so no 'url')"
+    )
+    user: str | None = None
+    steps: int = Field(default=30, ge=1, le=1000, description="vlmoe: sampling steps")
+    cfg_scale: float = Field(
+        default=3.0, ge=0.0, le=50.0, description="vlmoe: classifier-free guidance (1 = none)"
+    )
+    sampler: Literal["euler", "heun"] = Field(default="euler", description="vlmoe: ODE solver")
+    seed: int | None = Field(
+        default=None, ge=0, lt=2**63, description="vlmoe: same seed, same images"
+    )
+    routing: bool = Field(default=False, description="vlmoe: the routing of the first image")
+
+    def unsupported_option(self) -> str | None:
+        """The name of a requested option this server cannot honour, if any."""
+        extra = self.model_extra or {}
+        for name, usual in UNSUPPORTED_IMAGE_FIELDS.items():
+            if name in extra and extra[name] not in usual:
+                return name
+        return None
+
+
+class ImageData(BaseModel):
+    b64_json: str = Field(description="a PNG, base64-encoded")
+    revised_prompt: str | None = None
+
+
+class ImagesResponse(BaseModel):
+    created: int
+    data: list[ImageData]
+    routing: list[dict[str, Any]] | None = Field(
+        default=None, description="vlmoe: present when asked for"
+    )
+
+
 class ModelCard(BaseModel):
     id: str
     object: Literal["model"] = "model"
@@ -207,6 +300,7 @@ class ModelCard(BaseModel):
     task: str
     architecture: str
     endpoints: list[str]
+    image_size: int | None = Field(default=None, description="the model's input / output side")
 
 
 class ModelList(BaseModel):

@@ -7,12 +7,13 @@ The loss drops the condition of 10% of the batch so the model also learns the un
 velocity that classifier-free guidance needs. Evaluation is the held-out flow loss at fixed
 times and noise (cheap and comparable across runs); sample quality (judge accuracy and Fréchet
 distance) is `vlmoe.eval.image_generation.ClassConditionalEvaluator`. `predict` ignores the
-input image: it generates one from the condition given as text (a label name or a caption).
+input image: it generates `num` images from the condition given as text (a label name or
+index, or a caption).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -22,7 +23,13 @@ from torch import Tensor, nn
 from vlmoe.data.sample import Sample
 from vlmoe.eval.image_generation import FlowLossEvaluator, to_model_channels
 from vlmoe.eval.routing import RoutingEvaluator
-from vlmoe.models.flow import FlowConfig, flow_loss, generate_images, interpolate
+from vlmoe.models.flow import (
+    FlowConfig,
+    flow_loss,
+    generate_images,
+    generation_conditions,
+    interpolate,
+)
 from vlmoe.tasks.base import Example, Prediction, StepOutput, Task
 from vlmoe.tasks.registry import register_task
 
@@ -51,28 +58,63 @@ class _FlowTask(Task):
         """The model's output on the batch's images noised half-way (t = 0.5, fixed noise):
         the routing statistics of a denoiser at mid noise level."""
         images = to_model_channels(batch["images"], model.config.in_channels)
-        g = torch.Generator().manual_seed(0)
-        noise = torch.randn(images.shape, generator=g).to(images.device)
-        t_B = torch.full((images.shape[0],), 0.5, device=images.device)
-        x_t, _ = interpolate(images, noise, t_B)
-        return model(x_t, t_B, **self.conditions(batch))
+        return mid_noise_forward(model, images, self.conditions(batch))
 
     def _predict(
         self,
         model: nn.Module,
         text: str,
-        steps: int,
-        cfg: float,
-        seed: int,
-        **cond: Any,
+        cond: dict[str, Any],
+        *,
+        num: int = 1,
+        steps: int = 30,
+        cfg: float = 3.0,
+        sampler: str = "euler",
+        seed: int = 0,
+        progress: Callable[[int, int], None] | None = None,
+        **_: Any,
     ) -> Prediction:
-        image = generate_images(
-            model, 1, tokenizer=self.tokenizer, steps=steps, cfg_scale=cfg, seed=seed, **cond
-        )[0]
-        rgb = ((image.clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).numpy()
-        if rgb.shape[-1] == 1:
-            rgb = np.repeat(rgb, 3, axis=-1)
-        return Prediction("image", text, extra={"image": rgb})
+        """`num` images (default 1) for one condition, sampled with `steps`, `cfg`, `sampler`
+        and `seed` (`progress(step, steps)` after each step, as `generate_images` calls it).
+
+        `extra["images"]` holds them as (S, S, 3) uint8 arrays (`extra["image"]` is the first);
+        `output` is the model's forward over the first one noised half-way (t = 0.5, seeded
+        noise), whose routing is what `noisy_forward` measures in evaluation."""
+        images = generate_images(
+            model,
+            num,
+            tokenizer=self.tokenizer,
+            steps=steps,
+            sampler=sampler,  # type: ignore[arg-type]
+            cfg_scale=cfg,
+            seed=seed,
+            progress=progress,
+            **cond,
+        )  # (num, C, S, S) in [-1, 1]
+        rgbs = []
+        for image in images:
+            rgb = ((image.clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).cpu().numpy()
+            rgbs.append(np.repeat(rgb, 3, axis=-1) if rgb.shape[-1] == 1 else rgb)
+        first = generation_conditions(model, 1, tokenizer=self.tokenizer, **cond)
+        output = mid_noise_forward(model, images[:1], first)
+        tokens = self.token_strings(first["input_ids"][0].tolist()) if "input_ids" in first else []
+        return Prediction(
+            "image",
+            text,
+            extra={"image": rgbs[0], "images": rgbs},
+            output=output,
+            tokens=tokens,
+        )
+
+
+def mid_noise_forward(model: nn.Module, images: Tensor, cond: dict[str, Any]) -> Any:
+    """The model's output on `images` (B, C, S, S) noised half-way (t = 0.5, noise seeded 0)
+    under `cond` (model keyword arguments)."""
+    g = torch.Generator().manual_seed(0)
+    noise = torch.randn(images.shape, generator=g).to(images.device)
+    t_B = torch.full((images.shape[0],), 0.5, device=images.device)
+    x_t, _ = interpolate(images, noise, t_B)
+    return model(x_t, t_B, **cond)
 
 
 @register_task
@@ -100,17 +142,21 @@ class ImageGeneration(_FlowTask):
         model: nn.Module,
         image: np.ndarray | None = None,
         text: str | None = None,
-        *,
-        steps: int = 30,
-        cfg: float = 3.0,
-        seed: int = 0,
-        **_: Any,
+        **options: Any,
     ) -> Prediction:
+        """Images of the class named by `text` (a label name, or its index as text); options
+        `num`, `steps`, `cfg`, `sampler`, `seed`, `progress` (see `_FlowTask._predict`)."""
         names = self.info.label_names
-        if text not in names:
-            raise ValueError(f"give the class to generate as text, one of {names}; got {text!r}")
-        label = names.index(text)
-        return self._predict(model, text, steps, cfg, seed, label=label)
+        if text in names:
+            label = names.index(text)
+        elif text is not None and text.strip().isdigit() and int(text) < len(names):
+            label = int(text)
+        else:
+            raise ValueError(
+                f"give the class to generate as text: one of {names} or an index in "
+                f"[0, {len(names)}); got {text!r}"
+            )
+        return self._predict(model, names[label], {"label": label}, **options)
 
 
 @register_task
@@ -140,12 +186,9 @@ class TextToImage(_FlowTask):
         model: nn.Module,
         image: np.ndarray | None = None,
         text: str | None = None,
-        *,
-        steps: int = 30,
-        cfg: float = 3.0,
-        seed: int = 0,
-        **_: Any,
+        **options: Any,
     ) -> Prediction:
+        """Images of the caption `text`; options as `ImageGeneration.predict`."""
         if not text:
             raise ValueError("give the caption of the image to generate as text")
-        return self._predict(model, text, steps, cfg, seed, prompt=text)
+        return self._predict(model, text, {"prompt": text}, **options)
