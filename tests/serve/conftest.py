@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 
-def _train(tmp_path_factory, preset: str):
+def _train(tmp_path_factory, preset: str, *overrides: str):
     from vlmoe.recipes.run import train
     from vlmoe.train import RunConfig, apply_overrides
 
@@ -27,6 +27,7 @@ def _train(tmp_path_factory, preset: str):
             "data.num_train=24",
             "data.num_eval=4",
             "eval.max_new_tokens=4",
+            *overrides,
         ],
     )
     train(cfg, out)
@@ -70,6 +71,37 @@ def chat_body(model: str, text: str | None = "a", seed: int = 0, **extra) -> dic
     return {"model": model, "messages": [{"role": "user", "content": content}], **extra}
 
 
+def assert_error(r, status: int, *words: str) -> dict:
+    assert r.status_code == status, r.text
+    body = r.json()
+    assert set(body) == {"error"}
+    err = body["error"]
+    assert set(err) == {"message", "type", "param", "code"}
+    assert isinstance(err["message"], str) and "\n" not in err["message"]
+    assert "Traceback" not in r.text
+    for w in words:
+        assert w.lower() in err["message"].lower(), err["message"]
+    return err
+
+
+def check_routing(routing, tokens_expected=True):
+    assert routing, "no routing"
+    for layer in routing:
+        E, K = layer["num_experts"], layer["top_k"]
+        if layer["patches"] is not None:
+            gh, gw = layer["patch_grid"]
+            assert len(layer["patches"]["experts"]) == gh * gw
+            for experts, weights in zip(layer["patches"]["experts"], layer["patches"]["weights"]):
+                assert 1 <= len(experts) <= K and len(weights) == len(experts)
+                assert all(0 <= e < E for e in experts)
+                assert weights == sorted(weights, reverse=True)
+        for t in layer["tokens"] or []:
+            assert set(t) == {"token", "experts", "weights"} and len(t["experts"]) <= K
+    assert any(layer["patches"] for layer in routing)
+    if tokens_expected:
+        assert any(layer["tokens"] for layer in routing)
+
+
 @contextlib.contextmanager
 def client_for(path, **options):
     """A TestClient of the app serving `path` (engine running)."""
@@ -107,3 +139,27 @@ def decoder_server(decoder_dir):
 @pytest.fixture(scope="session")
 def vit_dir(tmp_path_factory):
     return _train(tmp_path_factory, "vit-debug-moe")
+
+
+@pytest.fixture(scope="session")
+def dit_dir(tmp_path_factory):
+    """A class-conditioned DiT (8x8 images of the scene world's 4 shapes). A high learning
+    rate without warm-up moves its zero-initialised output layers within 6 steps, so that its
+    samples depend on the class and the sampler."""
+    over = ("train.steps=6", "optim.lr=0.01", "schedule.warmup_steps=0")
+    return _train(tmp_path_factory, "dit-debug-moe", *over)
+
+
+@pytest.fixture(scope="session")
+def t2i_dir(tmp_path_factory):
+    """A caption-conditioned DiT (16x16 images)."""
+    return _train(
+        tmp_path_factory, "dit-debug-text-xattn", "task=text-to-image", "model.text.max_seq_len=24"
+    )
+
+
+@pytest.fixture(scope="session")
+def det_dir(tmp_path_factory):
+    """A per-patch detector on an MoE ViT (16x16 scenes); with no score floor of its own, so
+    that 3 training steps still give boxes to draw."""
+    return _train(tmp_path_factory, "det-debug-moe", "task=detection", "model.score_threshold=0")

@@ -9,7 +9,15 @@ import re
 
 import pytest
 
-from tests.serve.conftest import chat_body, client_for, png_array, png_bytes, png_url
+from tests.serve.conftest import (
+    assert_error,
+    chat_body,
+    check_routing,
+    client_for,
+    png_array,
+    png_bytes,
+    png_url,
+)
 
 pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 
@@ -41,19 +49,6 @@ def sse_events(text: str) -> list:
         data = block[len("data: ") :]
         out.append(data if data == "[DONE]" else json.loads(data))
     return out
-
-
-def assert_error(r, status: int, *words: str) -> dict:
-    assert r.status_code == status, r.text
-    body = r.json()
-    assert set(body) == {"error"}
-    err = body["error"]
-    assert set(err) == {"message", "type", "param", "code"}
-    assert isinstance(err["message"], str) and "\n" not in err["message"]
-    assert "Traceback" not in r.text
-    for w in words:
-        assert w.lower() in err["message"].lower(), err["message"]
-    return err
 
 
 # ----------------------------------------------------------------------------- endpoints
@@ -151,28 +146,10 @@ def test_stop_strings(dec):
     assert streamed == cut and events[-2]["choices"][0]["finish_reason"] == "stop"
 
 
-def _check_routing(routing, tokens_expected=True):
-    assert routing, "no routing"
-    for layer in routing:
-        E, K = layer["num_experts"], layer["top_k"]
-        if layer["patches"] is not None:
-            gh, gw = layer["patch_grid"]
-            assert len(layer["patches"]["experts"]) == gh * gw
-            for experts, weights in zip(layer["patches"]["experts"], layer["patches"]["weights"]):
-                assert 1 <= len(experts) <= K and len(weights) == len(experts)
-                assert all(0 <= e < E for e in experts)
-                assert weights == sorted(weights, reverse=True)
-        for t in layer["tokens"] or []:
-            assert set(t) == {"token", "experts", "weights"} and len(t["experts"]) <= K
-    assert any(layer["patches"] for layer in routing)
-    if tokens_expected:
-        assert any(layer["tokens"] for layer in routing)
-
-
 def test_routing_in_chat_and_stream(dec):
     body = chat_body("cap", "a", 5, temperature=0, max_tokens=4, routing=True)
     out = dec.post("/v1/chat/completions", json=body).json()
-    _check_routing(out["routing"])
+    check_routing(out["routing"])
     events = sse_events(dec.post("/v1/chat/completions", json={**body, "stream": True}).text)
     assert events[-2]["routing"] == out["routing"]
     # The decoder's text tokens: <bos>, the prompt, then what it generated.
@@ -194,7 +171,7 @@ def test_fusion_vqa_classify_and_chat(fus, fusion_dir):
     assert vqa["answer"] == expected.text
     assert [a["label"] for a in vqa["answers"]] == [n for n, _ in expected.scores]
     assert vqa["label"]["label"] in task.info.label_names
-    _check_routing(vqa["routing"])
+    check_routing(vqa["routing"])
     labels = fus.post("/v1/classify", json={"image": image, "top_k": 2}).json()["labels"]
     assert len(labels) == 2 and labels[0]["score"] >= labels[1]["score"]
     chat = fus.post("/v1/chat/completions", json=chat_body("vqa", q, 7)).json()
@@ -219,7 +196,7 @@ def test_contrastive_match(con):
     assert all(abs(sum(row) - 1) < 1e-5 for row in out["scores"])
     assert all(-1.0001 <= s <= 1.0001 for row in out["similarities"] for s in row)
     assert out["best"] == [max(range(3), key=row.__getitem__) for row in out["scores"]]
-    _check_routing(out["routing"])
+    check_routing(out["routing"])
     assert_error(con.post("/v1/chat/completions", json=chat_body("clip")), 400, "match")
     assert_error(con.post("/v1/classify", json={"image": png_url()}), 400, "does not serve")
 
@@ -422,7 +399,7 @@ def test_vit_classifier(vit_dir):
         out = out.json()
         expected = task.predict(model, png_array(2), top=4)
         assert [x["label"] for x in out["labels"]] == [n for n, _ in expected.scores]
-        _check_routing(out["routing"], tokens_expected=False)
+        check_routing(out["routing"], tokens_expected=False)
         chat = c.post("/v1/chat/completions", json=chat_body("vit", None, 2)).json()
         assert chat["choices"][0]["message"]["content"] == expected.text
         assert chat["usage"]["prompt_tokens"] == 16  # a 4 x 4 patch grid
@@ -455,7 +432,7 @@ def test_predict_serves_any_task(fus, dec, con, fusion_dir):
     out, expected = r.json(), task.predict(model, png_array(4), "what colour?", top=5)
     assert (out["kind"], out["text"]) == ("answer", expected.text)
     assert out["extra"]["label"] == list(expected.extra["label"])  # a (name, score) pair
-    _check_routing(out["routing"])
+    check_routing(out["routing"])
     label = fus.post("/v1/predict", json={"image": png_url(4)}).json()
     assert label["kind"] == "label" and label["routing"] is None
     caption = dec.post("/v1/predict", json={"image": png_url(4), "max_tokens": 3}).json()

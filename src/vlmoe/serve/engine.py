@@ -185,17 +185,20 @@ class ModelAdapter:
             if stopped():
                 raise JobStoppedError
 
-        p, captured = self.predict(
-            None,  # type: ignore[arg-type]
-            prompt,
-            routing,
-            num=num,
-            steps=steps,
-            cfg=cfg,
-            sampler=sampler,
-            seed=seed,
-            progress=progress,
-        )
+        try:
+            p, captured = self.predict(
+                None,
+                prompt,
+                routing,
+                num=num,
+                steps=steps,
+                cfg=cfg,
+                sampler=sampler,
+                seed=seed,
+                progress=progress,
+            )
+        except APIError as e:  # the task's word on the prompt (an unknown class, ...)
+            raise bad_request(f"prompt: {e.message}", "prompt") from None
         return list(p.extra["images"]), captured
 
     @torch.no_grad()

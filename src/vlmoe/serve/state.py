@@ -75,12 +75,14 @@ class ServeState:
         adapter = self.adapter
         if name in adapter.endpoints:
             return
-        hint = ""
-        if "images" in adapter.endpoints and name in ("chat", "vqa", "classify", "match"):
-            hint = "this model generates images; use /v1/images/generations. "
+        served = f"this {adapter.architecture} model (task {adapter.task_name})"
+        if "images" in adapter.endpoints:
+            raise bad_request(
+                f"{served} generates images; use /v1/images/generations",
+                code="unsupported_endpoint",
+            )
         raise bad_request(
-            hint + f"this {adapter.architecture} model (task {adapter.task_name}) does not serve "
-            f"/{name}; it serves: " + ", ".join(adapter.endpoints),
+            f"{served} does not serve /{name}; it serves: " + ", ".join(adapter.endpoints),
             code="unsupported_endpoint",
         )
 
