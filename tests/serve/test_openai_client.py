@@ -3,11 +3,14 @@ that goes away stops its generation."""
 
 from __future__ import annotations
 
+import base64
+import io
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
+from PIL import Image
 
 from tests.serve.conftest import png_url, uvicorn_server
 
@@ -130,3 +133,66 @@ def test_disconnect_cancels_generation(slow_server):
     # The server is still fine.
     r = httpx.post(url + "/v1/chat/completions", json={**body, "max_tokens": 2}, timeout=10)
     assert r.status_code == 200
+
+
+# ----------------------------------------------------------------------------- images
+
+
+@pytest.fixture(scope="module")
+def gen_client(dit_dir):
+    from vlmoe.serve import build_app
+
+    with uvicorn_server(build_app(dit_dir, model_name="gen")) as url:
+        yield openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0), url
+
+
+def _pngs(response) -> list[bytes]:
+    return [base64.b64decode(item.b64_json) for item in response.data]
+
+
+def test_images_generate(gen_client):
+    client, _ = gen_client
+
+    def generate(seed: int, prompt: str = "circle"):
+        return client.images.generate(
+            model="gen",
+            prompt=prompt,
+            n=2,
+            response_format="b64_json",
+            extra_body={"seed": seed, "steps": 3},
+        )
+
+    out = generate(0)
+    assert len(out.data) == 2 and all(item.revised_prompt is None for item in out.data)
+    first = _pngs(out)
+    for png in first:
+        with Image.open(io.BytesIO(png)) as im:
+            assert im.format == "PNG" and im.size == (8, 8) and im.mode == "RGB"
+    assert first[0] != first[1]  # two images of one request
+    assert _pngs(generate(0)) == first  # one seed repeats, byte for byte
+    assert _pngs(generate(1)) != first  # another seed differs
+    assert _pngs(generate(0, "square")) != first  # another class differs
+
+
+def test_images_errors_come_back_as_openai_errors(gen_client):
+    client, _ = gen_client
+    with pytest.raises(openai.BadRequestError) as e:
+        client.images.generate(model="gen", prompt="circle", response_format="url")
+    assert "b64_json" in e.value.message
+    with pytest.raises(openai.BadRequestError) as e:
+        client.images.generate(model="gen", prompt="circle", size="1024x1024")
+    assert "8x8" in e.value.message
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(model="gen", messages=_messages(), max_tokens=2)
+    assert "/v1/images/generations" in e.value.message
+
+
+def test_a_client_that_leaves_stops_the_sampling(gen_client):
+    _, url = gen_client
+    body = {"model": "gen", "prompt": "circle", "n": 8, "steps": 1000, "seed": 0}  # ~10 s
+    with pytest.raises(httpx.TimeoutException):
+        httpx.post(url + "/v1/images/generations", json=body, timeout=0.3)
+    # Stopped between two sampling steps, within a poll or two of the client leaving.
+    _wait_until(lambda: httpx.get(url + "/health").json()["jobs_stopped"] == 1, seconds=5)
+    r = httpx.post(url + "/v1/images/generations", json={**body, "steps": 2}, timeout=30)
+    assert r.status_code == 200 and len(r.json()["data"]) == 8

@@ -29,6 +29,7 @@ async def health(state: State) -> dict[str, Any]:
         "queued": engine.queued,
         "batches_run": engine.batches_run,
         "largest_batch": engine.largest_batch,
+        "jobs_stopped": engine.jobs_stopped,
     }
 
 
