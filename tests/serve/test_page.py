@@ -34,7 +34,16 @@ def browser():
         browser.close()
 
 
-def _run_page(browser, url: str, tmp_path, question: str | None):
+def _run_page(
+    browser,
+    url: str,
+    tmp_path,
+    question: str | None,
+    *,
+    threshold: str | None = None,
+    prompt: str | None = None,
+):
+    """Open the page, upload a PNG (or, for a generator, type `prompt`), ask, wait."""
     page = browser.new_page(viewport={"width": 1200, "height": 900})
     requests: list[str] = []
     page.on("request", lambda r: requests.append(r.url))
@@ -43,12 +52,17 @@ def _run_page(browser, url: str, tmp_path, question: str | None):
     page.goto(url + "/")
     # The page's CSP forbids eval, so waits use selectors and function expressions.
     page.wait_for_selector("#model:has-text('·')")
-    png = tmp_path / "scene.png"
-    png.write_bytes(png_bytes(3, 32))
-    page.set_input_files("#file", str(png))
+    if prompt is None:
+        png = tmp_path / "scene.png"
+        png.write_bytes(png_bytes(3, 32))
+        page.set_input_files("#file", str(png))
+    else:
+        page.fill("#prompt", prompt)
     page.wait_for_selector("#ask:not([disabled])")
     if question is not None:
         page.fill("#question", question)
+    if threshold is not None:
+        page.fill("#threshold", threshold)
     page.click("#ask")
     page.wait_for_selector("body[data-state=done], body[data-state=error]", timeout=30_000)
     return page, requests, errors
@@ -101,47 +115,44 @@ def test_page_shows_vqa_answers_with_scores(browser, fusion_dir, tmp_path):
         page.close()
 
 
-class _ToyDetector:
-    """A stand-in for a detection task (none ships yet): the served model's forward pass, and
-    one box around the top-left quarter of the image."""
-
-    predicts = ("boxes",)
-
-    def __init__(self, task):
-        self.inner = task
-        self.info, self.tokenizer = task.info, task.tokenizer
-        self.info.task = "toy-detection"
-
-    def __getattr__(self, name):
-        return getattr(self.inner, name)
-
-    def predict(self, model, image, text=None, **_):
-        from vlmoe.tasks import Prediction
-
-        out = model(images=self.inner.image_batch(image, model))
-        h, w = image.shape[:2]
-        box = [1, 1, w // 2, h // 2, "circle", 0.9]
-        return Prediction("boxes", "1 object", [("circle", 0.9)], {"boxes": [box]}, out)
-
-
-def test_page_draws_the_boxes_of_a_detecting_task(browser, vit_dir, tmp_path):
-    from vlmoe.recipes.run import load_trained
-    from vlmoe.serve import Engine, ModelAdapter, ServeConfig
-    from vlmoe.serve.app import create_app
+def test_page_draws_the_boxes_of_a_detector(browser, det_dir, tmp_path):
+    from vlmoe.serve import build_app
     from vlmoe.serve.server import serve_in_background
 
-    model, task = load_trained(vit_dir)
-    app = create_app(Engine(ModelAdapter(model, _ToyDetector(task))), ServeConfig("det"))
-    with serve_in_background(app) as url:
-        page, requests, errors = _run_page(browser, url, tmp_path, None)
+    with serve_in_background(build_app(det_dir, model_name="det")) as url:
+        page, requests, errors = _run_page(browser, url, tmp_path, None, threshold="0")
         assert page.evaluate("document.body.dataset.state") == "done", page.inner_text("#status")
-        assert not errors and page.inner_text("#answer") == "1 object"
-        # The box's left edge (canvas x = 320 / 32 = 10) is drawn in the box colour #ffeb3b.
-        pixel = page.evaluate(
-            """() => Array.from(document.getElementById('routing').getContext('2d')
-                   .getImageData(10, 80, 1, 1).data)"""
+        assert not errors and page.inner_text("#answer") == "20 objects"  # the page's cap
+        assert page.locator("#scores tr").count() == 8  # the best 8 listed
+        # Box edges are drawn in the box colour #ffeb3b over the 320x320 canvas.
+        yellow = page.evaluate(
+            """() => { const d = document.getElementById('routing').getContext('2d')
+                   .getImageData(0, 0, 320, 320).data; let n = 0;
+                   for (let i = 0; i < d.length; i += 4)
+                     if (d[i] === 255 && d[i+1] === 235 && d[i+2] === 59) n++;
+                   return n; }"""
         )
-        assert pixel[:3] == [255, 235, 59], pixel
-        page.screenshot(path=str(tmp_path / "boxes.png"))
+        assert yellow > 100, yellow
+        page.screenshot(path=str(tmp_path / "boxes.png"), full_page=True)
+        _assert_loopback_only(requests)
+        page.close()
+
+
+def test_page_generates_images(browser, dit_dir, tmp_path):
+    from vlmoe.serve import build_app
+    from vlmoe.serve.server import serve_in_background
+
+    with serve_in_background(build_app(dit_dir, model_name="gen")) as url:
+        page, requests, errors = _run_page(browser, url, tmp_path, None, prompt="circle")
+        assert page.evaluate("document.body.dataset.state") == "done", page.inner_text("#status")
+        assert not errors and page.is_hidden("#drop")
+        assert page.locator("#gallery img").count() == 4
+        sizes = page.evaluate(
+            "() => Array.from(document.querySelectorAll('#gallery img'))"
+            ".map((i) => [i.naturalWidth, i.naturalHeight])"
+        )
+        assert sizes == [[8, 8]] * 4
+        assert page.locator("#legend span").count() >= 1  # the routing of the first image
+        page.screenshot(path=str(tmp_path / "generated.png"), full_page=True)
         _assert_loopback_only(requests)
         page.close()
