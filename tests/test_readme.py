@@ -51,7 +51,7 @@ def test_readme_tour_runs_in_order(tmp_path):
     env["OMP_NUM_THREADS"] = "1"
     vlmoe = f"{shlex.quote(sys.executable)} -m vlmoe"
     for code in blocks("python"):
-        if "OpenAI(" in code:  # a client of `vlmoe serve` (tested in tests/serve)
+        if "OpenAI(" in code:  # a client of `vlmoe serve`: tests/serve/test_readme_examples.py
             continue
         # the recipe example, shortened like the commands
         code = code.replace("**recipe}", '**recipe, "train.steps": 2, "data.num_train": 16}')
