@@ -19,6 +19,7 @@ def test_help(capsys):
     assert main(["serve", "--help"]) == 0
     out = capsys.readouterr().out
     assert "/v1/chat/completions" in out and "--allow-remote-images" in out
+    assert "/v1/images/generations" in out and "/v1/detect" in out and "--max-images" in out
 
 
 @pytest.mark.parametrize(
@@ -27,6 +28,7 @@ def test_help(capsys):
         (["serve", "/no/such/run"], "no such run"),
         (["serve", "RUN", "--port", "70000"], "65535"),
         (["serve", "RUN", "--max-queue", "0"], "must be > 0"),
+        (["serve", "RUN", "--max-images", "0"], "must be > 0"),
         (["serve", "RUN", "--timeout", "soon"], "expected a number"),
     ],
 )

@@ -16,8 +16,10 @@ Serve a trained model over HTTP (one process, the model loaded once):
                                see which expert each image patch and text token went to
   POST /v1/chat/completions    the OpenAI chat API (as vLLM and SGLang serve it): image_url
                                parts as data:image/png;base64 URLs, streaming, stop, max_tokens
-  POST /v1/classify, /v1/vqa, /v1/match
-                               labels, VQA answers, text-image match scores (per the task)
+  POST /v1/images/generations  the OpenAI images API for an image generation model (DiT):
+                               PNGs as b64_json; steps, cfg_scale, sampler and seed too
+  POST /v1/classify, /v1/vqa, /v1/match, /v1/detect
+                               labels, VQA answers, text-image match scores, boxes (per the task)
   POST /v1/predict             any task's prediction (a task you registered, too)
   GET  /v1/models, /health, /docs (the JSON schemas)
 Add "routing": true to any request to get, per MoE layer, the experts of every patch and token.
@@ -28,6 +30,7 @@ EPILOG = """\
 examples:
   vlmoe serve runs/captioner                      # then open http://127.0.0.1:8000/
   vlmoe serve runs/fusion --port 8080 --api-key secret
+  vlmoe serve runs/digits --max-images 16           # a DiT: POST /v1/images/generations
   VLMOE_API_KEY=secret vlmoe serve runs/fusion --host 0.0.0.0
 
   from openai import OpenAI
@@ -78,6 +81,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-tokens", type=_positive(int), default=256, help="cap on max_tokens")
     p.add_argument("--max-body-mb", type=_positive(float), default=32.0, help="request body")
     p.add_argument("--max-image-pixels", type=_positive(int), default=16_000_000, help="per image")
+    p.add_argument(
+        "--max-images", type=_positive(int), default=8, help="cap on n of an images request"
+    )
 
 
 def _is_loopback(host: str) -> bool:
@@ -129,6 +135,7 @@ def run(args: argparse.Namespace) -> int:
         ),
         api_key=api_key,
         max_body_bytes=int(args.max_body_mb * 2**20),
+        max_images_per_request=args.max_images,
         images=ImageLimits(
             max_pixels=args.max_image_pixels,
             max_bytes=int(args.max_body_mb * 2**20),

@@ -4,11 +4,13 @@ shows which expert each image patch and text token went to.
     from vlmoe.serve import build_app
     app = build_app("runs/my-run")          # a FastAPI app; run it with uvicorn
 
-`engine` holds the model, its queue and batching; `app` the endpoints and error handling;
-`chat` turns chat requests into engine jobs and their events into responses and server-sent
-events; `schemas` the request and response bodies; `routing` the per-request routing records;
-`inputs` image decoding within limits; `middleware` the body limit and access log; `server`
-runs an app on a background thread; `static/index.html` is the web page.
+`engine` holds the model, its queue and batching; `app` builds the app and its error handling;
+`routes` the endpoints, one router per group (meta, chat, images, tasks), sharing `state` (the
+HTTP limits and the checks every request goes through); `chat` turns chat requests into engine
+jobs and their events into responses and server-sent events; `schemas` the request and
+response bodies; `routing` the per-request routing records; `inputs` image decoding within
+limits; `middleware` the body limit and access log; `server` runs an app on a background
+thread; `static/index.html` is the web page.
 """
 
 from __future__ import annotations
