@@ -163,3 +163,9 @@ def det_dir(tmp_path_factory):
     """A per-patch detector on an MoE ViT (16x16 scenes); with no score floor of its own, so
     that 3 training steps still give boxes to draw."""
     return _train(tmp_path_factory, "det-debug-moe", "task=detection", "model.score_threshold=0")
+
+
+@pytest.fixture(scope="session")
+def ground_dir(tmp_path_factory):
+    """A grounding decoder (boxes as location tokens, read from a text)."""
+    return _train(tmp_path_factory, "decoder-debug-moe", "task=grounding")

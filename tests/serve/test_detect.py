@@ -98,3 +98,22 @@ def test_models_that_do_not_detect(fusion_dir):
     with client_for(fusion_dir, model_name="vqa") as c:
         r = c.post("/v1/detect", json={"image": png_url()})
         assert_error(r, 400, "does not serve /detect", "vqa")
+
+
+def test_a_grounding_model_reads_the_text(ground_dir):
+    from vlmoe.recipes.run import load_trained
+
+    model, task = load_trained(ground_dir)
+    with client_for(ground_dir, model_name="ground") as c:
+        assert c.get("/v1/models").json()["data"][0]["endpoints"] == ["chat", "detect", "predict"]
+        url, rgb = scene(24, 24, 2)
+        out = c.post("/v1/detect", json={"image": url, "text": "red circle", "routing": True})
+        assert out.status_code == 200, out.text
+        expected = task.predict(model, rgb, "red circle").extra["boxes"]
+        assert [b["box"] for b in out.json()["boxes"]] == pytest.approx(
+            [b["box"] for b in expected if b["score"] >= 0.3]
+        )
+        check_routing(out.json()["routing"])
+        assert_error(c.post("/v1/detect", json={"image": url}), 400, "grounding needs a text")
+        long = c.post("/v1/detect", json={"image": url, "text": "red " * 200})
+        assert_error(long, 400, "text", "context")

@@ -138,4 +138,10 @@ class Grounding(Task):
         ]
         out = model(images=images, input_ids=prompt_ids, attention_mask=mask)
         summary = "; ".join(f"{b['label']} {[round(v) for v in b['box']]}" for b in found)
-        return Prediction("boxes", summary or "no box", extra={"boxes": found}, output=out)
+        return Prediction(
+            "boxes",
+            summary or "no box",
+            extra={"boxes": found},
+            output=out,
+            tokens=self.token_strings(ids),  # the prompt the routing pass read
+        )
