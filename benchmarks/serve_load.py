@@ -12,6 +12,11 @@ exits 1.
     python benchmarks/serve_load.py                        # a decoder-debug-moe trained 3 steps
     python benchmarks/serve_load.py --clients 32 --requests 4 --max-tokens 8
     python benchmarks/serve_load.py --model runs/captioner --json results.json
+    python benchmarks/serve_load.py --images --clients 8 --requests 2   # a DiT: images/s
+
+With `--images` the clients ask `/v1/images/generations` of an image generation model instead
+(`--n` images of `--steps` steps each; default model: a dit-debug-moe trained 3 steps), and
+the tokens/s column counts images/s; there is no time to first token.
 """
 
 from __future__ import annotations
@@ -132,9 +137,54 @@ async def one_request(http: httpx.AsyncClient, url: str, body: dict, deadline: f
             return Outcome(False, 0, 0, None, retries, f"{type(e).__name__}: {e}")
 
 
-async def run_clients(
-    url: str, model: str, clients: int, requests: int, max_tokens: int, max_seconds: float
-) -> Row:
+async def one_image_request(
+    http: httpx.AsyncClient, url: str, body: dict, deadline: float
+) -> Outcome:
+    """One images request, retried on 429 until the deadline; `tokens` counts the images."""
+    start, retries = time.perf_counter(), 0
+    while True:
+        try:
+            r = await http.post(url + "/v1/images/generations", json=body)
+        except httpx.HTTPError as e:
+            return Outcome(False, 0, 0, None, retries, f"{type(e).__name__}: {e}")
+        if r.status_code == 429 and time.monotonic() < deadline:
+            retries += 1
+            await asyncio.sleep(float(r.headers.get("retry-after", "1")))
+            continue
+        if r.status_code != 200:
+            return Outcome(False, r.status_code, 0, None, retries, r.text[:200])
+        images = len(r.json()["data"])
+        ok = images == body["n"]
+        error = "" if ok else f"{images} images, asked for {body['n']}"
+        return Outcome(ok, 200, time.perf_counter() - start, None, retries, error, images)
+
+
+def chat_body(model: str, seed: int, max_tokens: int) -> dict:
+    return {
+        "model": model,
+        "messages": [
+            {
+                "role": "user",
+                "content": [
+                    {"type": "text", "text": "a"},
+                    {"type": "image_url", "image_url": {"url": png_url(seed)}},
+                ],
+            }
+        ],
+        "max_tokens": max_tokens,
+        "temperature": 0,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+        "ignore_eos": True,  # every request writes max_tokens tokens
+    }
+
+
+def image_body(model: str, seed: int, args: argparse.Namespace) -> dict:
+    return {"model": model, "prompt": "0", "n": args.n, "steps": args.steps, "seed": seed}
+
+
+async def run_clients(url: str, model: str, clients: int, requests: int, args) -> Row:
+    max_seconds = args.max_seconds
     deadline = time.monotonic() + max_seconds
     limits = httpx.Limits(max_connections=clients + 4, max_keepalive_connections=clients + 4)
     outcomes: list[Outcome] = []
@@ -144,24 +194,13 @@ async def run_clients(
             if time.monotonic() > deadline:
                 outcomes.append(Outcome(False, 0, 0, None, 0, "not sent: out of time"))
                 continue
-            body = {
-                "model": model,
-                "messages": [
-                    {
-                        "role": "user",
-                        "content": [
-                            {"type": "text", "text": "a"},
-                            {"type": "image_url", "image_url": {"url": png_url(c * 1000 + i)}},
-                        ],
-                    }
-                ],
-                "max_tokens": max_tokens,
-                "temperature": 0,
-                "stream": True,
-                "stream_options": {"include_usage": True},
-                "ignore_eos": True,  # every request writes max_tokens tokens
-            }
-            outcomes.append(await one_request(http, url, body, deadline))
+            seed = c * 1000 + i
+            if args.images:
+                body = image_body(model, seed, args)
+                outcomes.append(await one_image_request(http, url, body, deadline))
+            else:
+                body = chat_body(model, seed, args.max_tokens)
+                outcomes.append(await one_request(http, url, body, deadline))
 
     start = time.perf_counter()
     async with httpx.AsyncClient(timeout=max_seconds, limits=limits) as http:
@@ -202,6 +241,7 @@ def vlmoe_serve(model: str | Path, args: argparse.Namespace) -> Iterator[str]:
     cmd = [sys.executable, "-m", "vlmoe", "serve", str(model), "--port", str(port), "-q"]
     cmd += ["--served-model-name", "m", "--max-batch", str(args.max_batch)]
     cmd += ["--max-queue", str(args.max_queue), "--timeout", str(args.max_seconds)]
+    cmd += ["--max-images", str(max(8, args.n))]
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
     env["PYTHONPATH"] = os.pathsep.join(
         [str(Path(__file__).resolve().parents[1] / "src"), env.get("PYTHONPATH", "")]
@@ -227,14 +267,14 @@ def vlmoe_serve(model: str | Path, args: argparse.Namespace) -> Iterator[str]:
         proc.wait(timeout=30)
 
 
-def debug_model(directory: Path) -> Path:
+def debug_model(directory: Path, preset: str) -> Path:
     from vlmoe.recipes.run import train
     from vlmoe.train import RunConfig, apply_overrides
 
     cfg = apply_overrides(
         RunConfig(),
         [
-            "model.preset=decoder-debug-moe",
+            f"model.preset={preset}",
             "train.steps=3",
             "train.batch_size=4",
             "data.num_train=24",
@@ -257,27 +297,27 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-batch", type=int, default=8)
     p.add_argument("--threads", type=int, default=1, help="the server's torch threads")
     p.add_argument("--json", help="also write the rows to this JSON file")
+    p.add_argument("--images", action="store_true", help="load /v1/images/generations instead")
+    p.add_argument("--n", type=int, default=1, help="--images: images a request")
+    p.add_argument("--steps", type=int, default=30, help="--images: sampling steps")
     args = p.parse_args(argv)
-    if args.clients < 1 or args.requests < 1:
-        p.error("--clients and --requests must be >= 1")
+    if args.clients < 1 or args.requests < 1 or args.n < 1 or args.steps < 1:
+        p.error("--clients, --requests, --n and --steps must be >= 1")
 
     with tempfile.TemporaryDirectory() as tmp:
-        model = args.model or debug_model(Path(tmp) / "decoder")
+        preset = "dit-debug-moe" if args.images else "decoder-debug-moe"
+        model = args.model or debug_model(Path(tmp) / "model", preset)
         print(f"CPU: {cpu_name()}, {os.cpu_count()} cores; server torch threads {args.threads}")
-        print(
-            f"model: {model}; max_batch {args.max_batch}, max_queue {args.max_queue}; "
-            f"{args.max_tokens} new tokens a request (ignore_eos), streamed"
+        work = (
+            f"{args.n} images of {args.steps} steps a request"
+            if args.images
+            else f"{args.max_tokens} new tokens a request (ignore_eos), streamed"
         )
+        print(f"model: {model}; max_batch {args.max_batch}, max_queue {args.max_queue}; {work}")
         with vlmoe_serve(model, args) as url:
-            asyncio.run(run_clients(url, "m", 1, 2, args.max_tokens, args.max_seconds))  # warm-up
-            reference = asyncio.run(
-                run_clients(url, "m", 1, args.requests * 2, args.max_tokens, args.max_seconds)
-            )
-            loaded = asyncio.run(
-                run_clients(
-                    url, "m", args.clients, args.requests, args.max_tokens, args.max_seconds
-                )
-            )
+            asyncio.run(run_clients(url, "m", 1, 2, args))  # warm-up
+            reference = asyncio.run(run_clients(url, "m", 1, args.requests * 2, args))
+            loaded = asyncio.run(run_clients(url, "m", args.clients, args.requests, args))
             health = httpx.get(url + "/health").json()
             print(f"engine: {health['batches_run']} batches, largest {health['largest_batch']}")
     rows = [reference, loaded]
@@ -290,7 +330,7 @@ def main(argv: list[str] | None = None) -> int:
         "429 retries",
         "req/s",
         "vs 1 client",
-        "tokens/s",
+        "images/s" if args.images else "tokens/s",
         "p50 ms",
         "p99 ms",
         "p50 TTFT ms",
