@@ -408,7 +408,7 @@ def test_vit_classifier(vit_dir):
 
 def test_a_fault_in_the_model_is_a_500_without_traceback(fusion_dir, caplog):
     with client_for(fusion_dir, model_name="vqa") as c:
-        adapter = c.app_state.engine.adapter
+        adapter = c.app_state.serve.engine.adapter
 
         def broken(*args, **kwargs):
             raise RuntimeError("boom: secret internals")
@@ -482,7 +482,7 @@ def test_decoder_chat_without_an_image(dec):
     out = dec.post("/v1/chat/completions", json={**body, "temperature": 0, "routing": True})
     assert out.status_code == 200, out.text
     out = out.json()
-    tok = dec.app_state.engine.adapter.tokenizer
+    tok = dec.app_state.serve.engine.adapter.tokenizer
     text_tokens = len(tok.encode("a red", add_special=False))
     assert out["usage"]["prompt_tokens"] == 1 + text_tokens  # <bos> and the text, no image
     assert all(layer["patches"] is None for layer in out["routing"])

@@ -120,7 +120,7 @@ def _blocker(engine: Engine, release: threading.Event, started: threading.Event)
 
 def test_queue_full_is_429_with_retry_after(decoder_dir):
     with client_for(decoder_dir, model_name="cap", engine_config=EngineConfig(max_queue=1)) as c:
-        engine = c.app_state.engine
+        engine = c.app_state.serve.engine
         release, started = threading.Event(), threading.Event()
         c.portal.call(_blocker(engine, release, started))
         assert started.wait(10)
@@ -140,7 +140,7 @@ def test_queue_full_is_429_with_retry_after(decoder_dir):
 def test_timeout_is_504_and_the_job_never_runs(decoder_dir):
     config = EngineConfig(timeout_s=0.5)
     with client_for(decoder_dir, model_name="cap", engine_config=config) as c:
-        engine = c.app_state.engine
+        engine = c.app_state.serve.engine
         release, started = threading.Event(), threading.Event()
         c.portal.call(_blocker(engine, release, started))
         assert started.wait(10)

@@ -157,7 +157,7 @@ def test_other_models_do_not_generate_images(decoder_dir):
 
 def test_a_timed_out_sampling_stops_between_steps(dit_dir):
     with client_for(dit_dir, model_name="gen", engine_config=EngineConfig(timeout_s=0.3)) as c:
-        engine = c.app_state.engine
+        engine = c.app_state.serve.engine
         start = time.monotonic()
         r = c.post("/v1/images/generations", json={"prompt": "circle", "steps": 1000, "n": 8})
         assert_error(r, 504, "timeout")

@@ -98,7 +98,7 @@ def slow_server(decoder_dir):
     from vlmoe.serve import EngineConfig, build_app
 
     app = build_app(decoder_dir, model_name="cap", engine_config=EngineConfig(max_tokens=64))
-    model = app.state.engine.adapter.model
+    model = app.state.serve.engine.adapter.model
     real = model.next_token_logits
 
     def slow(*args):
@@ -107,7 +107,7 @@ def slow_server(decoder_dir):
 
     model.next_token_logits = slow
     with uvicorn_server(app) as url:
-        yield url, app.state.engine
+        yield url, app.state.serve.engine
 
 
 def _wait_until(predicate, seconds=10.0):

@@ -144,9 +144,11 @@ def run(args: argparse.Namespace) -> int:
     )
     if not args.quiet:
         logging.getLogger("vlmoe.serve.access").setLevel(logging.INFO)
-    name = app.state.config.model_name
+    state = app.state.serve
     shown = f"[{args.host}]" if ":" in args.host else args.host
-    print(f"serving {name!r} ({app.state.engine.adapter.task_name}) at http://{shown}:{args.port}/")
+    print(
+        f"serving {state.model_name!r} ({state.adapter.task_name}) at http://{shown}:{args.port}/"
+    )
     uvicorn.run(
         app,
         host=args.host,

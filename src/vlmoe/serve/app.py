@@ -58,7 +58,6 @@ def create_app(engine: Engine, config: ServeConfig) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.serve = ServeState(engine, config)
-    app.state.engine, app.state.config = engine, config
     app.add_middleware(BodyLimit, max_bytes=config.max_body_bytes)
     app.add_middleware(AccessLog)
     _add_error_handlers(app)
