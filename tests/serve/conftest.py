@@ -152,10 +152,9 @@ def dit_dir(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def t2i_dir(tmp_path_factory):
-    """A caption-conditioned DiT (16x16 images)."""
-    return _train(
-        tmp_path_factory, "dit-debug-text-xattn", "task=text-to-image", "model.text.max_seq_len=24"
-    )
+    """A caption-conditioned MoE DiT (16x16 images, cross-attention to the caption)."""
+    over = ("task=text-to-image", "model.text.max_seq_len=24")
+    return _train(tmp_path_factory, "dit-debug-text-xattn-moe", *over)
 
 
 @pytest.fixture(scope="session")

@@ -94,11 +94,11 @@ def test_a_caption_model(t2i_dir):
     with client_for(t2i_dir, model_name="t2i") as c:
         card = c.get("/v1/models").json()["data"][0]
         assert card["task"] == "text-to-image" and card["endpoints"] == ["images"]
-        out = c.post(
-            "/v1/images/generations", json={"prompt": "a red circle", "size": "16x16", **FAST}
-        )
+        body = {"prompt": "a red circle", "size": "16x16", "routing": True, **FAST}
+        out = c.post("/v1/images/generations", json=body)
         assert out.status_code == 200, out.text
         assert decode(out.json()["data"][0]).shape == (16, 16, 3)
+        check_routing(out.json()["routing"], tokens_expected=False)  # a dense caption encoder
         long = c.post("/v1/images/generations", json={"prompt": "a red circle " * 20, **FAST})
         assert_error(long, 400, "prompt", "context")
 
