@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import io
+import threading
 import time
 
 import numpy as np
@@ -168,3 +169,21 @@ def test_a_timed_out_sampling_stops_between_steps(dit_dir):
         # The worker is free again well before 1000 steps could have run.
         assert generate(c, prompt="circle", **FAST)["data"]
         assert time.monotonic() - start < 10
+
+
+def test_a_full_queue_refuses_images_with_429(dit_dir):
+    from tests.serve.test_engine import _blocker
+
+    with client_for(dit_dir, model_name="gen", engine_config=EngineConfig(max_queue=1)) as c:
+        engine = c.app_state.serve.engine
+        release, started = threading.Event(), threading.Event()
+        c.portal.call(_blocker(engine, release, started))
+        assert started.wait(10)
+        c.portal.call(_blocker(engine, release, threading.Event()))  # fills the queue
+        try:
+            r = c.post("/v1/images/generations", json={"prompt": "circle", **FAST})
+            assert_error(r, 429, "busy")
+            assert int(r.headers["retry-after"]) >= 1
+        finally:
+            release.set()
+        assert generate(c, prompt="circle", **FAST)["data"]
