@@ -106,12 +106,14 @@ class Recipe:
     label_smoothing: float
     num_train: int | None = None  # training scenes (None: the dataset's own split)
     world: dict[str, Any] = field(default_factory=dict)  # `data.shapes.*` (the scene world)
+    augment: dict[str, Any] = field(default_factory=dict)  # `data.augment.*`
     note: str = ""
 
     def overrides(self) -> dict[str, Any]:
         """The recipe as `vlmoe.train.RunConfig` overrides (`--set` keys)."""
         data = {"data.num_train": self.num_train} if self.num_train else {}
         data.update({f"data.shapes.{k}": v for k, v in self.world.items()})
+        data.update({f"data.augment.{k}": v for k, v in self.augment.items()})
         return {
             "task": self.task,
             "data.name": self.data,
@@ -157,14 +159,16 @@ RECIPES: dict[str, Recipe] = {
     "vit-mnist": Recipe(
         task="classification",
         data="mnist",
-        steps=1000,
+        steps=2000,
         batch_size=32,
         lr=2e-3,
         warmup_steps=100,
         min_lr_ratio=0.05,
         weight_decay=0.05,
         label_smoothing=0.0,
-        note="the 4000 MNIST-5k training digits",
+        augment={"crop": "keep_boxes", "crop_scale": [0.8, 1.0]},
+        note="the 4000 MNIST-5k training digits, random crops of 80-100% (held-out 97.9% dense "
+        "and MoE; 97.5% / 96.4% in 1000 steps without crops)",
     ),
 }
 
