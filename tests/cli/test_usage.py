@@ -134,3 +134,17 @@ def test_init_from_trains_on_the_source_runs_data(capsys, tmp_path):
 def test_contradicting_flags(capsys, tmp_path, flags):
     code, _, err = run(capsys, "train", "--out", str(tmp_path), *flags)
     assert code == 2 and "contradict" in err
+
+
+def test_train_help_names_every_task_and_dataset():
+    import argparse
+
+    from vlmoe.cli.train import add_arguments
+    from vlmoe.data.registry import DATASET_NAMES
+    from vlmoe.tasks import task_names
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    helps = {a.dest: a.help for a in parser._actions}
+    assert set(task_names()) <= {t.strip() for t in helps["task"].split("(")[0].split("|")}
+    assert set(DATASET_NAMES) <= {d.strip() for d in helps["data"].split("|")}

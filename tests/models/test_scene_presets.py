@@ -36,4 +36,5 @@ def test_recipes_are_valid_run_configs(family):
     assert cfg.train.steps == recipe.steps and cfg.optim.lr == recipe.lr
     assert cfg.losses.label_smoothing == recipe.label_smoothing
     assert all(getattr(cfg.data.shapes, k) == v for k, v in recipe.world.items())
-    assert cfg.data.augment.to_dict() == {**cfg.data.augment.__class__().to_dict(), **recipe.augment}
+    default = type(cfg.data.augment)().to_dict()
+    assert cfg.data.augment.to_dict() == {**default, **recipe.augment}

@@ -19,7 +19,9 @@ overrides (any field: `--set optim.lr=3e-4`, `--set train.precision=bf16`,
 `--set model.transformer.num_layers=6`). The resolved config is saved as config.yaml.
 MoE balance losses are on by default (losses.load_balance=0.01, losses.z_loss=0.001).
 A bad image or line in your data stops the run naming the file and line; with
-`--set data.on_error=skip` bad samples are left out and counted instead.
+`--set data.on_error=skip` bad samples are left out and counted instead. The scene world is
+configured under data.shapes (`--set data.shapes.max_objects=6`), training augmentation under
+data.augment (`--set data.augment.crop=keep_boxes`, `--set data.augment.hflip=swap_text`).
 An --out that holds a run is never touched unless you pass --resume (continue it with its
 saved config; only train.steps may grow) or --overwrite (delete it and start over).
 """
@@ -51,9 +53,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--task",
         help="classification | vqa | vqa+classification | captioning | contrastive | detection"
-        " | grounding",
+        " | grounding | image-generation | text-to-image (default: the model's own)",
     )
-    p.add_argument("--data", help="shapes | mnist | digits | jsonl | folder | coco")
+    p.add_argument("--data", help="shapes | mnist | digits | photos | jsonl | folder | coco")
     p.add_argument("--data-path", help="manifest / folder / COCO json for --data jsonl|folder|coco")
     p.add_argument(
         "--eval-path", help="held-out manifest/folder (default: hold out data.eval_fraction)"
