@@ -30,6 +30,7 @@ from vlmoe.data.shapes import ShapesConfig
 from vlmoe.data.shapes_data import ShapesDataset
 from vlmoe.data.transforms import ImageTransform
 from vlmoe.eval.detection import DetectionEvaluator
+from vlmoe.models.presets import RECIPES
 from vlmoe.models.registry import create_model
 from vlmoe.nn.machine import this_cpu
 from vlmoe.tasks import TaskDataset, TaskInfo, eval_loader
@@ -38,9 +39,8 @@ from vlmoe.train.checkpoint import write_json_atomic
 from vlmoe.train.config import OptimizerConfig, RunConfig, ScheduleConfig, TrainConfig
 from vlmoe.train.trainer import Trainer
 
-SCENES = ShapesConfig(
-    image_size=64, min_objects=1, max_objects=6, occlusion=0.3, large_objects="any", seed=0
-)
+RECIPE = RECIPES["det-small"]
+SCENES = ShapesConfig(image_size=64, seed=0, **RECIPE.data_options)
 
 
 def run_one(
@@ -53,9 +53,10 @@ def run_one(
     lr: float,
     batch_size: int,
     run_dir: Path,
+    overrides: dict | None = None,
 ) -> dict:
     torch.manual_seed(seed)
-    model = create_model(preset, head=head)
+    model = create_model(preset, head=head, **(overrides or {}))
     names = SCENES.box_label_names
     task = Detection(TaskInfo("detection", "detection", 64, 0, list(names)))
     train_set = ShapesDataset(SCENES, "train", num_train)
@@ -64,8 +65,11 @@ def run_one(
     train = TaskDataset(train_set, task.examples(train_set, "train"), 64, flip.augment, seed)
     test = TaskDataset(test_set, task.examples(test_set, "eval"), 64)
     cfg = RunConfig(
-        optim=OptimizerConfig(lr=lr),
-        schedule=ScheduleConfig(warmup_steps=max(1, steps // 20)),
+        optim=OptimizerConfig(lr=lr, weight_decay=RECIPE.weight_decay),
+        schedule=ScheduleConfig(
+            warmup_steps=min(RECIPE.warmup_steps, steps // 10),
+            min_lr_ratio=RECIPE.min_lr_ratio,
+        ),
         train=TrainConfig(
             steps=steps,
             batch_size=batch_size,
@@ -96,6 +100,7 @@ def run_one(
     return {
         "preset": preset,
         "head": head,
+        "overrides": overrides or {},
         "seed": seed,
         "steps": steps,
         "num_train": num_train,
@@ -113,16 +118,33 @@ def run_one(
     }
 
 
+def parse_override(kv: str) -> tuple[str, object]:
+    key, sep, value = kv.partition("=")
+    if not sep:
+        raise SystemExit(f"--set {kv!r}: expected KEY=VALUE")
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--preset", nargs="+", default=["det-small-moe"])
     p.add_argument("--head", default="patch", choices=["patch", "set"])
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
-    p.add_argument("--steps", type=int, default=1500)
-    p.add_argument("--num-train", type=int, default=20000)
+    p.add_argument("--steps", type=int, default=RECIPE.steps)
+    p.add_argument("--num-train", type=int, default=RECIPE.num_train)
     p.add_argument("--num-eval", type=int, default=500)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--lr", type=float, default=RECIPE.lr)
+    p.add_argument("--batch-size", type=int, default=RECIPE.batch_size)
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="model config override, e.g. backbone.patch_embed=conv (JSON values)",
+    )
     p.add_argument("--out", default="benchmarks/results/detection.json")
     p.add_argument("--work", default="runs/detection")
     args = p.parse_args(argv)
@@ -130,10 +152,12 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(1)
     out = Path(args.out)
     results = json.loads(out.read_text()) if out.exists() else {}
+    overrides = dict(parse_override(kv) for kv in args.set)
+    tag = "".join(f"/{k}={v}" for k, v in overrides.items())
     print(f"CPU: {this_cpu().model}; torch threads 1")
     for preset in args.preset:
         for seed in args.seeds:
-            key = f"{preset}/{args.head}/seed{seed}/steps{args.steps}/lr{args.lr}"
+            key = f"{preset}/{args.head}/seed{seed}/steps{args.steps}/lr{args.lr}{tag}"
             if key not in results:
                 result = run_one(
                     preset,
@@ -145,6 +169,7 @@ def main(argv: list[str] | None = None) -> None:
                     args.lr,
                     args.batch_size,
                     Path(args.work) / key.replace("/", "-"),
+                    overrides,
                 )
                 # Re-read before writing: several runs may share the file.
                 results = json.loads(out.read_text()) if out.exists() else {}
