@@ -36,11 +36,12 @@ from vlmoe.models.presets import RECIPES
 from vlmoe.recipes.demos.scenes import ModelResult, train_one
 from vlmoe.recipes.run import load_trained
 from vlmoe.train.config import RunConfig
-from vlmoe.viz.boxes import draw_boxes, save_image
+from vlmoe.viz.boxes import caption_band, draw_boxes, save_image
 
 log = logging.getLogger(__name__)
 
 MODELS = {"dense": "det-small", "moe": "det-small-moe"}
+TITLES = {"dense": "dense backbone", "moe": "MoE backbone (8 experts, top-2, every other block)"}
 SHOWN = 8  # held-out scenes drawn in boxes.png
 SCORE_SHOWN = 0.3  # boxes drawn from this score up
 
@@ -168,7 +169,8 @@ def draw_detections(out_dir: Path, names: list[str], cfg: RunConfig) -> Path:
                 min_side=256,
             )
             tiles.append(np.pad(tile, ((4, 4), (4, 4), (0, 0)), constant_values=255))
-        rows.append(np.concatenate(tiles, axis=1))
+        row = np.concatenate(tiles, axis=1)
+        rows += [caption_band(row.shape[1], TITLES[name]), row]
     return save_image(np.concatenate(rows, axis=0), out_dir / "boxes.png")
 
 
@@ -270,8 +272,10 @@ def write_report(
         "Every object here is COCO-small (under 32x32 pixels), so AP medium / large are empty.",
         "",
         *routing_lines(results["moe"]),
-        f"## Detections on held-out scenes\n\nTop row dense, bottom row MoE; boxes scoring at "
-        f"least {SCORE_SHOWN} with their label and score, ground truth dashed grey.",
+        "## Detections on held-out scenes",
+        "",
+        f"Top row dense, bottom row MoE backbone; boxes scoring at least {SCORE_SHOWN} with "
+        "their label and score, ground truth dashed grey.",
         "",
         f"![detections]({picture.name})",
         "",
