@@ -23,7 +23,7 @@ vlmoe demo detection
                   per-patch object detectors (dense and MoE backbone) on crowded scenes of 1-6
                   shapes; writes the COCO table (pycocotools) and boxes.png, the predicted
                   boxes and labels over held-out scenes, to runs/demo-detection/report.md.
-                  About 10-15 minutes on 2 CPU cores (--quick: about 2 minutes).
+                  About 5-10 minutes on 2 CPU cores (--quick: about 2-3 minutes).
 """
 EPILOG = """\
 examples:
@@ -100,7 +100,7 @@ def _detection(args: argparse.Namespace, start: float) -> int:
     out = args.out or "runs/demo-detection"
     print(
         f"training 2 detectors (dense and MoE backbone){' (quick)' if args.quick else ''}; "
-        f"this takes about {'2' if args.quick else '10-15'} minutes on 2 CPU cores ...",
+        f"this takes about {'2-3' if args.quick else '5-10'} minutes on 2 CPU cores ...",
         flush=True,
     )
 
