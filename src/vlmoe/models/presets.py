@@ -176,7 +176,9 @@ RECIPES: dict[str, Recipe] = {
         label_smoothing=0.0,
         num_train=20000,
         data_options=dict(DETECTION_SCENES),
-        note="20000 training scenes of 64x64 pixels with 1-6 objects, up to 30% of a box hidden",
+        note="20000 training scenes of 64x64 pixels with 1-6 objects, up to 30% of a box "
+        "hidden; set on the MoE detector (a 400-step run already passes the issue's targets), "
+        "applied unchanged to the dense one",
     ),
     "vit-mnist": Recipe(
         task="classification",
