@@ -3,16 +3,19 @@
 Scenes: the scene world with 1-6 objects per image, up to 30% of an object's box covered by
 another (`ShapesConfig(max_objects=6, occlusion=0.3, large_objects="any")`), 64x64 pixels,
 24 classes ("colour shape"); held-out scenes are the `test` split (another seed stream).
-Models: `det-small` presets (ViT width 128, 4 blocks, 8x8 patches) with the per-patch head or
-the DETR-style set head (`--head set`), dense or MoE (E=8 top-2 in every other block, equal
-active parameters). Training uses `vlmoe.train.Trainer` (AdamW, warm-up + cosine, the MoE
-balance losses at their defaults); evaluation `vlmoe.eval.detection` (pycocotools).
+Models: `det-small` presets (ViT width 128, 4 blocks, 8x8 patches behind a conv stem) with the
+per-patch head or the DETR-style set head (`--head set`), dense or MoE (E=8 top-2 in every other
+block, equal active parameters); `--set` changes their config. Training uses
+`vlmoe.train.Trainer` with the `det-small` recipe (`vlmoe.models.presets.RECIPES`: AdamW,
+warm-up + cosine, the MoE balance losses at their defaults) and horizontal flips that move the
+boxes; evaluation `vlmoe.eval.detection` (pycocotools).
 
-    OMP_NUM_THREADS=1 python benchmarks/detection.py --preset det-small-moe --steps 1500 \
-        --seeds 0 1 2 --out benchmarks/results/detection.json
+    OMP_NUM_THREADS=1 python benchmarks/detection.py --preset det-small-moe det-small \
+        --seeds 0 1 2
 
-Each run appends its metrics, steps, training seconds and steps/s to the JSON (resumable: runs
-already there are skipped) and prints one table row.
+Each run writes its metrics, steps, training seconds (wall and CPU) and steps/s to its own JSON
+file under `--out` (resumable: runs with a file are skipped) and prints one row; the end prints
+the mean ± standard deviation over seeds of each configuration.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
+import statistics
 import time
 from pathlib import Path
 
@@ -30,6 +33,7 @@ from vlmoe.data.shapes import ShapesConfig
 from vlmoe.data.shapes_data import ShapesDataset
 from vlmoe.data.transforms import ImageTransform
 from vlmoe.eval.detection import DetectionEvaluator
+from vlmoe.models.presets import RECIPES
 from vlmoe.models.registry import create_model
 from vlmoe.nn.machine import this_cpu
 from vlmoe.tasks import TaskDataset, TaskInfo, eval_loader
@@ -38,9 +42,8 @@ from vlmoe.train.checkpoint import write_json_atomic
 from vlmoe.train.config import OptimizerConfig, RunConfig, ScheduleConfig, TrainConfig
 from vlmoe.train.trainer import Trainer
 
-SCENES = ShapesConfig(
-    image_size=64, min_objects=1, max_objects=6, occlusion=0.3, large_objects="any", seed=0
-)
+RECIPE = RECIPES["det-small"]
+SCENES = ShapesConfig(image_size=64, seed=0, **RECIPE.world)
 
 
 def run_one(
@@ -53,9 +56,10 @@ def run_one(
     lr: float,
     batch_size: int,
     run_dir: Path,
+    overrides: dict | None = None,
 ) -> dict:
     torch.manual_seed(seed)
-    model = create_model(preset, head=head)
+    model = create_model(preset, head=head, **(overrides or {}))
     names = SCENES.box_label_names
     task = Detection(TaskInfo("detection", "detection", 64, 0, list(names)))
     train_set = ShapesDataset(SCENES, "train", num_train)
@@ -64,8 +68,11 @@ def run_one(
     train = TaskDataset(train_set, task.examples(train_set, "train"), 64, flip.augment, seed)
     test = TaskDataset(test_set, task.examples(test_set, "eval"), 64)
     cfg = RunConfig(
-        optim=OptimizerConfig(lr=lr),
-        schedule=ScheduleConfig(warmup_steps=max(1, steps // 20)),
+        optim=OptimizerConfig(lr=lr, weight_decay=RECIPE.weight_decay),
+        schedule=ScheduleConfig(
+            warmup_steps=min(RECIPE.warmup_steps, steps // 10),
+            min_lr_ratio=RECIPE.min_lr_ratio,
+        ),
         train=TrainConfig(
             steps=steps,
             batch_size=batch_size,
@@ -96,6 +103,7 @@ def run_one(
     return {
         "preset": preset,
         "head": head,
+        "overrides": overrides or {},
         "seed": seed,
         "steps": steps,
         "num_train": num_train,
@@ -113,28 +121,70 @@ def run_one(
     }
 
 
+def parse_override(kv: str) -> tuple[str, object]:
+    key, sep, value = kv.partition("=")
+    if not sep:
+        raise SystemExit(f"--set {kv!r}: expected KEY=VALUE")
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value
+
+
+def run_file(out: Path, key: str) -> Path:
+    return out / (key.replace("/", "_") + ".json")
+
+
+def summary(out: Path) -> list[str]:
+    """Mean and spread over seeds of every (preset, head, steps, lr, overrides) in `out`."""
+    groups: dict[str, list[dict]] = {}
+    for path in sorted(out.glob("*.json")):
+        r = json.loads(path.read_text())
+        tag = "".join(f" {k}={v}" for k, v in r.get("overrides", {}).items())
+        name = f"{r['preset']} {r['head']} {r['steps']} steps lr {r['lr']}{tag}"
+        groups.setdefault(name, []).append(r)
+    lines = []
+    for name, runs in groups.items():
+        cells = []
+        for stat in ("mAP", "mAP50", "mAP75", "AR100"):
+            v = [r["metrics"][stat] for r in runs]
+            cells.append(f"{stat} {statistics.mean(v):.3f}±{statistics.pstdev(v):.3f}")
+        cpu = statistics.mean(r["train_cpu_seconds"] for r in runs) / 60
+        lines.append(f"{name} ({len(runs)} seeds): {', '.join(cells)}; {cpu:.1f} min CPU")
+    return lines
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--preset", nargs="+", default=["det-small-moe"])
     p.add_argument("--head", default="patch", choices=["patch", "set"])
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
-    p.add_argument("--steps", type=int, default=1500)
-    p.add_argument("--num-train", type=int, default=20000)
+    p.add_argument("--steps", type=int, default=RECIPE.steps)
+    p.add_argument("--num-train", type=int, default=RECIPE.num_train)
     p.add_argument("--num-eval", type=int, default=500)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--out", default="benchmarks/results/detection.json")
+    p.add_argument("--lr", type=float, default=RECIPE.lr)
+    p.add_argument("--batch-size", type=int, default=RECIPE.batch_size)
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="model config override, e.g. backbone.patch_embed=linear (JSON values)",
+    )
+    p.add_argument("--out", default="benchmarks/results/detection", help="one JSON file a run")
     p.add_argument("--work", default="runs/detection")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.set_num_threads(1)
     out = Path(args.out)
-    results = json.loads(out.read_text()) if out.exists() else {}
+    overrides = dict(parse_override(kv) for kv in args.set)
+    tag = "".join(f"/{k}={v}" for k, v in overrides.items())
     print(f"CPU: {this_cpu().model}; torch threads 1")
     for preset in args.preset:
         for seed in args.seeds:
-            key = f"{preset}/{args.head}/seed{seed}/steps{args.steps}/lr{args.lr}"
-            if key not in results:
+            key = f"{preset}/{args.head}/seed{seed}/steps{args.steps}/lr{args.lr}{tag}"
+            path = run_file(out, key)
+            if not path.exists():  # resumable: finished runs are skipped
                 result = run_one(
                     preset,
                     args.head,
@@ -145,19 +195,18 @@ def main(argv: list[str] | None = None) -> None:
                     args.lr,
                     args.batch_size,
                     Path(args.work) / key.replace("/", "-"),
+                    overrides,
                 )
-                # Re-read before writing: several runs may share the file.
-                results = json.loads(out.read_text()) if out.exists() else {}
-                results[key] = result
-                out.parent.mkdir(parents=True, exist_ok=True)
-                write_json_atomic(out, results)
-            r = results[key]
+                out.mkdir(parents=True, exist_ok=True)
+                write_json_atomic(path, result)
+            r = json.loads(path.read_text())
             m = r["metrics"]
             print(
                 f"{key}: mAP {m['mAP']:.3f} mAP50 {m['mAP50']:.3f} mAP75 {m['mAP75']:.3f} "
                 f"AR100 {m['AR100']:.3f} train {r['train_seconds'] / 60:.1f} min wall, "
-                f"{r.get('train_cpu_seconds', math.nan) / 60:.1f} min CPU"
+                f"{r['train_cpu_seconds'] / 60:.1f} min CPU"
             )
+    print("\n".join(summary(out)))
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""The scene presets (conv stem, dense and MoE twins) and their training recipes."""
+"""The scene presets and detectors (conv stem, dense and MoE twins) and their training recipes."""
 
 import pytest
 import torch
@@ -12,7 +12,7 @@ from vlmoe.train.config import RunConfig
 
 from .helpers import make_inputs
 
-FAMILIES = ["fusion-scene", "decoder-scene", "vit-mnist"]
+FAMILIES = ["fusion-scene", "decoder-scene", "vit-mnist", "det-small"]
 
 
 @pytest.mark.parametrize("family", FAMILIES)

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from vlmoe.viz.boxes import PALETTE, draw_boxes, save_image
+from vlmoe.viz.boxes import PALETTE, caption_band, draw_boxes, save_image
 
 
 def test_draw_boxes_outlines_in_class_colour(tmp_path):
@@ -24,3 +24,9 @@ def test_draw_boxes_bad_input():
         draw_boxes(np.zeros((8, 8, 3), np.uint8), [[0, 0, 1, 1]], [])
     with pytest.raises(ValueError, match="uint8"):
         draw_boxes(np.zeros((8, 8), np.uint8), [], [])
+
+
+def test_caption_band_is_a_white_strip_with_dark_text():
+    band = caption_band(300, "dense backbone")
+    assert band.shape == (18, 300, 3) and band.dtype == np.uint8
+    assert band[:, :150].min() < 100 and (band[:, 200:] == 255).all()  # text at the left only

@@ -74,6 +74,14 @@ def draw_boxes(
     return np.asarray(canvas)
 
 
+def caption_band(width: int, text: str, height: int = 18) -> np.ndarray:
+    """(height, width, 3) uint8 white band with `text` in black at its left, to title a row of
+    tiles."""
+    band = Image.new("RGB", (width, height), (255, 255, 255))
+    ImageDraw.Draw(band).text((6, 3), text, fill=(0, 0, 0), font=ImageFont.load_default())
+    return np.asarray(band)
+
+
 def save_image(image: np.ndarray, path: str | Path) -> Path:
     """Write a (H, W, 3) uint8 array as PNG atomically (temporary file, then rename)."""
     path = Path(path)

@@ -175,7 +175,7 @@ def _headline(task: Task, ev: dict[str, Any]) -> dict[str, float]:
     return {k: float(ev[k]) for k in task.headline if k in ev}
 
 
-def _train_one(name: str, cfg_dict: dict[str, Any], out_dir: str, log_level: int) -> dict[str, Any]:
+def train_one(name: str, cfg_dict: dict[str, Any], out_dir: str, log_level: int) -> dict[str, Any]:
     """Train and evaluate one demo model (runs in a worker process, one CPU thread)."""
 
     logging.basicConfig(level=log_level, format=f"[{name}] %(message)s")
@@ -238,11 +238,11 @@ def run_demo(
 
     if workers == 1:
         for n in order:
-            finished(n, _train_one(n, configs[n].to_dict(), str(out_dir), log_level))
+            finished(n, train_one(n, configs[n].to_dict(), str(out_dir), log_level))
     else:
         with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
             futures = {
-                pool.submit(_train_one, n, configs[n].to_dict(), str(out_dir), log_level): n
+                pool.submit(train_one, n, configs[n].to_dict(), str(out_dir), log_level): n
                 for n in order
             }
             for f in as_completed(futures):
