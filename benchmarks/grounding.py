@@ -22,11 +22,12 @@ from pathlib import Path
 
 import torch
 
+from vlmoe.config import parse_override
 from vlmoe.data.shapes import ShapesConfig
 from vlmoe.data.shapes_data import ShapesDataset
 from vlmoe.data.tokenizer import Tokenizer
 from vlmoe.data.transforms import ImageTransform
-from vlmoe.eval.common import run_evaluators
+from vlmoe.eval.runner import run_evaluators
 from vlmoe.models.registry import create_model
 from vlmoe.tasks import TaskDataset, TaskInfo, eval_loader
 from vlmoe.tasks.grounding import Grounding
@@ -52,6 +53,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--out", default="benchmarks/results/grounding.json")
     p.add_argument("--work", default="runs/grounding")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="model config override, e.g. vision.patch_embed=conv (repeatable)",
+    )
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.set_num_threads(1)
@@ -66,7 +74,8 @@ def main(argv: list[str] | None = None) -> None:
     flip = ImageTransform(None, hflip="swap_text")
     train = TaskDataset(train_set, task.examples(train_set, "train"), 64, flip.augment, args.seed)
     test = TaskDataset(test_set, task.examples(test_set, "eval"), 64)
-    model = create_model(args.preset, vocab_size=tok.vocab_size, max_seq_len=MAX_LEN)
+    overrides = dict(parse_override(kv) for kv in args.set)
+    model = create_model(args.preset, vocab_size=tok.vocab_size, max_seq_len=MAX_LEN, **overrides)
     cfg = RunConfig(
         optim=OptimizerConfig(lr=args.lr),
         schedule=ScheduleConfig(warmup_steps=max(1, args.steps // 20)),
@@ -80,8 +89,9 @@ def main(argv: list[str] | None = None) -> None:
             log_every=50,
         ),
     )
-    key = f"{args.preset}/seed{args.seed}/steps{args.steps}/lr{args.lr}"
-    run_dir = Path(args.work) / key.replace("/", "-")
+    tag = "".join(f"/{k}={v}" for k, v in overrides.items())
+    key = f"{args.preset}{tag}/seed{args.seed}/steps{args.steps}/lr{args.lr}"
+    run_dir = Path(args.work) / key.replace("/", "-").replace("=", "_")
     trainer = Trainer(
         model, task.loss, train, task.collate, cfg, run_dir, arch="decoder", eval_at_end=False
     )
@@ -98,6 +108,7 @@ def main(argv: list[str] | None = None) -> None:
         "train_cpu_seconds": cpu,
         "steps": args.steps,
         "num_refs": len(test),
+        "overrides": overrides,
         "metrics": metrics,
     }
     out.parent.mkdir(parents=True, exist_ok=True)
