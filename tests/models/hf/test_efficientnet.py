@@ -142,3 +142,20 @@ def test_tower_config_errors() -> None:
         FusionConfig(patch_embed="efficientnet-lite0", patch_size=16, tower=CNNTowerConfig(100))
     with pytest.raises(HFImportError, match="vision tower 'resnet50'"):
         compose_fusion(None, FusionConfig(), vision="resnet50")
+
+
+def test_cli_import_lite0_fusion_round_trip(weights, tmp_path, capsys) -> None:
+    from vlmoe.cli.main import main
+    from vlmoe.models import load_model
+
+    out = tmp_path / "lite0-fusion"
+    args = ["import", "--vision", "efficientnet-lite0", "--preset", "fusion-debug", str(out)]
+    sets = ["--set", "patch_size=16", "--set", "tower.input_size=64", "--set", "num_answers=3"]
+    assert main(args + sets) == 0
+    model = load_model(out)  # config.json + safetensors: the tower comes back as it was
+    assert model.config.patch_embed == "efficientnet-lite0"
+    assert model.config.tower == CNNTowerConfig(input_size=64, trainable=False)
+    stem = load_lite0(path=weights).stem[0].weight
+    assert torch.equal(model.image_embed.patch.cnn.stem[0].weight, stem)
+    assert main(["import", "--vision", "efficientnet-lite0", str(tmp_path / "x")]) == 2
+    assert "--vision efficientnet-lite0 needs --preset" in capsys.readouterr().err
