@@ -349,7 +349,7 @@ def _load_zip(path: Path) -> Any:
     return _resolve(obj, flat)
 
 
-def _load_legacy(f: IO[bytes]) -> Any:
+def _load_legacy(f: IO[bytes], size: int) -> Any:
     if _interpret(f) != MAGIC_NUMBER:
         raise TorchFileError("not a PyTorch file (no magic number)")
     if _interpret(f) != PROTOCOL_VERSION:
@@ -374,6 +374,8 @@ def _load_legacy(f: IO[bytes]) -> Any:
         if numel != storage.numel:
             raise TorchFileError(f"storage {key} holds {numel} elements, expected {storage.numel}")
         itemsize = torch.empty((), dtype=storage.dtype).element_size()
+        if numel * itemsize > size - f.tell():  # never allocate what the file cannot hold
+            raise TorchFileError(f"storage {key} runs past the end of the file (truncated?)")
         flat[key] = _tensor_from_bytes(f.read(numel * itemsize), storage)
     missing = sorted(set(wanted) - set(flat))
     if missing:
@@ -395,7 +397,7 @@ def load_torch_file(path: str | Path) -> Any:
         if zipfile.is_zipfile(path):
             return _load_zip(path)
         with open(path, "rb") as f:
-            return _load_legacy(f)
+            return _load_legacy(f, path.stat().st_size)
     except TorchFileError as e:
         raise TorchFileError(f"{path}: {e}") from None
     except (zipfile.BadZipFile, OSError, EOFError) as e:
