@@ -80,8 +80,15 @@ RECIPE = {
 TASKS = {
     "retrieval": ("contrastive", "contrastive-small-moe", "retrieval/r@1", "mean R@1"),
     "vqa": ("vqa", "fusion-small", "vqa/accuracy", "VQA acc"),
+    "photos": ("contrastive", "contrastive-small-moe", "retrieval/r@1", "photo R@1"),
 }
-ARMS = ("pretrained", "scratch")
+# The bundled photos (20 train, 7 held out) at 128x128 (patch 16); the rest is the scene world.
+PHOTOS = {"image_size": 128, "patch_size": 16}
+# (pretrained arm, its from-scratch twin): MiniLM text only; EfficientNet-Lite0 image
+# features + MiniLM text.
+PAIRS = {"minilm": ("pretrained", "scratch"), "lite0": ("lite0", "lite0-scratch")}
+ARMS = tuple(arm for pair in PAIRS.values() for arm in pair)
+LITE0 = {"stride": 16, "input_size": 128}  # 32x32 scenes upsampled: an 8x8 grid of tokens
 OUT = Path(__file__).parent / "results" / "pretrained_start.json"
 
 
@@ -95,7 +102,7 @@ def run_config(task: str, seed: int, steps: int) -> Any:
     from vlmoe.train.config import RunConfig
 
     run_task, preset, _, _ = TASKS[task]
-    r = RECIPE
+    r = RECIPE | (PHOTOS if task == "photos" else {})
     return RunConfig().with_overrides(
         {
             "task": run_task,
@@ -105,7 +112,7 @@ def run_config(task: str, seed: int, steps: int) -> Any:
                 "patch_size": r["patch_size"],
                 "max_seq_len": r["max_seq_len"],
             },
-            "data.name": "shapes",
+            "data.name": "photos" if task == "photos" else "shapes",
             "data.num_train": r["num_train"],
             "data.num_eval": r["num_eval"],
             "optim.lr": r["lr"],
@@ -127,6 +134,7 @@ def build_run(task: str, arm: str, seed: int, steps: int) -> Any:
     import dataclasses
 
     from vlmoe.models import ContrastiveModel, FusionModel
+    from vlmoe.models.config import CNNTowerConfig
     from vlmoe.models.hf import compose_contrastive, compose_fusion
     from vlmoe.recipes.run import prepare
 
@@ -135,12 +143,19 @@ def build_run(task: str, arm: str, seed: int, steps: int) -> Any:
     base = run.model.config
     if task == "vqa":
         base = dataclasses.replace(base, num_answers=len(run.info.answer_vocab), num_classes=0)
+    vision = None
+    if arm.startswith("lite0"):  # the frozen ImageNet tower; from scratch it trains
+        tower = CNNTowerConfig(LITE0["input_size"], trainable=arm == "lite0-scratch")
+        base = dataclasses.replace(
+            base, patch_embed="efficientnet-lite0", patch_size=LITE0["stride"], tower=tower
+        )
+        vision = "efficientnet-lite0"
     torch.manual_seed(seed)
-    compose = compose_contrastive if task == "retrieval" else compose_fusion
-    model = compose(minilm_dir(), base)
-    if arm == "scratch":  # same architecture and tokenizer, random weights
+    compose = compose_fusion if task == "vqa" else compose_contrastive
+    model = compose(minilm_dir(), base, vision=vision)
+    if arm.endswith("scratch"):  # same architecture and tokenizer, random weights
         torch.manual_seed(seed)
-        cls = ContrastiveModel if task == "retrieval" else FusionModel
+        cls = FusionModel if task == "vqa" else ContrastiveModel
         tokenizer = model.tokenizer
         model = cls(model.config)
         model.tokenizer = tokenizer
@@ -167,7 +182,9 @@ def run_one(task: str, arm: str, seed: int, steps: int) -> dict[str, Any]:
         "arm": arm,
         "seed": seed,
         "steps": steps,
-        "recipe": RECIPE,
+        "recipe": RECIPE
+        | (PHOTOS if task == "photos" else {})
+        | ({"lite0": LITE0} if arm.startswith("lite0") else {}),
         "metrics": {k: v for k, v in metrics.items() if isinstance(v, int | float)},
         "params_total": total,
         "params_active": active,
@@ -204,25 +221,32 @@ def _save(path: Path, record: dict[str, Any]) -> None:
 def report(path: Path) -> str:
     runs = load(path)["runs"].values()
     lines = [
-        "| task | metric | pretrained (MiniLM) | from scratch | difference | seeds |",
-        "|---|---|---|---|---|---|",
+        "| start | task | metric | pretrained | from scratch | difference | seeds |",
+        "|---|---|---|---|---|---|---|",
     ]
-    for task, (_, _, metric, label) in TASKS.items():
-        cell, seeds = {}, {}
-        for arm in ARMS:
-            values = [r["metrics"][metric] for r in runs if r["task"] == task and r["arm"] == arm]
-            seeds[arm] = len(values)
-            if values:
-                sd = statistics.stdev(values) if len(values) > 1 else float("nan")
-                cell[arm] = (statistics.mean(values), sd)
-        if len(cell) < 2:
-            continue
-        (mp, sp), (ms, ss) = cell["pretrained"], cell["scratch"]
-        lines.append(
-            f"| {task} | {label} | {100 * mp:.1f} ± {100 * sp:.1f} | {100 * ms:.1f} ± "
-            f"{100 * ss:.1f} | {100 * (mp - ms):+.1f} | {seeds['pretrained']}/{seeds['scratch']} |"
-        )
+    for pair, (pre, scratch) in PAIRS.items():
+        for task, (_, _, metric, label) in TASKS.items():
+            cell, seeds = {}, {}
+            for arm in (pre, scratch):
+                values = [
+                    r["metrics"][metric] for r in runs if r["task"] == task and r["arm"] == arm
+                ]
+                seeds[arm] = len(values)
+                if values:
+                    sd = statistics.stdev(values) if len(values) > 1 else float("nan")
+                    cell[arm] = (statistics.mean(values), sd)
+            if len(cell) < 2:
+                continue
+            (mp, sp), (ms, ss) = cell[pre], cell[scratch]
+            lines.append(
+                f"| {START[pair]} | {task} | {label} | {100 * mp:.1f} ± {100 * sp:.1f} | "
+                f"{100 * ms:.1f} ± {100 * ss:.1f} | {100 * (mp - ms):+.1f} | "
+                f"{seeds[pre]}/{seeds[scratch]} |"
+            )
     return "\n".join(lines)
+
+
+START = {"minilm": "MiniLM text", "lite0": "EfficientNet-Lite0 image + MiniLM text"}
 
 
 def main(argv: list[str] | None = None) -> int:
