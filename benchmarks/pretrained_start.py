@@ -212,31 +212,33 @@ def _save(path: Path, record: dict[str, Any]) -> None:
 
 
 def report(path: Path) -> str:
-    runs = load(path)["runs"].values()
+    runs = sorted(load(path)["runs"].values(), key=lambda r: r["seed"])
     lines = [
-        "| start | task | metric | pretrained | from scratch | difference | seeds |",
+        "| start | task | metric | pretrained | from scratch | difference | per seed |",
         "|---|---|---|---|---|---|---|",
     ]
     for pair, (pre, scratch) in PAIRS.items():
         for task, (_, _, metric, label) in TASKS.items():
-            cell, seeds = {}, {}
-            for arm in (pre, scratch):
-                values = [
-                    r["metrics"][metric] for r in runs if r["task"] == task and r["arm"] == arm
-                ]
-                seeds[arm] = len(values)
-                if values:
-                    sd = statistics.stdev(values) if len(values) > 1 else float("nan")
-                    cell[arm] = (statistics.mean(values), sd)
-            if len(cell) < 2:
+            values = {
+                arm: [r["metrics"][metric] for r in runs if r["task"] == task and r["arm"] == arm]
+                for arm in (pre, scratch)
+            }
+            if not all(values.values()):
                 continue
-            (mp, sp), (ms, ss) = cell[pre], cell[scratch]
+            (mp, sp), (ms, ss) = (_mean_sd(values[arm]) for arm in (pre, scratch))
+            seeds = " vs ".join(
+                " / ".join(f"{100 * v:.1f}" for v in values[arm]) for arm in (pre, scratch)
+            )
             lines.append(
                 f"| {START[pair]} | {task} | {label} | {100 * mp:.1f} ± {100 * sp:.1f} | "
-                f"{100 * ms:.1f} ± {100 * ss:.1f} | {100 * (mp - ms):+.1f} | "
-                f"{seeds[pre]}/{seeds[scratch]} |"
+                f"{100 * ms:.1f} ± {100 * ss:.1f} | {100 * (mp - ms):+.1f} | {seeds} |"
             )
     return "\n".join(lines)
+
+
+def _mean_sd(values: list[float]) -> tuple[float, float]:
+    sd = statistics.stdev(values) if len(values) > 1 else float("nan")
+    return statistics.mean(values), sd
 
 
 START = {"minilm": "MiniLM text", "lite0": "EfficientNet-Lite0 image + MiniLM text"}
