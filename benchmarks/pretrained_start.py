@@ -241,7 +241,7 @@ def _mean_sd(values: list[float]) -> tuple[float, float]:
     return statistics.mean(values), sd
 
 
-START = {"minilm": "MiniLM text", "lite0": "EfficientNet-Lite0 image + MiniLM text"}
+START = {"minilm": "MiniLM", "lite0": "Lite0 + MiniLM"}  # what starts pretrained
 
 
 def main(argv: list[str] | None = None) -> int:

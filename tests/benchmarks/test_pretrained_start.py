@@ -31,7 +31,7 @@ def test_report_pairs_each_start_with_its_scratch_twin(study, tmp_path):
     table = study.report(path).splitlines()
     assert len(table) == 3  # header, rule, the one complete pair
     assert table[2] == (
-        "| EfficientNet-Lite0 image + MiniLM text | vqa | VQA acc | 60.0 ± 10.0 | "
+        "| Lite0 + MiniLM | vqa | VQA acc | 60.0 ± 10.0 | "
         "20.0 ± 10.0 | +40.0 | 50.0 / 70.0 / 60.0 vs 10.0 / 20.0 / 30.0 |"
     )
 
