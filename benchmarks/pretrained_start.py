@@ -72,7 +72,6 @@ import fcntl
 import json
 import logging
 import os
-import platform
 import statistics
 import tempfile
 import time
@@ -80,6 +79,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from vlmoe.nn.machine import this_cpu
 
 log = logging.getLogger("pretrained_start")
 
@@ -228,7 +229,7 @@ def _save(path: Path, record: dict[str, Any]) -> None:
     data = load(path)
     data["runs"][f"{record['task']}/{record['arm']}/seed{record['seed']}"] = record
     data["meta"] = {
-        "cpu": platform.processor() or platform.machine(),
+        "cpu": this_cpu().model,
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
     }
