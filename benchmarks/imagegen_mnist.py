@@ -38,9 +38,10 @@ from vlmoe.eval.image_generation import (
     train_judge,
 )
 from vlmoe.models import count_parameters, load_model
-from vlmoe.models.flow import EMA, FlowConfig, flow_loss
+from vlmoe.models.flow import FlowConfig, flow_loss
 from vlmoe.models.registry import create_model
 from vlmoe.moe.losses import load_balance_loss
+from vlmoe.train.ema import EMA
 from vlmoe.viz.generation import save_image_grid
 
 log = logging.getLogger("imagegen")

@@ -21,6 +21,7 @@ from typing import Any, Literal
 
 from vlmoe.config import Config, check, parse_override
 from vlmoe.distributed.mesh import ParallelConfig
+from vlmoe.models.flow import FlowConfig
 
 Precision = Literal["auto", "fp32", "bf16"]
 
@@ -247,6 +248,8 @@ class RunConfig(Config):
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
     eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
     parallel: ParallelConfig = dataclasses.field(default_factory=ParallelConfig)
+    # Rectified-flow training, sampling and EMA of the image generation tasks (others ignore it).
+    flow: FlowConfig = dataclasses.field(default_factory=FlowConfig)
 
 
 def apply_overrides(cfg: RunConfig, overrides: list[str]) -> RunConfig:
