@@ -1,4 +1,4 @@
-"""`vlmoe demo`: the guided tour. Dense vs MoE on the scene world, or MNIST."""
+"""`vlmoe demo`: the guided tour. Dense vs MoE on the scene world, MNIST, or generation."""
 
 from __future__ import annotations
 
@@ -19,12 +19,19 @@ vlmoe demo        trains four small models on a synthetic world of coloured shap
                   everything works).
 vlmoe demo mnist  a top-2-of-8 MoE digit classifier (a real router and balance loss) on the
                   MNIST 5k set, against the same model dense.
+vlmoe demo generation
+                  a class-conditional diffusion transformer (rectified flow) generating
+                  MNIST digits, dense vs DiT-MoE (shared expert + top-2 of 8) at equal active
+                  parameters: writes samples.png (per digit, dense left, MoE right) and
+                  report.md with judge accuracy and Fréchet distance. About 25 minutes on 2
+                  CPU cores (--quick: about 2 minutes, a pipeline check).
 """
 EPILOG = """\
 examples:
   vlmoe demo --quick
   vlmoe demo
   vlmoe demo mnist
+  vlmoe demo generation --quick
 """
 
 
@@ -32,12 +39,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "which",
         nargs="?",
-        choices=["scenes", "mnist"],
+        choices=["scenes", "mnist", "generation"],
         default="scenes",
-        help="scenes (default) or mnist",
+        help="scenes (default), mnist or generation",
     )
     p.add_argument("--quick", action="store_true", help="a ~2 minute version (pipeline check)")
-    p.add_argument("--out", help="output folder (default: runs/demo or runs/demo-mnist)")
+    p.add_argument(
+        "--out", help="output folder (default: runs/demo, runs/demo-mnist, runs/demo-generation)"
+    )
     p.add_argument(
         "--precision", choices=["fp32", "bf16"], default="fp32", help="fp32, or bf16 autocast"
     )
@@ -48,6 +57,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     start = time.perf_counter()
+    if args.which == "generation":
+        from vlmoe.recipes.demos import generation
+
+        out = args.out or "runs/demo-generation"
+        recipe = generation.QUICK if args.quick else generation.RECIPE
+        print(
+            f"training a dense and an MoE diffusion transformer on MNIST digits "
+            f"({recipe.steps} steps each), then generating and scoring digits ...",
+            flush=True,
+        )
+        results = generation.run(out, quick=args.quick)
+        print(generation.format_results(results))
+        print(f"samples: {out}/samples.png, report: {out}/report.md")
+        print(f"done in {time.perf_counter() - start:.0f}s")
+        return 0
     if args.which == "mnist":
         from vlmoe.recipes.demos import mnist
 
