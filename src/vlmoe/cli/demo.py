@@ -23,8 +23,9 @@ vlmoe demo generation
                   a class-conditional diffusion transformer (rectified flow) generating
                   MNIST digits, dense vs DiT-MoE (shared expert + top-2 of 8) at equal active
                   parameters: writes samples.png (per digit, dense left, MoE right) and
-                  report.md with judge accuracy and Fréchet distance. About 25 minutes on 2
-                  CPU cores (--quick: about 2 minutes, a pipeline check).
+                  report.md with judge accuracy and Fréchet distance. About 30 minutes on 2
+                  idle CPU cores (--quick: 100 steps per model, a pipeline check; 12 minutes
+                  on a 2-core CPU busy with other jobs).
 """
 EPILOG = """\
 examples:
