@@ -221,6 +221,14 @@ def format_report(results: dict[str, Any]) -> str:
         f"{r['ema_decay']}), sampled with {r['sample_steps']} {r['sampler']} steps and "
         f"guidance {r['cfg_scale']}; {results['num_per_class']} digits per class scored by a "
         f"judge CNN ({results['judge_accuracy']:.1%} on real held-out digits).",
+    ]
+    if r["steps"] < RECIPE.steps:
+        lines += [
+            "",
+            f"A shortened run ({r['steps']} of the recipe's {RECIPE.steps} steps): a pipeline "
+            "check, too short for the samples to look like digits or to compare the models.",
+        ]
+    lines += [
         "",
         "| model | active / total params | accuracy | FD | FD / floor | train s |",
         "|---|---|---|---|---|---|",
