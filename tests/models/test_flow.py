@@ -1,4 +1,4 @@
-"""Rectified flow: timesteps, the path, samplers against exact solutions, guidance, EMA."""
+"""Rectified flow: timesteps, the path, samplers against exact solutions, guidance."""
 
 from dataclasses import dataclass
 
@@ -7,7 +7,7 @@ import torch
 
 import vlmoe
 from vlmoe.config import ConfigError
-from vlmoe.models.flow import EMA, FlowConfig, flow_loss, interpolate, sample, sample_timesteps
+from vlmoe.models.flow import FlowConfig, flow_loss, interpolate, sample, sample_timesteps
 
 
 @dataclass
@@ -108,25 +108,6 @@ def test_sampler_argument_errors():
         sample(oracle, torch.zeros(1, 1, 2, 2), {}, sampler="ddim")
     with pytest.raises(ConfigError, match="cond_dropout"):
         FlowConfig(cond_dropout=1.0)
-
-
-def test_ema_follows_the_polyak_average_with_warmup():
-    model = torch.nn.Linear(2, 1, bias=False)
-    with torch.no_grad():
-        model.weight.fill_(0.0)
-    ema = EMA(model, decay=0.9)
-    with torch.no_grad():
-        model.weight.fill_(1.0)
-    ema.update(model)  # warm-up decay min(0.9, 2/11)
-    torch.testing.assert_close(ema.model.weight, torch.full((1, 2), 1 - 2 / 11))
-    for _ in range(200):
-        ema.update(model)
-    torch.testing.assert_close(ema.model.weight, torch.ones(1, 2), atol=1e-6, rtol=0)
-    state = ema.state_dict()
-    other = EMA(torch.nn.Linear(2, 1, bias=False), decay=0.9)
-    other.load_state_dict(state)
-    assert torch.equal(other.model.weight, ema.model.weight) and other.num_updates == 201
-    assert not any(p.requires_grad for p in ema.model.parameters())
 
 
 def test_flow_loss_trains_a_debug_dit_and_drops_conditions():

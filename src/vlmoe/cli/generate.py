@@ -55,8 +55,8 @@ def run_images(args: argparse.Namespace, directory) -> int:
     from tqdm.auto import tqdm
 
     from vlmoe.cli.common import CLIError
-    from vlmoe.models import load_model
     from vlmoe.models.flow import generate_images, generation_conditions
+    from vlmoe.recipes.run import load_trained
     from vlmoe.viz.generation import save_image_grid
 
     for name, low in (("num", 1), ("steps", 1)):
@@ -66,7 +66,7 @@ def run_images(args: argparse.Namespace, directory) -> int:
         raise CLIError(f"--cfg must be >= 0, got {args.cfg}")
     if not args.out.lower().endswith(".png"):
         raise CLIError(f"--out must name a .png file, got {args.out!r}")
-    model = load_model(directory)
+    model, _ = load_trained(directory)  # a checkpoint's EMA weights when the run kept them
     if model.config.num_classes and args.label is None:
         raise CLIError(
             f"this model generates classes 0..{model.config.num_classes - 1}: pass --label"

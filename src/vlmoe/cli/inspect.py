@@ -46,13 +46,13 @@ def run_dit(args: argparse.Namespace, directory: Path, out: Path) -> int:
 
     from vlmoe.cli.common import CLIError
     from vlmoe.eval.image_generation import routing_counts, routing_dependence
-    from vlmoe.models import load_model
     from vlmoe.models.checkpoint import write_text_atomic
+    from vlmoe.recipes.run import load_trained
     from vlmoe.viz.generation import plot_routing_factors
 
     if args.num < 1 or args.steps < 1:
         raise CLIError(f"--num and --steps must be >= 1, got {args.num} and {args.steps}")
-    model = load_model(directory)
+    model, _ = load_trained(directory)  # a checkpoint's EMA weights when the run kept them
     if model.num_moe_blocks() == 0:
         raise CLIError(f"{directory}: a dense DiT has no routing to inspect")
     if not model.config.num_classes:

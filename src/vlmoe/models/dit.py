@@ -256,18 +256,19 @@ class DiT(PretrainedModel):
         self._init_weights()
 
     def _init_weights(self) -> None:
-        # DiT: N(0, 0.02) timestep MLP and class table, Xavier-uniform patch projection, and
-        # every adaLN and the output layer zero, so the untrained model predicts zero velocity
-        # and each block is the identity. Attention, FFN and experts keep vlmoe's own init.
-        for m in self.time_mlp:
-            if isinstance(m, nn.Linear):
-                nn.init.normal_(m.weight, std=0.02)
-                nn.init.zeros_(m.bias)
+        # DiT: Xavier-uniform patch projection, and every adaLN and the output layer zero, so
+        # the untrained model predicts zero velocity and each block is the identity. Unlike
+        # DiT's N(0, 0.02), the class table is N(0, 1) and the timestep MLP keeps PyTorch's
+        # init: DiT's small init is made for 400k-step runs; in a CPU budget of a few hundred
+        # steps it leaves the condition c ~50x weaker and the samples barely follow the class
+        # (MNIST: 20% judge accuracy after 800 steps, guidance 2; with this init 27% after
+        # 400 steps without guidance, 65% with guidance 3).
+        # Attention, FFN and experts keep vlmoe's own init.
         w = self.patch.proj.weight
         nn.init.xavier_uniform_(w.view(w.shape[0], -1))
         nn.init.zeros_(self.patch.proj.bias)
         if self.class_embed is not None:
-            nn.init.normal_(self.class_embed.weight, std=0.02)
+            nn.init.normal_(self.class_embed.weight, std=1.0)
         for module in (self.final_ada, self.out):
             nn.init.zeros_(module.weight)
             nn.init.zeros_(module.bias)

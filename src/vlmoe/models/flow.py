@@ -1,5 +1,6 @@
 """Rectified flow (Liu et al. 2023; Esser et al. 2024, "SD3") for `vlmoe.models.dit.DiT`:
-the training loss, Euler and Heun samplers with classifier-free guidance, and EMA weights.
+the training loss, and Euler and Heun samplers with classifier-free guidance. The EMA weights
+that sampling uses are kept by the trainer (`vlmoe.train.ema`).
 
 Conventions: data x0 at t = 0, Gaussian noise at t = 1, x_t = (1 - t) x0 + t noise, and the
 model predicts the constant velocity v = noise - x0 of that straight path. Training draws t
@@ -13,7 +14,6 @@ conditional and unconditional halves.
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -35,7 +35,7 @@ class FlowConfig(Config):
     logit_mean: float = 0.0
     logit_std: float = 1.0
     cond_dropout: float = 0.1  # fraction of training samples with the null condition (CFG)
-    ema_decay: float = 0.999
+    ema_decay: float = 0.999  # EMA weights kept in training and sampled from; 0 = none
     sampler: Sampler = "euler"
     steps: int = 30
     cfg_scale: float = 1.0  # 1 = conditional only, no guidance
@@ -145,40 +145,6 @@ def sample(
         if progress is not None:
             progress(i + 1, steps)
     return x
-
-
-class EMA:
-    """Exponential moving average of a model's parameters (Polyak averaging, as DiT uses for
-    sampling): ema = decay * ema + (1 - decay) * param after every optimizer step. Buffers are
-    copied. `model` returns the averaged copy; save it as the model to sample with."""
-
-    def __init__(self, model: nn.Module, decay: float = 0.999) -> None:
-        if not 0.0 <= decay < 1.0:
-            raise ValueError(f"EMA decay must be in [0, 1), got {decay}")
-        self.decay = decay
-        self.model = copy.deepcopy(model).eval()
-        self.model.requires_grad_(False)
-        self.num_updates = 0
-
-    @torch.no_grad()
-    def update(self, model: nn.Module) -> None:
-        # Warm-up (as in TensorFlow's ExponentialMovingAverage): a short run is not dominated
-        # by the random initialization.
-        self.num_updates += 1
-        decay = min(self.decay, (1 + self.num_updates) / (10 + self.num_updates))
-        ema_params = dict(self.model.named_parameters())
-        for name, p in model.named_parameters():
-            ema_params[name].lerp_(p.detach(), 1.0 - decay)
-        ema_buffers = dict(self.model.named_buffers())
-        for name, b in model.named_buffers():
-            ema_buffers[name].copy_(b)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"model": self.model.state_dict(), "num_updates": self.num_updates}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.model.load_state_dict(state["model"])
-        self.num_updates = int(state["num_updates"])
 
 
 def generation_conditions(

@@ -38,8 +38,9 @@ from vlmoe.models.base import architectures, count_parameters
 from vlmoe.models.checkpoint import read_config
 from vlmoe.models.registry import get_preset, preset_config
 from vlmoe.tasks import Task, TaskDataset, TaskInfo, eval_loader, resolve_task
-from vlmoe.train.checkpoint import latest_checkpoint
+from vlmoe.train.checkpoint import latest_checkpoint, load_model_weights
 from vlmoe.train.config import DataSelection, ModelSelection, RunConfig
+from vlmoe.train.ema import EMA_WEIGHTS, write_weights_note
 from vlmoe.train.metrics import MetricsLogger, ProgressLoader
 from vlmoe.train.trainer import Trainer, TrainResult
 
@@ -183,6 +184,7 @@ def prepare(cfg: RunConfig) -> Run:
     task = task_cls(info, tokenizer)
     task.max_new_tokens = cfg.eval.max_new_tokens
     task.label_smoothing = cfg.losses.label_smoothing
+    task.flow = cfg.flow
     augment = cfg.data.augment if cfg.data.augment.active else None
     train_data = TaskDataset(
         train_set, task.examples(train_set, "train"), image_size, augment, cfg.train.seed
@@ -244,6 +246,7 @@ def make_trainer(run: Run, cfg: RunConfig, run_dir: str | Path, **kwargs: Any) -
         cfg,
         Path(run_dir),
         arch=run.info.architecture,
+        ema_decay=run.task.ema_decay,
         **kwargs,
     )
 
@@ -396,10 +399,13 @@ def train(
     )
     try:
         result = trainer.fit(resume=resume)
-        final_run = dataclasses.replace(run, model=runtime.full_model())  # collective
+        # The EMA weights when the task keeps them (one process), else every rank's shards.
+        trained = trainer.ema.model if trainer.ema is not None else runtime.full_model()
+        final_run = dataclasses.replace(run, model=trained)
         if not runtime.is_rank0:  # nothing left to do together: rank 0 evaluates alone
             return result
         save_model(final_run, run_dir / MODEL_DIR)
+        write_weights_note(run_dir / MODEL_DIR, trainer.ema)
         # The final evaluation uses every held-out example (periodic ones use max_examples).
         final = evaluate(final_run, run_dir / "eval.json", batch_size=ev.batch_size)
     finally:
@@ -445,9 +451,13 @@ def resolve_model_dir(path: str | Path) -> Path:
 
 def load_trained(path: str | Path) -> tuple[nn.Module, Task]:
     """(model in eval mode, its task) from a run / model / checkpoint directory. A model
-    without `task.json` gets its architecture's default task."""
+    without `task.json` gets its architecture's default task. A checkpoint of a run that kept
+    EMA weights gives them (what sampling uses), not the raw training weights."""
     directory = resolve_model_dir(path)
     model = load_model(directory)
+    if (directory / EMA_WEIGHTS).is_file():  # a training checkpoint of a run that keeps EMA
+        load_model_weights(model, directory, EMA_WEIGHTS)
+        log.info("%s: using the EMA weights (%s)", directory, EMA_WEIGHTS)
     info = TaskInfo.load(directory)
     if info is None:
         arch = model.architecture

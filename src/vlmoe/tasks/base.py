@@ -177,6 +177,12 @@ class Task:
     def evaluators(self, loader: Any) -> dict[str, Any]:
         raise NotImplementedError
 
+    @property
+    def ema_decay(self) -> float:
+        """Keep EMA weights with this decay in training, and evaluate, export and sample with
+        them (0 = none; a diffusion task asks for them)."""
+        return 0.0
+
     def predict(
         self, model: nn.Module, image: np.ndarray, text: str | None = None, **options: Any
     ) -> Prediction:

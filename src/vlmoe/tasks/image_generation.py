@@ -43,6 +43,10 @@ class _FlowTask(Task):
     def conditions(self, batch: dict[str, Any]) -> dict[str, Tensor]:
         raise NotImplementedError
 
+    @property
+    def ema_decay(self) -> float:
+        return self.flow.ema_decay
+
     def loss(self, model: nn.Module, batch: dict[str, Any]) -> StepOutput:
         images = to_model_channels(batch["images"], model.config.in_channels)
         out = flow_loss(model, images, self.flow, **self.conditions(batch))

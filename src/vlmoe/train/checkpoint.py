@@ -7,7 +7,8 @@ A checkpoint is a directory `checkpoints/step_XXXXXXX/` holding
   `vlmoe predict` / `vlmoe eval` can load;
 - `optimizer.safetensors` + `optimizer.json`: optimizer tensors and hyper-parameters;
 - `rng.safetensors`: torch (CPU and CUDA) and numpy generator states;
-- `trainer_state.json`: step, data order position, Python's RNG state, metrics so far.
+- `trainer_state.json`: step, data order position, Python's RNG state, metrics so far;
+- `ema.safetensors` when the run keeps EMA weights (`vlmoe.train.ema`).
 
 Nothing is pickled, so loading never executes code from the file. A checkpoint is written into a
 temporary directory, every file is fsynced, and the directory is renamed into place with
@@ -62,9 +63,16 @@ def save_model_weights(model: nn.Module, directory: Path) -> None:
         save_model(model, str(directory / MODEL_WEIGHTS))
 
 
-def load_model_weights(model: nn.Module, directory: str | Path) -> None:
-    """Load `model.safetensors` from `directory` into `model`, strictly (names and shapes)."""
-    path = Path(directory) / MODEL_WEIGHTS
+def save_weights_file(model: nn.Module, path: Path) -> None:
+    """Write `model`'s weights to one safetensors file (tied weights stored once)."""
+    save_model(model, str(path))
+
+
+def load_model_weights(
+    model: nn.Module, directory: str | Path, filename: str = MODEL_WEIGHTS
+) -> None:
+    """Load `filename` from `directory` into `model`, strictly (names and shapes)."""
+    path = Path(directory) / filename
     if not path.is_file():
         raise CheckpointError(f"{path}: missing model weights")
     try:

@@ -24,6 +24,7 @@ from vlmoe.data.images import DEFAULT_MAX_PIXELS
 from vlmoe.data.shapes import ShapesConfig
 from vlmoe.data.transforms import Augmentation
 from vlmoe.distributed.mesh import ParallelConfig
+from vlmoe.models.flow import FlowConfig
 
 Precision = Literal["auto", "fp32", "bf16"]
 
@@ -273,6 +274,8 @@ class RunConfig(Config):
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
     eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
     parallel: ParallelConfig = dataclasses.field(default_factory=ParallelConfig)
+    # Rectified-flow training, sampling and EMA of the image generation tasks (others ignore it).
+    flow: FlowConfig = dataclasses.field(default_factory=FlowConfig)
 
 
 def apply_overrides(cfg: RunConfig, overrides: list[str]) -> RunConfig:

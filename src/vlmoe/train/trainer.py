@@ -19,6 +19,11 @@ from rank 0, which alone logs and evaluates. With one process it is a no-op.
 Exact resume: the data order's position, every RNG, the optimizer state and the step are
 stored, and the learning rate is a pure function of the step, so a resumed run computes the same
 losses as an uninterrupted one (same device and thread count).
+
+EMA weights (`vlmoe.train.ema`): with `ema_decay` > 0 (a task's `ema_decay`, e.g. a diffusion
+model's) the trainer keeps an average of the weights, updated after every optimizer step, saved
+in each checkpoint as `ema.safetensors`, restored on resume, and handed to `evaluate`;
+`sampling_model()` is the model to export.
 """
 
 from __future__ import annotations
@@ -49,10 +54,13 @@ from vlmoe.train.checkpoint import (
     CheckpointError,
     latest_checkpoint,
     load_checkpoint,
+    load_model_weights,
     read_trainer_state,
     save_checkpoint,
+    save_weights_file,
 )
 from vlmoe.train.config import RunConfig, StageConfig
+from vlmoe.train.ema import EMA, EMA_WEIGHTS
 from vlmoe.train.metrics import MetricsLogger, Progress
 from vlmoe.train.moe_losses import (
     max_top_k,
@@ -245,6 +253,7 @@ class Trainer:
         on_save: called with each checkpoint's (temporary) directory to add files to it.
         eval_at_end: also evaluate after the last step (off when the caller does a fuller one).
         runtime: the distributed runtime (`vlmoe.distributed.Runtime.start`); one process if None.
+        ema_decay: keep EMA weights with this decay (0 = none); see the module docstring.
     """
 
     def __init__(
@@ -260,6 +269,7 @@ class Trainer:
         on_save: Callable[[Path], None] | None = None,
         eval_at_end: bool = True,
         runtime: Runtime | None = None,
+        ema_decay: float = 0.0,
     ) -> None:
         self.model, self.objective = model, objective
         self.dataset, self.collate_fn = dataset, collate_fn
@@ -274,6 +284,10 @@ class Trainer:
         self.optimizer: torch.optim.Optimizer | None = None
         self._last_aux: Sequence = ()
         self._stage_index = -1
+        if not 0.0 <= ema_decay < 1.0:
+            raise ValueError(f"ema_decay must be in [0, 1), got {ema_decay}")
+        self.ema_decay = ema_decay
+        self.ema: EMA | None = None
 
     # ------------------------------------------------------------------ setup
 
@@ -315,6 +329,11 @@ class Trainer:
         if cfg.train.num_threads is not None:
             torch.set_num_threads(cfg.train.num_threads)
         self.model.to(self.device).train()
+        if self.ema_decay and self.runtime.distributed:
+            raise TrainingError(
+                f"EMA weights (ema_decay={self.ema_decay}) are kept by single-process training "
+                "only; train on one process, or turn EMA off (flow.ema_decay=0)"
+            )
         if self.runtime.module is None:  # expert parallel, DDP/FSDP2; before the optimizer
             self.forward_model = self.runtime.wrap(self.model)
         warn_if_unbalanced(self.model, cfg.losses, self.use_entropy)
@@ -339,6 +358,7 @@ class Trainer:
             losses = list(state.get("losses", []))
             log.info("resumed from %s at step %d", ckpt_path, start)
         self.model.to(self.device)
+        self._setup_ema(ckpt_path, state)
         loader = train_loader(
             self.dataset,
             self.collate_fn,
@@ -366,6 +386,25 @@ class Trainer:
                 bounds[-1], initial=start, mode=cfg.train.progress if rank0 else "none"
             ),
         )
+
+    def _setup_ema(self, ckpt_path: Path | None, state: dict | None) -> None:
+        """Start the EMA weights from the model, or restore them from the checkpoint."""
+        if not self.ema_decay:
+            return
+        self.ema = EMA(self.model, self.ema_decay)
+        if state is None:
+            return
+        if "ema_updates" not in state or not (ckpt_path / EMA_WEIGHTS).is_file():
+            raise CheckpointError(
+                f"{ckpt_path}: no EMA weights ({EMA_WEIGHTS}) in this checkpoint, but the run "
+                f"keeps them (ema_decay={self.ema_decay})"
+            )
+        load_model_weights(self.ema.model, ckpt_path, EMA_WEIGHTS)
+        self.ema.num_updates = int(state["ema_updates"])
+
+    def sampling_model(self) -> nn.Module:
+        """The model to evaluate and export: the EMA weights when kept, else the model."""
+        return self.ema.model if self.ema is not None else self.model
 
     # ------------------------------------------------------------------ one optimizer step
 
@@ -415,6 +454,8 @@ class Trainer:
             totals["grad_norm"] = self.runtime.clip_grad_norm(self.cfg.optim.grad_clip)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
+        if self.ema is not None:
+            self.ema.update(self.model)
         if last_aux and uses_balance_bias(self.model):
             # Aux-loss-free balancing (DeepSeek-V3): after the step, from the last micro-batch.
             update_balance_bias(self.model, list(last_aux))
@@ -504,7 +545,8 @@ class Trainer:
 
     def _evaluate(self) -> dict[str, Any]:
         """Evaluate on rank 0, on a single-process copy (EP off: no collectives to hang on)."""
-        model = self.runtime.eval_model()  # collective under torchrun
+        # Collective under torchrun; the EMA weights (single process only) when kept.
+        model = self.ema.model if self.ema is not None else self.runtime.eval_model()
         results = self.evaluate(model) if self.runtime.is_rank0 else {}
         self.model.train()
         return results
@@ -535,11 +577,19 @@ class Trainer:
                 "stage_index": index,
                 "arch": self.arch,
                 "task": self.cfg.task,
+                **({"ema_updates": self.ema.num_updates} if self.ema is not None else {}),
             },
             keep_last=self.cfg.train.keep_last,
-            extra=self.on_save,
+            extra=self._save_extra,
         )
         self.runtime.barrier()
+
+    def _save_extra(self, directory: Path) -> None:
+        """Files a checkpoint holds besides weights, optimizer and RNG: EMA weights, on_save's."""
+        if self.ema is not None:
+            save_weights_file(self.ema.model, directory / EMA_WEIGHTS)
+        if self.on_save is not None:
+            self.on_save(directory)
 
     def fit(self, resume: bool | str | Path = False) -> TrainResult:
         """Train to `cfg.train.total_steps`; `resume=True` continues from the latest checkpoint."""
