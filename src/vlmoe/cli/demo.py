@@ -1,4 +1,4 @@
-"""`vlmoe demo`: the guided tour. Dense vs MoE on the scene world, MNIST, detection, or generation."""
+"""`vlmoe demo`: the guided tour. Dense vs MoE on scenes, MNIST, detection, or generation."""
 
 from __future__ import annotations
 
