@@ -23,8 +23,6 @@ import logging
 import os
 import time
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor, as_completed
-from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +30,7 @@ import numpy as np
 
 from vlmoe.data.shapes_data import make_sample
 from vlmoe.models.presets import RECIPES
-from vlmoe.recipes.demos.scenes import ModelResult, train_one
+from vlmoe.recipes.demos.scenes import ModelResult, train_models
 from vlmoe.recipes.run import load_trained
 from vlmoe.train.config import RunConfig
 from vlmoe.viz.boxes import caption_band, draw_boxes, save_image
@@ -108,25 +106,7 @@ def run_demo(
     workers = workers or max(1, min(2, os.cpu_count() or 1))
     configs = demo_configs(scale)
     t0 = time.perf_counter()
-    done: dict[str, dict[str, Any]] = {}
-
-    def finished(name: str, result: dict[str, Any]) -> None:
-        done[name] = result
-        if on_done is not None:
-            on_done(ModelResult(**result), time.perf_counter() - t0)
-
-    if workers == 1:
-        for n, cfg in configs.items():
-            finished(n, train_one(n, cfg.to_dict(), str(out_dir), log_level))
-    else:
-        with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
-            futures = {
-                pool.submit(train_one, n, cfg.to_dict(), str(out_dir), log_level): n
-                for n, cfg in configs.items()
-            }
-            for f in as_completed(futures):
-                finished(futures[f], f.result())
-    results = {n: ModelResult(**done[n]) for n in configs}
+    results = train_models(configs, out_dir, workers, log_level, on_done)
     picture = draw_detections(out_dir, list(configs), configs["moe"])
     wall = time.perf_counter() - t0
     summary = {

@@ -28,7 +28,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from multiprocessing import get_context
 from pathlib import Path
@@ -200,6 +200,40 @@ def train_one(name: str, cfg_dict: dict[str, Any], out_dir: str, log_level: int)
     )
 
 
+def train_models(
+    configs: dict[str, RunConfig],
+    out_dir: Path,
+    workers: int,
+    log_level: int = logging.WARNING,
+    on_done: Callable[[ModelResult, float], None] | None = None,
+    order: Sequence[str] | None = None,
+) -> dict[str, ModelResult]:
+    """Train and evaluate each run config with `train_one`, in `workers` spawned processes
+    (1: in this process), started in `order` (default: as given); `on_done(result,
+    seconds_since_start)` as each finishes. The results come back in the order of `configs`."""
+    t0 = time.perf_counter()
+    done: dict[str, dict[str, Any]] = {}
+
+    def finished(name: str, result: dict[str, Any]) -> None:
+        done[name] = result
+        if on_done is not None:
+            on_done(ModelResult(**result), time.perf_counter() - t0)
+
+    names = list(order or configs)
+    if workers == 1:
+        for n in names:
+            finished(n, train_one(n, configs[n].to_dict(), str(out_dir), log_level))
+    else:
+        with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
+            futures = {
+                pool.submit(train_one, n, configs[n].to_dict(), str(out_dir), log_level): n
+                for n in names
+            }
+            for f in as_completed(futures):
+                finished(futures[f], f.result())
+    return {n: ModelResult(**done[n]) for n in configs}
+
+
 def run_demo(
     out_dir: str | Path = "runs/demo",
     quick: bool = False,
@@ -229,25 +263,7 @@ def run_demo(
     t0 = time.perf_counter()
     # Longest jobs first so that the two workers finish close together.
     order = ["fusion-moe", "fusion-dense", "decoder-moe", "decoder-dense"]
-    done: dict[str, dict[str, Any]] = {}
-
-    def finished(name: str, result: dict[str, Any]) -> None:
-        done[name] = result
-        if on_done is not None:
-            on_done(ModelResult(**result), time.perf_counter() - t0)
-
-    if workers == 1:
-        for n in order:
-            finished(n, train_one(n, configs[n].to_dict(), str(out_dir), log_level))
-    else:
-        with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
-            futures = {
-                pool.submit(train_one, n, configs[n].to_dict(), str(out_dir), log_level): n
-                for n in order
-            }
-            for f in as_completed(futures):
-                finished(futures[f], f.result())
-    results = {n: ModelResult(**done[n]) for n in configs}  # table order: fusion, decoder
+    results = train_models(configs, out_dir, workers, log_level, on_done, order)
     for name, r in results.items():
         log.info("demo: %s %s", name, r.metrics)
     plots = draw_plots(out_dir, results)
