@@ -16,6 +16,8 @@ from typing import Any, Literal
 
 from tqdm.auto import tqdm
 
+from vlmoe.io import write_text_atomic
+
 log = logging.getLogger(__name__)
 
 
@@ -57,10 +59,11 @@ class MetricsLogger:
         self.path = Path(run_dir) / "metrics.jsonl"
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if resume_step is None:
-            self.path.write_text("")
+            write_text_atomic(self.path, "")
         else:
             kept = [r for r in read_metrics(self.path) if r.get("step", 0) <= resume_step]
-            self.path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+            # Atomic: a kill during this rewrite leaves the whole history, never half of it.
+            write_text_atomic(self.path, "".join(json.dumps(r) + "\n" for r in kept))
         self._file = open(self.path, "a")  # noqa: SIM115 - closed by close()
         self._tb = None
         if tensorboard == "auto":

@@ -18,7 +18,6 @@ patches.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
 import time
@@ -29,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from vlmoe.data.shapes_data import make_sample
+from vlmoe.io import write_json_atomic, write_text_atomic
 from vlmoe.models.presets import RECIPES
 from vlmoe.recipes.demos.scenes import ModelResult, train_models
 from vlmoe.recipes.run import load_trained
@@ -116,7 +116,7 @@ def run_demo(
         "scale": dataclasses.asdict(scale),
         "models": {n: dataclasses.asdict(r) for n, r in results.items()},
     }
-    (out_dir / "results.json").write_text(json.dumps(summary, indent=2) + "\n")
+    write_json_atomic(out_dir / "results.json", summary)
     summary["report"] = str(write_report(out_dir, results, picture, scale, wall, quick, workers))
     summary["picture"] = str(picture)
     return summary
@@ -270,5 +270,5 @@ def write_report(
         "",
     ]
     path = out_dir / "report.md"
-    path.write_text("\n".join(lines))
+    write_text_atomic(path, "\n".join(lines))
     return path

@@ -24,7 +24,6 @@ plots, `results.json` and `report.md`.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
 import time
@@ -38,6 +37,7 @@ import torch
 
 from vlmoe.data.shapes import ShapesConfig
 from vlmoe.data.shapes_data import make_sample
+from vlmoe.io import write_json_atomic, write_text_atomic
 from vlmoe.models.base import count_parameters
 from vlmoe.models.presets import twin_moe
 from vlmoe.recipes.run import load_trained, prepare, train
@@ -279,7 +279,7 @@ def run_demo(
             for k, v in results.items()
         },
     }
-    (out_dir / "results.json").write_text(json.dumps(summary, indent=2) + "\n")
+    write_json_atomic(out_dir / "results.json", summary)
     report = write_report(out_dir, results, plots, scale, wall, quick, precision, workers)
     summary["report"] = str(report)
     return summary
@@ -498,5 +498,5 @@ def write_report(
         "",
     ]
     path = out_dir / "report.md"
-    path.write_text("\n".join(lines))
+    write_text_atomic(path, "\n".join(lines))
     return path
