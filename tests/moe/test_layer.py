@@ -285,3 +285,62 @@ def test_balance_bias_update_sums_repeated_passes():
         torch.testing.assert_close(model[i].router.expert_bias, torch.sign(load.mean() - load))
     with pytest.raises(ValueError, match="got 3 MoEAux for 2 MoE layers"):
         update_balance_bias(model, auxes[:3])
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    T=st.integers(1, 4),
+    k=st.integers(1, 3),
+    score_func=st.sampled_from(["softmax", "sigmoid"]),
+    shared=st.integers(0, 1),
+    capacity_factor=st.sampled_from([None, 0.25, 1.0]),
+    groups=st.booleans(),
+    dtype=st.sampled_from([torch.float32, torch.bfloat16]),
+    seed=st.integers(0, 2**16),
+)
+def test_decoding_fast_path_matches_general_path(
+    T, k, score_func, shared, capacity_factor, groups, dtype, seed
+):
+    """A few tokens without grad skip dispatch/combine (`MoELayer._pairwise`): same output and
+    aux as the general path, which runs when grad is on, and as the reference."""
+    torch.manual_seed(seed)
+    cfg = MoEConfig(
+        dim=16,
+        hidden_dim=8,
+        num_experts=8,
+        top_k=k,
+        score_func=score_func,
+        num_shared_experts=shared,
+        capacity_factor=capacity_factor,
+        expert_groups="modality" if groups else "none",
+        num_modalities=2,
+    )
+    layer = MoELayer(cfg).to(dtype)
+    x = torch.randn(T, 16, dtype=dtype)
+    modality = torch.randint(0, 2, (T,)) if groups else None
+    fast_expected = T * k <= 8 and (capacity_factor is None or T == 1)
+    calls = []
+    general = layer.dispatcher.dispatch
+    layer.dispatcher.dispatch = lambda *a, **kw: calls.append(1) or general(*a, **kw)
+    with torch.no_grad():
+        y_fast, aux_fast = layer(x, modality)
+    assert (not calls) == fast_expected  # the fast path ran exactly where it applies
+    y_general, aux_general = layer(x, modality)  # grad on: the general path
+    assert len(calls) == (1 if fast_expected else 2)
+    tol = {"atol": 1e-5, "rtol": 1e-5} if dtype == torch.float32 else {"atol": 2e-2, "rtol": 2e-2}
+    torch.testing.assert_close(y_fast, y_general.detach(), **tol)
+    for name in ("expert_ids_TK", "weights_TK", "kept_TK", "counts_E"):
+        torch.testing.assert_close(getattr(aux_fast, name), getattr(aux_general, name))
+    if capacity_factor is None and dtype == torch.float32:
+        y_ref = reference_moe(layer, x, modality) if groups else reference_moe(layer, x)
+        torch.testing.assert_close(y_fast, y_ref.detach(), atol=1e-5, rtol=1e-5)
+
+
+def test_decoding_fast_path_only_for_auto_backend():
+    layer = MoELayer(MoEConfig(dim=16, hidden_dim=8, num_experts=8, top_k=2, backend="loop"))
+    x = torch.randn(1, 16)
+    with torch.no_grad():
+        routing = layer.router(x)
+        assert layer._few_pairs(x, routing) is None
+        layer.cfg = MoEConfig(dim=16, hidden_dim=8, num_experts=8, top_k=2)  # auto
+        assert layer._few_pairs(x, routing) == routing.expert_ids_TK.tolist()

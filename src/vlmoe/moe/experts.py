@@ -77,6 +77,11 @@ Backend = Literal["auto", "loop", "grouped_mm", "bmm"]
 _GMM_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
+def expert_mlp(x_MD: Tensor, w_in_DI: Tensor, w_out_HD: Tensor, activation: Activation) -> Tensor:
+    """One expert on its rows: act(x @ w_in) @ w_out, (M, D) -> (M, D)."""
+    return activate(x_MD @ w_in_DI, activation) @ w_out_HD
+
+
 def experts_loop(
     x_ND: Tensor, counts_E: Tensor, w_in_EDI: Tensor, w_out_EHD: Tensor, activation: Activation
 ) -> Tensor:
@@ -85,8 +90,9 @@ def experts_loop(
     start = 0
     for e, n in enumerate(counts_E.tolist()):
         if n:
-            h = activate(x_ND[start : start + n] @ w_in_EDI[e], activation)  # (n, H)
-            y_ND[start : start + n] = h @ w_out_EHD[e]  # (n, D)
+            y_ND[start : start + n] = expert_mlp(
+                x_ND[start : start + n], w_in_EDI[e], w_out_EHD[e], activation
+            )
         start += n
     return y_ND
 
@@ -440,6 +446,16 @@ class Experts(nn.Module):
                 return y_ND.to(x_ND.dtype)
             backend = choose_backend(counts_E, x_ND.dtype)
         return _BACKENDS[backend](x_ND, counts_E, self.w_in, self.w_out, self.activation)
+
+    def run_one(self, expert: int, x_MD: Tensor) -> Tensor:
+        """Expert `expert` on the rows x (M, D), without a dispatched buffer: the decoding fast
+        path of `MoELayer` (a few tokens, no grad). Same arithmetic as the backends, in fp32
+        where `auto` would compute this bf16 input in fp32."""
+        if self.backend == "auto" and bf16_emulated(x_MD):
+            w_in, w_out = self._fp32_weights()
+            y = expert_mlp(x_MD.float(), w_in[expert], w_out[expert], self.activation)
+            return y.to(x_MD.dtype)
+        return expert_mlp(x_MD, self.w_in[expert], self.w_out[expert], self.activation)
 
     def _fp32_weights(self) -> tuple[Tensor, Tensor]:
         """fp32 copies of the weights for a CPU that emulates bf16 (see `bf16_emulated`).

@@ -115,12 +115,18 @@ class MoELayer(nn.Module):
             kept_TK = torch.ones_like(routing.expert_ids_TK, dtype=torch.bool)
         else:
             routing = self.router(x_TD, modality_T)
-            x_ND, plan = self.dispatcher.dispatch(
-                x_TD, routing.expert_ids_TK, routing.weights_TK, _priority_T(routing)
-            )
-            y_ND = self.experts(x_ND, plan.expert_counts)  # (N, D)
-            y_TD = self.dispatcher.combine(y_ND, plan)  # (T, D)
-            kept_TK, counts_E = plan.kept_TK, plan.counts_E
+            pairs = self._few_pairs(x_TD, routing)
+            if pairs is not None:
+                y_TD = self._pairwise(x_TD, routing.weights_TK, pairs)
+                kept_TK = torch.ones_like(routing.expert_ids_TK, dtype=torch.bool)
+                counts_E = count_ids(routing.expert_ids_TK, self.cfg.num_experts)
+            else:
+                x_ND, plan = self.dispatcher.dispatch(
+                    x_TD, routing.expert_ids_TK, routing.weights_TK, _priority_T(routing)
+                )
+                y_ND = self.experts(x_ND, plan.expert_counts)  # (N, D)
+                y_TD = self.dispatcher.combine(y_ND, plan)  # (T, D)
+                kept_TK, counts_E = plan.kept_TK, plan.counts_E
         if self.shared_experts is not None:
             shared_TD = self.shared_experts(x_TD)
             if self.shared_gate is not None:
@@ -140,6 +146,38 @@ class MoELayer(nn.Module):
             router=self.cfg.router,
         )
         return y_TD.view(x.shape), aux
+
+    def _few_pairs(self, x_TD: Tensor, routing: RouterOutput) -> list[list[int]] | None:
+        """The routing as (T, K) expert ids on the host when the decoding fast path applies:
+        the `auto` backend, no grad, on the CPU, token choice, at most E pairs, all routed, none
+        dropped (dropless, or one token: capacity is then at least 1 and top-k experts are
+        distinct). Else None."""
+        T, K = routing.expert_ids_TK.shape
+        if (
+            self.cfg.backend != "auto"
+            or torch.is_grad_enabled()
+            or x_TD.device.type != "cpu"
+            or self.cfg.num_experts < T * K
+            or not isinstance(self.router, TopKRouter)
+            or (self.cfg.capacity_factor is not None and T > 1)
+        ):
+            return None
+        ids = routing.expert_ids_TK.tolist()
+        return ids if all(e >= 0 for row in ids for e in row) else None
+
+    def _pairwise(self, x_TD: Tensor, weights_TK: Tensor, ids: list[list[int]]) -> Tensor:
+        """Each (token, expert) pair run directly and weighted: what dispatch, experts and combine
+        compute, without the sort, the buffers and the grouped GEMMs' fixed costs, which are
+        most of a one-token forward (decoding). Held to the general path by the tests."""
+        w_TK = weights_TK.to(x_TD.dtype)
+        rows = []
+        for t, experts in enumerate(ids):
+            x = x_TD[t : t + 1]
+            y = self.experts.run_one(experts[0], x) * w_TK[t, 0]
+            for k in range(1, len(experts)):
+                y.add_(self.experts.run_one(experts[k], x) * w_TK[t, k])
+            rows.append(y)
+        return torch.cat(rows) if len(rows) > 1 else rows[0]
 
     def _soft(
         self, x_BLD: Tensor, modality_BL: Tensor | None
