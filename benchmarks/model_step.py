@@ -12,6 +12,11 @@ noisy one on a busy CPU; `--clock cpu --threads 1` leaves the load out altogethe
     python benchmarks/model_step.py --json               # JSON on stdout
     python benchmarks/model_step.py --arch fusion decoder --batch-size 32 --device cuda
     python benchmarks/model_step.py --profile vit-small-moe --dtype fp32 --threads 1
+    python benchmarks/model_step.py --decode 32 --dtype fp32 --threads 1 --clock cpu
+
+`--decode N` times generation instead: `decoder-SIZE` and its MoE twin each write N tokens
+(greedy, KV cache, no early stop) for `--batch-size` prompts of 4 tokens and an image; runs
+interleaved, median over `--steps`, tokens/s and the MoE/dense ratio.
 """
 
 from __future__ import annotations
@@ -149,6 +154,32 @@ def profile_table(preset: str, dtype: str, args, device: torch.device) -> str:
     return head + "\n" + table
 
 
+def bench_decode(size: str, dtype: str, args, device: torch.device) -> list[dict]:
+    """Generation throughput of `decoder-SIZE` and its MoE twin, runs interleaved."""
+    clock = time.thread_time if args.clock == "cpu" else time.perf_counter
+    models = {n: vlmoe.create_model(n).to(device).eval() for n in (f"decoder-{size}",)}
+    models[f"decoder-{size}-moe"] = vlmoe.create_model(f"decoder-{size}-moe").to(device).eval()
+    torch.manual_seed(0)
+    image_size = models[f"decoder-{size}"].config.vision.image_size
+    images = torch.randn(args.batch_size, 3, image_size, image_size, device=device)
+    ids = torch.randint(4, 100, (args.batch_size, 4), device=device)
+    mask = torch.ones_like(ids, dtype=torch.bool)
+    times: dict[str, list[float]] = {n: [] for n in models}
+    for i in range(args.warmup + args.steps):
+        for name, model in models.items():
+            start = clock()
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=dtype == "bf16"):
+                model.generate(ids, mask, images=images, max_new_tokens=args.decode, stop_tokens=[])
+            if i >= args.warmup:
+                times[name].append(clock() - start)
+    rows = []
+    for name, ts in times.items():
+        tokens_per_s = args.decode * args.batch_size / statistics.median(ts)
+        rows.append({"preset": name, "dtype": dtype, "tokens_per_s": tokens_per_s})
+    rows[1]["moe_over_dense"] = rows[1]["tokens_per_s"] / rows[0]["tokens_per_s"]
+    return rows
+
+
 def bench_pair(arch: str, size: str, dtype: str, args, device: torch.device) -> list[dict]:
     """Dense and MoE steps interleaved, so that load from other processes hits both alike."""
     clock = time.thread_time if args.clock == "cpu" else time.perf_counter
@@ -191,6 +222,12 @@ def main(argv: list[str] | None = None) -> int:
         "(e.g. vit-small-moe), by self CPU time, and the step's op count",
     )
     p.add_argument("--top", type=int, default=25, help="rows of the --profile table")
+    p.add_argument(
+        "--decode",
+        type=int,
+        metavar="N",
+        help="instead of training steps: tokens/s of generating N tokens, decoder dense vs MoE",
+    )
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -200,6 +237,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.profile:
         dtype = args.dtype[0]
         print(profile_table(args.profile, dtype, args, device))
+        return 0
+    if args.decode:
+        for dtype in args.dtype:
+            for r in bench_decode(args.size, dtype, args, device):
+                ratio = f"  moe/dense {r['moe_over_dense']:.2f}x" if "moe_over_dense" in r else ""
+                print(f"{r['preset']:<22}{dtype:<6}{r['tokens_per_s']:>9.1f} tokens/s{ratio}")
         return 0
     rows = []
     for arch in args.arch:
