@@ -15,11 +15,13 @@ Backends (all held to `experts_loop` by the tests, in outputs and in gradients):
   the whole expert MLP, through `torch._grouped_mm` where it applies (fp32/bf16/fp16 on CPU,
   bf16 on Hopper+; int32 cumulative offsets read on the device; 16-byte aligned data and row
   strides). The backward is written by hand: dgrad and wgrad are grouped GEMMs too (2d x 3d and
-  2d x 2d), the incoming gradient is made contiguous, and the activation is recomputed from
-  the saved pre-activation, so the layer keeps x and h only (I + D values per row, against
-  2I + D for the dense FFN it replaces, which also keeps silu(gate) and act(h)). Where
-  `torch._grouped_mm` does not apply (fp64, sizes not a multiple of 16 bytes, old torch) the
-  same function runs one `mm` per expert into slices of one output: same results, same memory.
+  2d x 2d), the incoming gradient is made contiguous. It keeps what the dense FFN it replaces
+  keeps: x, h, silu(gate) and act(h) (D + 2I values per row). Recomputing silu(gate) and
+  act(h) in the backward instead saved I values per row but cost 11-13% of the experts'
+  forward + backward at the presets' sizes (dim 64-128, 1 thread): two more elementwise
+  passes. Where `torch._grouped_mm` does not apply (fp64, sizes not a multiple of 16 bytes,
+  old torch) the same function runs one `mm` per expert into slices of one output: same
+  results, same memory.
   On CPU `torch._grouped_mm` is itself a loop of `mm` over the groups (it reads the offsets on
   the host and leaves rows past the last offset uninitialised, which is why dropped rows are
   zeroed explicitly here, in forward and in dgrad).
@@ -62,7 +64,6 @@ H=1024, E=8, k=2). Idle-machine measurements, experts alone:
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from typing import Literal
 
 import torch
@@ -162,50 +163,41 @@ def _zero_tail(t_ND: Tensor, total: int | None, offs_E: Tensor) -> Tensor:
     return t_ND[total:].zero_()
 
 
-def _act_forward(h_MI: Tensor, activation: Activation, out_MH: Tensor) -> None:
-    """out = act(h), the same function as `vlmoe.nn.mlp.activate`, written into `out`."""
+def _act_forward(h_MI: Tensor, activation: Activation, out_MH: Tensor) -> Tensor | None:
+    """out = act(h), the same function as `vlmoe.nn.mlp.activate`, written into `out`; returns
+    silu(gate) for SwiGLU (the backward needs it), None for GELU."""
     if activation == "swiglu":
         gate, up = h_MI.chunk(2, dim=-1)
-        torch.mul(F.silu(gate), up, out=out_MH)
-    else:
-        torch.ops.aten.gelu.out(h_MI, approximate="tanh", out=out_MH)
+        silu_gate = F.silu(gate)
+        torch.mul(silu_gate, up, out=out_MH)
+        return silu_gate
+    torch.ops.aten.gelu.out(h_MI, approximate="tanh", out=out_MH)
+    return None
 
 
 def _act_backward(
-    h_MI: Tensor,
-    rows: int,
-    activation: Activation,
-    grad_a: Callable[[], Tensor],
-    grad_w_out: Callable[[Tensor], Tensor] | None,
-) -> tuple[Tensor, Tensor | None]:
-    """(d loss / d h, d loss / d w_out) from the saved pre-activation h alone.
-
-    Only the first `rows` rows are computed (the rest of d h is left uninitialised, never read).
-    The activation a = act(h) is recomputed for the w_out gradient (`grad_w_out(a)`) and freed
-    before the large gradient buffers exist; `grad_a()` returns d loss / d a for those rows.
-    Buffers are reused in place: besides h, the backward holds one (M, H) and one (M, I) buffer.
-    """
+    h_MI: Tensor, silu_gate: Tensor | None, grad_a_MH: Tensor, activation: Activation
+) -> Tensor:
+    """d loss / d h from the saved pre-activation h (and silu(gate) for SwiGLU) and
+    d loss / d act(h), for the rows of `grad_a` (the rest of the result is left uninitialised,
+    never read). `grad_a` is overwritten."""
     grad_h = torch.empty_like(h_MI)
-    h, out = h_MI[:rows], grad_h[:rows]
+    rows = grad_a_MH.shape[:-1]
+    h, out = h_MI[..., : rows[-1], :], grad_h[..., : rows[-1], :]
     if activation == "swiglu":
         gate, up = h.chunk(2, dim=-1)
-        silu_gate = F.silu(gate)
-        w_out_grad = grad_w_out(silu_gate * up) if grad_w_out is not None else None
-        g_a = grad_a()
         d_gate, d_up = out.chunk(2, dim=-1)
-        torch.mul(g_a, silu_gate, out=d_up)
-        del silu_gate
-        torch.ops.aten.silu_backward.grad_input(g_a.mul_(up), gate, grad_input=d_gate)
-        return grad_h, w_out_grad
-    w_out_grad = grad_w_out(F.gelu(h, approximate="tanh")) if grad_w_out is not None else None
-    torch.ops.aten.gelu_backward.grad_input(grad_a(), h, approximate="tanh", grad_input=out)
-    return grad_h, w_out_grad
+        torch.mul(grad_a_MH, silu_gate, out=d_up)
+        torch.ops.aten.silu_backward.grad_input(grad_a_MH.mul_(up), gate, grad_input=d_gate)
+        return grad_h
+    torch.ops.aten.gelu_backward.grad_input(grad_a_MH, h, approximate="tanh", grad_input=out)
+    return grad_h
 
 
 class _GroupedExpertMLP(torch.autograd.Function):
     """y = act(x @ w_in[e]) @ w_out[e] per expert slice, with a hand-written backward.
 
-    Saves x and the pre-activation h only; the backward recomputes the activation from h.
+    Saves x, the pre-activation h, silu(gate) (SwiGLU) and the activation act(h).
     Rows past the last slice are never read and come out zero.
     `total` is that row count when known on the host (CPU), else None (masked on the device).
     """
@@ -225,30 +217,25 @@ class _GroupedExpertMLP(torch.autograd.Function):
         rows = N if total is None else total
         h_NI = _gmm(x_ND, w_in_EDI, offs_E, ends)  # (N, I), rows >= total uninitialised
         a_NH = x_ND.new_empty(N, H)
-        _act_forward(h_NI[:rows], activation, a_NH[:rows])
+        silu_gate = _act_forward(h_NI[:rows], activation, a_NH[:rows])
         y_ND = _gmm(a_NH, w_out_EHD, offs_E, ends)  # (N, D)
         _zero_tail(y_ND, total, offs_E)
-        ctx.save_for_backward(x_ND, h_NI, w_in_EDI, w_out_EHD, offs_E)
+        ctx.save_for_backward(x_ND, h_NI, silu_gate, a_NH, w_in_EDI, w_out_EHD, offs_E)
         ctx.ends, ctx.total, ctx.activation = ends, total, activation
         return y_ND
 
     @staticmethod
     def backward(ctx, grad_ND: Tensor):
-        x_ND, h_NI, w_in_EDI, w_out_EHD, offs_E = ctx.saved_tensors
+        x_ND, h_NI, silu_gate, a_NH, w_in_EDI, w_out_EHD, offs_E = ctx.saved_tensors
         ends, total = ctx.ends, ctx.total
         rows = h_NI.shape[0] if total is None else total
         need_x, need_w_in, need_w_out = ctx.needs_input_grad[:3]
         grad_ND = grad_ND.contiguous()
-
-        def grad_a() -> Tensor:  # (rows, H)
-            return _gmm(grad_ND, w_out_EHD.transpose(1, 2), offs_E, ends)[:rows]
-
-        def grad_w_out_of(a_nH: Tensor) -> Tensor:  # (E, H, D) from the first `rows` rows
-            return _gmm(a_nH.t(), grad_ND[:rows], offs_E, ends)
-
-        grad_h_NI, grad_w_out = _act_backward(
-            h_NI, rows, ctx.activation, grad_a, grad_w_out_of if need_w_out else None
-        )
+        grad_w_out = None
+        if need_w_out:  # (E, H, D) from the first `rows` rows
+            grad_w_out = _gmm(a_NH[:rows].t(), grad_ND[:rows], offs_E, ends)
+        grad_a = _gmm(grad_ND, w_out_EHD.transpose(1, 2), offs_E, ends)[:rows]  # (rows, H)
+        grad_h_NI = _act_backward(h_NI, silu_gate, grad_a, ctx.activation)
         grad_x = grad_w_in = None
         if need_w_in:
             grad_w_in = _gmm(x_ND.t(), grad_h_NI, offs_E, ends)  # (E, D, I)
@@ -324,24 +311,20 @@ class _PaddedExpertMLP(torch.autograd.Function):
         x_ECD = _pad(x_ND, counts, C)
         h_ECI = torch.bmm(x_ECD, w_in_EDI)
         a_ECH = x_ND.new_empty(h_ECI.shape[:2] + (w_out_EHD.shape[1],))
-        _act_forward(h_ECI, activation, a_ECH)
+        silu_gate = _act_forward(h_ECI, activation, a_ECH)
         y_ND = _unpad(torch.bmm(a_ECH, w_out_EHD), counts, x_ND.shape[0])
-        ctx.save_for_backward(x_ECD, h_ECI, w_in_EDI, w_out_EHD)
+        ctx.save_for_backward(x_ECD, h_ECI, silu_gate, a_ECH, w_in_EDI, w_out_EHD)
         ctx.counts, ctx.activation, ctx.N = counts, activation, x_ND.shape[0]
         return y_ND
 
     @staticmethod
     def backward(ctx, grad_ND: Tensor):
-        x_ECD, h_ECI, w_in_EDI, w_out_EHD = ctx.saved_tensors
+        x_ECD, h_ECI, silu_gate, a_ECH, w_in_EDI, w_out_EHD = ctx.saved_tensors
         need_x, need_w_in, need_w_out = ctx.needs_input_grad[:3]
         grad_ECD = _pad(grad_ND.contiguous(), ctx.counts, x_ECD.shape[1])
-        grad_h, grad_w_out = _act_backward(
-            h_ECI,
-            h_ECI.shape[0],
-            ctx.activation,
-            lambda: torch.bmm(grad_ECD, w_out_EHD.transpose(1, 2)),  # (E, C, H)
-            (lambda a_ECH: torch.bmm(a_ECH.transpose(1, 2), grad_ECD)) if need_w_out else None,
-        )
+        grad_w_out = torch.bmm(a_ECH.transpose(1, 2), grad_ECD) if need_w_out else None
+        grad_a = torch.bmm(grad_ECD, w_out_EHD.transpose(1, 2))  # (E, C, H)
+        grad_h = _act_backward(h_ECI, silu_gate, grad_a, ctx.activation)
         grad_x = grad_w_in = None
         if need_w_in:
             grad_w_in = torch.bmm(x_ECD.transpose(1, 2), grad_h)  # (E, D, I)
