@@ -42,7 +42,10 @@ How it measures (printed again at the top of every run):
   order; independent of the C allocator and of page granularity). For fwd_bwd the gradient
   buffers already exist (as after `zero_grad(set_to_none=False)`), so the peak counts
   activations and temporaries, not the gradient storage that an MoE holds E/K times as much of
-  as its dense equivalent by design.
+  as its dense equivalent by design (the temporaries do include each weight's fresh gradient
+  before it is added to `.grad`, E/K times the dense one's for the same reason).
+- act_mb (fwd_bwd): activation memory, the bytes a forward leaves held for its backward (output
+  included), counted the same way at the end of a separate forward run.
 
 Impls skipped (and said so) where they cannot run or would take most of the run's time: naive
 all-experts beyond T=4096 (it builds E x T x I buffers, several GB), transformers' batched_mm
@@ -238,11 +241,13 @@ class Impls:
         module.train()
         x = self.x.detach().requires_grad_()
 
-        def run_fwd_bwd(keep_grads: bool = False) -> None:
+        def run_fwd_bwd(keep_grads: bool = False, forward_only: bool = False):
             if not keep_grads:  # zero_grad(set_to_none=True), as training loops do
                 for p in module.parameters():
                     p.grad = None
                 x.grad = None
+            if forward_only:  # the output, holding what the backward will need
+                return fwd(x)
             fwd(x).backward(self.grad)
 
         return run_fwd_bwd, module
@@ -252,27 +257,18 @@ class Impls:
 # measurement
 
 
-def peak_mb(run: Callable[..., None], module, mode: str) -> float:
-    """Peak bytes held by CPU tensors during one run, above what was held before it.
-
-    Counted from the profiler's memory events (every CPU tensor allocation and free, in order),
-    so it does not depend on the C allocator. For fwd_bwd the gradients of the parameters and of
-    the input are allocated beforehand (as `zero_grad(set_to_none=False)` leaves them), so the
-    peak counts activations and temporaries, not gradient storage, which an MoE holds E/K
-    times as much of as its dense equivalent by design.
-    """
+def _memory_events(call: Callable[[], object]) -> tuple[float, float, object]:
+    """(peak, held at the end) bytes of CPU tensors over `call()`, above what was held before,
+    from the profiler's memory events (every allocation and free, in order), so independent of
+    the C allocator; and what `call` returned (kept alive, so its bytes count as held)."""
     from torch.profiler import ProfilerActivity, profile
 
-    tensors = list(module.parameters())
-    if mode == "fwd_bwd":
-        for p in tensors:
-            p.grad = torch.zeros_like(p)
     stderr = os.dup(2)  # the profiler's C++ side logs its start and stop on stderr
     try:
         with open(os.devnull, "w") as devnull:
             os.dup2(devnull.fileno(), 2)
         with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-            run(keep_grads=True)
+            result = call()
     finally:
         os.dup2(stderr, 2)
         os.close(stderr)
@@ -281,9 +277,32 @@ def peak_mb(run: Callable[..., None], module, mode: str) -> float:
     for e in sorted(events, key=lambda e: e.start_ns()):
         held += e.nbytes()
         peak = max(peak, held)
+    return peak, held, result
+
+
+def memory_mb(run: Callable[..., object], module, mode: str) -> tuple[float, float | None]:
+    """(peak_mb, act_mb) of one run, above what was held before it.
+
+    peak_mb: the most held at any moment. For fwd_bwd the gradients of the parameters and of
+    the input are allocated beforehand (as `zero_grad(set_to_none=False)` leaves them), so the
+    peak counts activations and temporaries, not gradient storage; the temporaries include
+    each weight's fresh gradient before it is added to `.grad`, E/K times larger for an MoE
+    than for its dense equivalent by design, as its weights are.
+    act_mb (fwd_bwd only): activation memory, what the forward leaves held for the backward
+    (its output included), measured at the end of a forward run alone.
+    """
+    tensors = list(module.parameters())
+    act = None
+    if mode == "fwd_bwd":
+        for p in tensors:
+            p.grad = torch.zeros_like(p)
+        _, held, out = _memory_events(lambda: run(keep_grads=True, forward_only=True))
+        del out
+        act = held / 2**20
+    peak, _, _ = _memory_events(lambda: run(keep_grads=True))
     for p in tensors:
         p.grad = None
-    return peak / 2**20
+    return peak / 2**20, act
 
 
 def _cpu_busy(interval: float = 1.0) -> float | None:
@@ -365,7 +384,7 @@ def time_cell(
         ms = medians[impl]
         gflops = flops / (ms / 1e3) / 1e9
         touched = medians.get("dense_touched") if cell.tokens <= 16 else None
-        mem = peak_mb(run, module, cell.mode) if memory else None
+        mem, act = memory_mb(run, module, cell.mode) if memory else (None, None)
         rows.append(
             {
                 "config": cell.config,
@@ -377,6 +396,7 @@ def time_cell(
                 "ratio_to_dense": round(ms / medians["dense"], 3) if "dense" in medians else None,
                 "ratio_to_touched": round(ms / touched, 3) if touched else None,
                 "peak_mb": None if mem is None else round(mem, 1),
+                "act_mb": None if act is None else round(act, 1),
                 "gflops": round(gflops, 1),
                 "fraction_of_peak": round(gflops / peak[cell.dtype], 3),
                 "emulated": cell.dtype == "bf16" and peak["bf16"] < 0.5 * peak["fp32"],
@@ -394,6 +414,7 @@ def print_rows(rows: list[dict]) -> None:
         "ratio_to_dense",
         "ratio_to_touched",
         "peak_mb",
+        "act_mb",
         "gflops",
         "fraction_of_peak",
     )

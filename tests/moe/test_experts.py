@@ -239,3 +239,15 @@ def test_auto_with_fast_bf16_keeps_bf16(monkeypatch):
     with torch.no_grad():
         mod(torch.randn(4, 8).bfloat16(), torch.tensor([2, 2]))
     assert "_fp32_cache" not in mod.__dict__
+
+
+@pytest.mark.parametrize("backend", sorted(FAST))
+def test_second_backward_is_refused_by_name(backend):
+    """The fast backends free their intermediates during the backward (a lower peak), so a
+    second backward through the same forward gets a clear error, not a wrong gradient."""
+    counts, x, w_in, w_out, grad = _case([3, 0, 2], 0, 16, 8, "swiglu")
+    x, w_in, w_out = (t.float().requires_grad_() for t in (x, w_in, w_out))
+    y = FAST[backend](x, counts, w_in, w_out, "swiglu")
+    y.backward(grad.float(), retain_graph=True)
+    with pytest.raises(RuntimeError, match="ran twice for one forward"):
+        y.backward(grad.float())

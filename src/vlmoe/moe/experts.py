@@ -194,10 +194,31 @@ def _act_backward(
     return grad_h
 
 
+def _keep_intermediates(ctx, *tensors: Tensor | None) -> None:
+    """Keep tensors made inside a forward on `ctx` rather than in `save_for_backward` (which
+    holds them until the backward returns), so that the backward can drop each one as soon as
+    it has used it: at most one of the large activation-sized buffers and its gradient live at
+    once, which lowers the backward's peak (`benchmarks/moe_layer.py`, peak_mb). Only tensors
+    created in the forward may be kept this way, never its inputs or outputs."""
+    ctx.intermediates = list(tensors)
+
+
+def _take_intermediates(ctx) -> list[Tensor | None]:
+    """The tensors of `_keep_intermediates`, handed over to the backward (ctx keeps none)."""
+    if ctx.intermediates is None:
+        raise RuntimeError(
+            "backward through the MoE experts ran twice for one forward; retain_graph=True is "
+            "not supported by the grouped_mm and bmm experts (use the loop backend)"
+        )
+    tensors, ctx.intermediates = ctx.intermediates, None
+    return tensors
+
+
 class _GroupedExpertMLP(torch.autograd.Function):
     """y = act(x @ w_in[e]) @ w_out[e] per expert slice, with a hand-written backward.
 
-    Saves x, the pre-activation h, silu(gate) (SwiGLU) and the activation act(h).
+    Keeps x, the pre-activation h, silu(gate) (SwiGLU) and the activation act(h); the backward
+    frees each as soon as it has used it.
     Rows past the last slice are never read and come out zero.
     `total` is that row count when known on the host (CPU), else None (masked on the device).
     """
@@ -220,13 +241,15 @@ class _GroupedExpertMLP(torch.autograd.Function):
         silu_gate = _act_forward(h_NI[:rows], activation, a_NH[:rows])
         y_ND = _gmm(a_NH, w_out_EHD, offs_E, ends)  # (N, D)
         _zero_tail(y_ND, total, offs_E)
-        ctx.save_for_backward(x_ND, h_NI, silu_gate, a_NH, w_in_EDI, w_out_EHD, offs_E)
+        ctx.save_for_backward(x_ND, w_in_EDI, w_out_EHD, offs_E)
+        _keep_intermediates(ctx, h_NI, silu_gate, a_NH)
         ctx.ends, ctx.total, ctx.activation = ends, total, activation
         return y_ND
 
     @staticmethod
     def backward(ctx, grad_ND: Tensor):
-        x_ND, h_NI, silu_gate, a_NH, w_in_EDI, w_out_EHD, offs_E = ctx.saved_tensors
+        x_ND, w_in_EDI, w_out_EHD, offs_E = ctx.saved_tensors
+        h_NI, silu_gate, a_NH = _take_intermediates(ctx)
         ends, total = ctx.ends, ctx.total
         rows = h_NI.shape[0] if total is None else total
         need_x, need_w_in, need_w_out = ctx.needs_input_grad[:3]
@@ -234,8 +257,11 @@ class _GroupedExpertMLP(torch.autograd.Function):
         grad_w_out = None
         if need_w_out:  # (E, H, D) from the first `rows` rows
             grad_w_out = _gmm(a_NH[:rows].t(), grad_ND[:rows], offs_E, ends)
+        del a_NH
         grad_a = _gmm(grad_ND, w_out_EHD.transpose(1, 2), offs_E, ends)[:rows]  # (rows, H)
+        del grad_ND
         grad_h_NI = _act_backward(h_NI, silu_gate, grad_a, ctx.activation)
+        del h_NI, silu_gate, grad_a
         grad_x = grad_w_in = None
         if need_w_in:
             grad_w_in = _gmm(x_ND.t(), grad_h_NI, offs_E, ends)  # (E, D, I)
@@ -313,18 +339,23 @@ class _PaddedExpertMLP(torch.autograd.Function):
         a_ECH = x_ND.new_empty(h_ECI.shape[:2] + (w_out_EHD.shape[1],))
         silu_gate = _act_forward(h_ECI, activation, a_ECH)
         y_ND = _unpad(torch.bmm(a_ECH, w_out_EHD), counts, x_ND.shape[0])
-        ctx.save_for_backward(x_ECD, h_ECI, silu_gate, a_ECH, w_in_EDI, w_out_EHD)
+        ctx.save_for_backward(w_in_EDI, w_out_EHD)
+        _keep_intermediates(ctx, x_ECD, h_ECI, silu_gate, a_ECH)
         ctx.counts, ctx.activation, ctx.N = counts, activation, x_ND.shape[0]
         return y_ND
 
     @staticmethod
     def backward(ctx, grad_ND: Tensor):
-        x_ECD, h_ECI, silu_gate, a_ECH, w_in_EDI, w_out_EHD = ctx.saved_tensors
+        w_in_EDI, w_out_EHD = ctx.saved_tensors
+        x_ECD, h_ECI, silu_gate, a_ECH = _take_intermediates(ctx)
         need_x, need_w_in, need_w_out = ctx.needs_input_grad[:3]
         grad_ECD = _pad(grad_ND.contiguous(), ctx.counts, x_ECD.shape[1])
         grad_w_out = torch.bmm(a_ECH.transpose(1, 2), grad_ECD) if need_w_out else None
+        del a_ECH
         grad_a = torch.bmm(grad_ECD, w_out_EHD.transpose(1, 2))  # (E, C, H)
+        del grad_ECD
         grad_h = _act_backward(h_ECI, silu_gate, grad_a, ctx.activation)
+        del h_ECI, silu_gate, grad_a
         grad_x = grad_w_in = None
         if need_w_in:
             grad_w_in = torch.bmm(x_ECD.transpose(1, 2), grad_h)  # (E, D, I)
