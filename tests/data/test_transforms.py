@@ -159,3 +159,49 @@ def test_grey_digits_become_rgb_tensors():
 def test_transform_validation(kwargs, field):
     with pytest.raises(ValueError, match=re.escape(field)):
         ImageTransform(**kwargs)
+
+
+def test_shift_moves_pixels_and_boxes_and_repeats_the_edge():
+    from vlmoe.data.sample import Box, Sample
+    from vlmoe.data.transforms import shift_sample
+
+    img = np.zeros((8, 10, 3), np.uint8)
+    img[:, 0] = 50  # left edge column
+    img[5, 5] = 255
+    s = Sample(img, boxes=[Box(4, 4, 6, 6, "dot")])
+    out = shift_sample(s, 2, -1)  # right 2, up 1
+    assert out.image[4, 7].tolist() == [255, 255, 255]
+    assert int(out.image.sum()) == 255 * 3 + 50 * 3 * (8 + 2 * 8)  # dot + edge column x3
+    assert (out.image[:, :3] == 50).all()  # the left edge repeated into the vacated strip
+    b = out.boxes[0]
+    assert (b.x0, b.y0, b.x1, b.y1) == (6, 3, 8, 5)
+
+
+def test_random_shift_keeps_every_box_inside_and_covers_the_range():
+    from vlmoe.data.sample import Box
+    from vlmoe.data.transforms import random_shift
+
+    g = torch.Generator().manual_seed(0)
+    boxes = [Box(1, 5, 4, 9, "a")]  # 1 px from the left edge, 1 px from the bottom (H=10)
+    draws = {random_shift(10, 12, boxes, 3, g) for _ in range(400)}
+    assert {dx for dx, _ in draws} == {-1, 0, 1, 2, 3}
+    assert {dy for _, dy in draws} == {-3, -2, -1, 0, 1}
+    free = {random_shift(10, 12, [], 2, g) for _ in range(400)}
+    assert free == {(dx, dy) for dx in range(-2, 3) for dy in range(-2, 3)}
+
+
+def test_shift_augmentation_keeps_texts_true_and_follows_the_generator():
+    from vlmoe.data import Augmentation
+
+    aug = Augmentation(shift=3)
+    ds = ShapesDataset(CFG, "train", 20)
+    for i in range(20):
+        a = aug(ds[i], torch.Generator().manual_seed(i))
+        b = aug(ds[i], torch.Generator().manual_seed(i))
+        assert np.array_equal(a.image, b.image) and a.meta.get("shift") == b.meta.get("shift")
+        H, W = a.image_hw
+        for box in a.boxes:
+            assert 0 <= box.x0 <= box.x1 <= W and 0 <= box.y0 <= box.y1 <= H
+        assert_texts_true(a)  # objects move within the frame; what the texts say stays true
+    with pytest.raises(ValueError, match=re.escape("augment.shift")):
+        Augmentation(shift=-1)

@@ -128,6 +128,40 @@ def crop_sample(sample: Sample, x0: int, y0: int, x1: int, y1: int) -> Sample:
     return sample.replace(image=np.ascontiguousarray(img), boxes=boxes)
 
 
+def shift_sample(sample: Sample, dx: int, dy: int) -> Sample:
+    """Translate the image by (dx, dy) pixels (right, down), repeating the edge pixels into the
+    strip it leaves; boxes move with it."""
+    img = np.asarray(sample.image)
+    H, W = img.shape[:2]
+    ax, ay = abs(dx), abs(dy)
+    padded = np.pad(img, ((ay, ay), (ax, ax)) + ((0, 0),) * (img.ndim - 2), mode="edge")
+    out = padded[ay - dy : ay - dy + H, ax - dx : ax - dx + W]
+    boxes = [Box(b.x0 + dx, b.y0 + dy, b.x1 + dx, b.y1 + dy, b.label) for b in sample.boxes]
+    return sample.replace(image=np.ascontiguousarray(out), boxes=boxes)
+
+
+def random_shift(
+    H: int, W: int, boxes: list[Box], shift: int, generator: torch.Generator | None = None
+) -> tuple[int, int]:
+    """A random (dx, dy), each uniform over the integers in [-shift, shift] that keep every box
+    inside the image."""
+    if boxes:
+        ux0, uy0 = min(b.x0 for b in boxes), min(b.y0 for b in boxes)
+        ux1, uy1 = max(b.x1 for b in boxes), max(b.y1 for b in boxes)
+    else:
+        ux0, uy0, ux1, uy1 = 0, 0, W, H  # no boxes: no constraint beyond `shift`
+
+    def draw(lo: float, hi: float) -> int:
+        lo_i, hi_i = max(-shift, int(np.ceil(lo))), min(shift, int(np.floor(hi)))
+        if lo_i >= hi_i:
+            return 0 if lo_i > hi_i else lo_i
+        return lo_i + int(torch.randint(hi_i - lo_i + 1, (), generator=generator))
+
+    if not boxes:
+        return draw(-shift, shift), draw(-shift, shift)
+    return draw(-ux0, W - ux1), draw(-uy0, H - uy1)
+
+
 def resize_sample(sample: Sample, size: tuple[int, int], resample: Resample = "bilinear") -> Sample:
     """Resize the image to ``size`` = (H', W'), scaling the boxes."""
     img = np.asarray(sample.image)
@@ -184,15 +218,24 @@ class Augmentation(Config):
         hflip_prob: flip probability under "swap_text".
         crop: "off" or "keep_boxes" (random square crop containing every box).
         crop_scale: range of the crop side as a fraction of min(H, W).
+        shift: random translation of up to this many pixels each way (after the crop), the
+            edge pixels repeated into the strip left behind, never moving a box out of the
+            image (0: off). Like the crop it moves objects within the frame, so texts that name
+            absolute places ("at the top left") hold only for shifts small against a cell.
     """
 
     hflip: Literal["off", "swap_text"] = "off"
     hflip_prob: float = 0.5
     crop: Literal["off", "keep_boxes"] = "off"
     crop_scale: tuple[float, float] = (0.8, 1.0)
+    shift: int = 0
 
     def __post_init__(self) -> None:
         self.crop_scale = tuple(self.crop_scale)  # type: ignore[assignment]
+        check(
+            isinstance(self.shift, int) and self.shift >= 0,
+            f"augment.shift={self.shift!r}: must be a whole number of pixels >= 0",
+        )
         check(
             self.hflip in ("off", "swap_text"),
             f"augment.hflip={self.hflip!r}: must be 'off' or 'swap_text'",
@@ -213,7 +256,7 @@ class Augmentation(Config):
     @property
     def active(self) -> bool:
         """Whether this augmentation changes anything."""
-        return self.crop != "off" or (self.hflip != "off" and self.hflip_prob > 0)
+        return self.crop != "off" or self.shift > 0 or (self.hflip != "off" and self.hflip_prob > 0)
 
     def __call__(self, sample: Sample, generator: torch.Generator | None = None) -> Sample:
         sample = sample.replace(image=to_rgb_array(np.asarray(sample.image)))
@@ -223,6 +266,12 @@ class Augmentation(Config):
             if (x0, y0, x1, y1) != (0, 0, W, H):
                 sample = crop_sample(sample, x0, y0, x1, y1)
                 sample.meta = {**sample.meta, "crop": [x0, y0, x1, y1]}
+        if self.shift:
+            H, W = sample.image_hw
+            dx, dy = random_shift(H, W, sample.boxes, self.shift, generator)
+            if dx or dy:
+                sample = shift_sample(sample, dx, dy)
+                sample.meta = {**sample.meta, "shift": [dx, dy]}
         if (
             self.hflip == "swap_text"
             and float(torch.rand((), generator=generator)) < self.hflip_prob
