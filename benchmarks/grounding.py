@@ -9,6 +9,14 @@ bin per pixel). Training draws (image, prompt) examples; images are flipped at r
 left/right swapped in the texts and the boxes mirrored.
 
     OMP_NUM_THREADS=1 python benchmarks/grounding.py --preset decoder-small-moe --steps 1500
+
+Options under test (issue 12): `--bins` location bins per side (saved with the tokenizer),
+`--loc-sigma` a Gaussian target over neighbouring bins, `--loc-init sincos` location embeddings
+started from their bin's sine-cosine encoding, `--vision-from DIR` the vision tower started from
+a saved detector's backbone (`benchmarks/detection.py --save-model`). After training, every
+wrong answer is sorted into: no box in the answer, the wrong object (the predicted box overlaps
+another object of the scene more than the referred one), or the right object but too imprecise
+(IoU < 0.5 with it); accuracy is also broken down by kind of expression.
 """
 
 from __future__ import annotations
@@ -23,14 +31,17 @@ from pathlib import Path
 import torch
 
 from vlmoe.config import parse_override
+from vlmoe.data.locations import text_to_boxes
 from vlmoe.data.shapes import ShapesConfig
 from vlmoe.data.shapes_data import ShapesDataset
 from vlmoe.data.tokenizer import Tokenizer
 from vlmoe.data.transforms import ImageTransform
 from vlmoe.eval.runner import run_evaluators
+from vlmoe.models.checkpoint import load_model
 from vlmoe.models.registry import create_model
+from vlmoe.nn.boxes import box_iou
 from vlmoe.tasks import TaskDataset, TaskInfo, eval_loader
-from vlmoe.tasks.grounding import Grounding
+from vlmoe.tasks.grounding import Grounding, GroundingConfig, init_location_embeddings
 from vlmoe.train.checkpoint import write_json_atomic
 from vlmoe.train.config import OptimizerConfig, RunConfig, ScheduleConfig, TrainConfig
 from vlmoe.train.trainer import Trainer
@@ -40,6 +51,67 @@ SCENES = ShapesConfig(
     image_size=64, min_objects=1, max_objects=6, occlusion=0.3, large_objects="any", seed=0
 )
 MAX_LEN = 40
+# The detector's backbone fields a decoder's vision tower takes over with `--vision-from`.
+VISION_FIELDS = ("image_size", "patch_size", "patch_embed", "stem_channels", "pool", "pos_embed")
+
+
+def ref_kind(text: str) -> str:
+    """The kind of a scene-world referring expression (`vlmoe.data.grammar.make_refs`)."""
+    if text.startswith("the object "):
+        return "relation"  # "the object left of the red circle"
+    if text == "the largest object":
+        return "largest"
+    if text.endswith(" object"):
+        return "colour"  # "the (small) red object"
+    if any(c in text.split() for c in SCENES.colours):
+        return "colour shape"  # "the red circle"
+    return "shape"  # "the (small) circle"
+
+
+@torch.no_grad()
+def diagnose(model, task: Grounding, test: TaskDataset, batch_size: int = 64) -> dict:
+    """Accuracy@IoU0.5 by expression kind and where the wrong answers went (see the module
+    docstring); greedy answers as `Grounding.locate` reads them (the first box)."""
+    model.eval()
+    counts: dict[str, int] = {"right": 0, "no box": 0, "wrong object": 0, "imprecise": 0}
+    kinds: dict[str, list[int]] = {}
+    ious: list[float] = []
+    for start in range(0, len(test), batch_size):
+        items = [test[i] for i in range(start, min(len(test), start + batch_size))]
+        batch = task.collate(items)
+        texts = task._answers(model, batch["prompt_ids"], batch["prompt_mask"], batch["images"], 6)
+        for (sample, ex), text in zip(items, texts):
+            H, W = sample.image_hw
+            boxes = torch.tensor([[b.x0 / W, b.y0 / H, b.x1 / W, b.y1 / H] for b in sample.boxes])
+            ref = sample.refs[ex.part - len(dict.fromkeys(b.label for b in sample.boxes))]
+            found = text_to_boxes(text, task.num_bins)
+            if not found:
+                outcome = "no box"
+            else:
+                iou_M = box_iou(torch.tensor([found[0][0]]), boxes)[0]
+                ious.append(float(iou_M[ref.box]))
+                if iou_M[ref.box] >= 0.5:
+                    outcome = "right"
+                elif int(iou_M.argmax()) != ref.box and iou_M.max() > iou_M[ref.box]:
+                    outcome = "wrong object"
+                else:
+                    outcome = "imprecise"
+            counts[outcome] += 1
+            kinds.setdefault(ref_kind(ref.text), []).append(outcome == "right")
+    n = sum(counts.values())
+    return {
+        "num_refs": n,
+        "acc@0.5": counts["right"] / n,
+        "outcomes": counts,
+        "mean_iou_with_target": sum(ious) / max(1, len(ious)),
+        "acc_by_kind": {k: [sum(v) / len(v), len(v)] for k, v in sorted(kinds.items())},
+    }
+
+
+def start_vision_from(model, directory: str) -> None:
+    """Load a saved detector's backbone weights into `model.vision` (same shapes)."""
+    detector = load_model(directory)
+    model.vision.load_state_dict(detector.backbone.state_dict(), strict=True)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -51,6 +123,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--num-eval", type=int, default=100)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--bins", type=int, default=None, help="location bins (default: 1 per pixel)")
+    p.add_argument("--loc-sigma", type=float, default=0.0, help="soft location target, bins")
+    p.add_argument("--loc-init", default="random", choices=["random", "sincos"])
+    p.add_argument("--vision-from", default=None, help="a saved detector whose backbone starts")
     p.add_argument("--out", default="benchmarks/results/grounding.json")
     p.add_argument("--work", default="runs/grounding")
     p.add_argument(
@@ -70,12 +146,20 @@ def main(argv: list[str] | None = None) -> None:
     tok = Tokenizer.train(
         itertools.chain(prompts, ShapesDataset(SCENES, "train", 2000).texts()), vocab_size=400
     )
-    task = Grounding(TaskInfo("grounding", "decoder", 64, MAX_LEN), tok)  # adds location tokens
+    gcfg = GroundingConfig(num_bins=args.bins, loc_sigma=args.loc_sigma)
+    task = Grounding(TaskInfo("grounding", "decoder", 64, MAX_LEN), tok, gcfg)  # + location tokens
     flip = ImageTransform(None, hflip="swap_text")
     train = TaskDataset(train_set, task.examples(train_set, "train"), 64, flip.augment, args.seed)
     test = TaskDataset(test_set, task.examples(test_set, "eval"), 64)
     overrides = dict(parse_override(kv) for kv in args.set)
+    if args.vision_from:
+        backbone = load_model(args.vision_from).config.backbone
+        overrides.update({f"vision.{k}": getattr(backbone, k) for k in VISION_FIELDS})
     model = create_model(args.preset, vocab_size=tok.vocab_size, max_seq_len=MAX_LEN, **overrides)
+    if args.vision_from:
+        start_vision_from(model, args.vision_from)
+    if args.loc_init == "sincos":
+        init_location_embeddings(model, task.loc_ids)
     cfg = RunConfig(
         optim=OptimizerConfig(lr=args.lr),
         schedule=ScheduleConfig(warmup_steps=max(1, args.steps // 20)),
@@ -89,7 +173,19 @@ def main(argv: list[str] | None = None) -> None:
             log_every=50,
         ),
     )
-    tag = "".join(f"/{k}={v}" for k, v in overrides.items())
+    options = {
+        "bins": task.num_bins,
+        "loc_sigma": args.loc_sigma,
+        "loc_init": args.loc_init,
+        "vision_from": args.vision_from,
+    }
+    tag = "".join(
+        f"/{k}={v}" for k, v in overrides.items() if not args.vision_from or "vision." not in k
+    )
+    tag += f"/bins{task.num_bins}" if task.num_bins != 64 else ""
+    tag += f"/sigma{args.loc_sigma}" if args.loc_sigma else ""
+    tag += "/sincos" if args.loc_init == "sincos" else ""
+    tag += "/vision-from-detector" if args.vision_from else ""
     key = f"{args.preset}{tag}/seed{args.seed}/steps{args.steps}/lr{args.lr}"
     run_dir = Path(args.work) / key.replace("/", "-").replace("=", "_")
     trainer = Trainer(
@@ -101,6 +197,7 @@ def main(argv: list[str] | None = None) -> None:
     model.save_pretrained(run_dir / "model", tokenizer=tok)
     task.info.save(run_dir / "model")
     metrics = run_evaluators(model, task.evaluators(eval_loader(test, task.collate, 64)))
+    diagnosis = diagnose(model, task, test)
     out = Path(args.out)
     results = json.loads(out.read_text()) if out.exists() else {}  # read late: shared file
     results[key] = {
@@ -108,8 +205,11 @@ def main(argv: list[str] | None = None) -> None:
         "train_cpu_seconds": cpu,
         "steps": args.steps,
         "num_refs": len(test),
+        "batch_size": args.batch_size,
         "overrides": overrides,
+        "options": options,
         "metrics": metrics,
+        "diagnosis": diagnosis,
     }
     out.parent.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out, results)
@@ -117,6 +217,7 @@ def main(argv: list[str] | None = None) -> None:
         f"{key}: acc@0.5 {metrics['grounding/acc@0.5']:.3f} over {len(test)} referring "
         f"expressions; train {seconds / 60:.1f} min wall, {cpu / 60:.1f} min CPU"
     )
+    print(f"diagnosis: {json.dumps(diagnosis)}")
 
 
 if __name__ == "__main__":

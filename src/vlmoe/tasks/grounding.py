@@ -1,28 +1,130 @@
 """Visual grounding by generation (Pix2Seq / PaliGemma style): the decoder answers
 "locate <referring expression>" with one box and "detect <label>" with the boxes of that label,
-written as location tokens (`vlmoe.data.locations`; one bin per pixel of the model's input).
+written as location tokens (`vlmoe.data.locations`; by default one bin per pixel of the model's
+input, `GroundingConfig.num_bins` to choose).
 
 The location tokens are added to the tokenizer when the task is built (before the model, so the
 model's vocabulary includes them) and are saved with it in `tokenizer.json`. Training has one
 example per (image, prompt) - every "detect" and every "locate" prompt of a sample; evaluation
 one per referring expression, scored by accuracy@IoU0.5 of the first box generated.
+
+Plain cross-entropy treats a location token one bin off as wrong as one on the far side of the
+image. `GroundingConfig.loc_sigma` makes the target of each location token a Gaussian over the
+neighbouring bins instead (label smoothing by distance, as seq2box work replaces one-hot
+coordinate targets; e.g. "Pix2Seq v2" / Shikra-style discretized coordinates with soft labels),
+and `init_location_embeddings` starts the location tokens' embeddings (and output rows) from
+the 1-D sine-cosine encoding of their bin, so neighbouring bins start out alike.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
+from torch import Tensor, nn
 
-from vlmoe.data.locations import add_location_tokens, grounding_pairs, text_to_boxes
+from vlmoe.config import Config, check
+from vlmoe.data.locations import (
+    add_location_tokens,
+    grounding_pairs,
+    location_bins,
+    text_to_boxes,
+)
 from vlmoe.data.sample import Sample
 from vlmoe.eval.detection import GroundingEvaluator
+from vlmoe.nn.embed import sincos_1d
 from vlmoe.tasks.base import IGNORE_INDEX, Example, Prediction, StepOutput, Task
 from vlmoe.tasks.registry import register_task
+
+
+@dataclass
+class GroundingConfig(Config):
+    """How boxes are written and learned. `num_bins`: location bins per image side (None: one
+    per input pixel, or what a loaded tokenizer holds); `loc_sigma`: standard deviation, in
+    bins, of the Gaussian target over neighbouring bins of each location token (0: one-hot)."""
+
+    num_bins: int | None = None
+    loc_sigma: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.num_bins is not None:
+            check(self.num_bins >= 2, f"num_bins must be >= 2, got {self.num_bins}")
+        check(self.loc_sigma >= 0, f"loc_sigma must be >= 0, got {self.loc_sigma}")
+
+
+def location_soft_targets(bins_N: Tensor, num_bins: int, sigma: float) -> Tensor:
+    """(N,) target bins -> (N, num_bins) target distributions: a Gaussian of std `sigma` bins
+    around each target, cut to the image and renormalized (one-hot when `sigma` is 0)."""
+    if sigma == 0:
+        return F.one_hot(bins_N, num_bins).float()
+    k = torch.arange(num_bins, device=bins_N.device, dtype=torch.float32)  # (K,)
+    w_NK = torch.exp(-0.5 * ((k[None] - bins_N[:, None].float()) / sigma) ** 2)
+    return w_NK / w_NK.sum(-1, keepdim=True)
+
+
+def grounding_lm_loss(
+    logits_NV: Tensor, labels_N: Tensor, loc_ids_K: Tensor, sigma: float
+) -> Tensor:
+    """Mean next-token cross-entropy over the non-ignored positions, with the soft target of
+    `location_soft_targets` where the label is a location token (`loc_ids_K`: the ids of bins
+    0..K-1). Equals `F.cross_entropy` when `sigma` is 0; `grounding_lm_loss_reference` is the
+    per-position twin the tests hold it to."""
+    logp_NV = logits_NV.float().log_softmax(-1)
+    valid_N = labels_N != IGNORE_INDEX
+    bin_of_V = torch.full((logits_NV.shape[-1],), -1, dtype=torch.long, device=labels_N.device)
+    bin_of_V[loc_ids_K] = torch.arange(len(loc_ids_K), device=labels_N.device)
+    bins_N = torch.where(valid_N, bin_of_V[labels_N.clamp_min(0)], -1)
+    is_loc_N = bins_N >= 0
+    nll_N = -logp_NV.gather(1, labels_N.clamp_min(0)[:, None])[:, 0]  # (N,) one-hot targets
+    if sigma > 0 and bool(is_loc_N.any()):
+        q_MK = location_soft_targets(bins_N[is_loc_N], len(loc_ids_K), sigma)
+        soft_M = -(q_MK * logp_NV[is_loc_N][:, loc_ids_K]).sum(-1)
+        nll_N = nll_N.masked_scatter(is_loc_N, soft_M)
+    return (nll_N * valid_N).sum() / valid_N.sum().clamp_min(1)
+
+
+def grounding_lm_loss_reference(
+    logits_NV: Tensor, labels_N: Tensor, loc_ids_K: Tensor, sigma: float
+) -> Tensor:
+    """`grounding_lm_loss` one position at a time, with the whole-vocabulary target written
+    out: the slow, obviously correct twin."""
+    loc = [int(i) for i in loc_ids_K]
+    total, count = logits_NV.new_zeros((), dtype=torch.float32), 0
+    for logits_V, label in zip(logits_NV.float(), labels_N.tolist()):
+        if label == IGNORE_INDEX:
+            continue
+        target_V = torch.zeros_like(logits_V)
+        if label in loc and sigma > 0:
+            k = loc.index(label)
+            w = [math.exp(-0.5 * ((j - k) / sigma) ** 2) for j in range(len(loc))]
+            for j, wj in zip(loc, w):
+                target_V[j] = wj / sum(w)
+        else:
+            target_V[label] = 1.0
+        total = total - (target_V * logits_V.log_softmax(-1)).sum()
+        count += 1
+    return total / max(count, 1)
+
+
+@torch.no_grad()
+def init_location_embeddings(model: nn.Module, loc_ids: Sequence[int]) -> None:
+    """Set the input embeddings (and untied output rows) of the location tokens of a decoder
+    (`model.lm`) to the 1-D sine-cosine encoding of their bin, scaled to the rows' current
+    standard deviation, so that neighbouring bins start out alike."""
+    lm = model.lm
+    ids = torch.tensor(list(loc_ids), dtype=torch.long)
+    dim = lm.embed.weight.shape[1]
+    enc_KD = sincos_1d(dim, torch.arange(len(ids)).float())  # (K, D), unit-variance columns
+    enc_KD = enc_KD / enc_KD.std()
+    for weight in (lm.embed.weight, getattr(lm.lm_head, "weight", None)):
+        if weight is not None:
+            std = float(weight[ids].std())
+            weight[ids] = (enc_KD * std).to(weight.dtype)
 
 
 @register_task
@@ -34,10 +136,14 @@ class Grounding(Task):
     predicts = ("boxes",)
     max_new_tokens = 24  # room for a few labelled boxes after "detect ..."
 
-    def __init__(self, info: Any, tokenizer: Any = None) -> None:
+    def __init__(
+        self, info: Any, tokenizer: Any = None, config: GroundingConfig | None = None
+    ) -> None:
         super().__init__(info, tokenizer)
-        self.num_bins = info.image_size
-        add_location_tokens(tokenizer, self.num_bins)
+        self.config = config or GroundingConfig()
+        have = location_bins(tokenizer)
+        self.num_bins = self.config.num_bins or have or info.image_size
+        self.loc_ids = add_location_tokens(tokenizer, self.num_bins)  # raises on a mismatch
 
     def examples(self, dataset: Any, split: str) -> list[Example]:
         out = []
@@ -80,11 +186,12 @@ class Grounding(Task):
             input_ids=batch["input_ids"],
             attention_mask=batch["attention_mask"],
         )
-        logits = out.logits[:, :-1].float()  # token t+1 predicted at t
-        loss = F.cross_entropy(
+        logits = out.logits[:, :-1]  # token t+1 predicted at t
+        loss = grounding_lm_loss(
             logits.reshape(-1, logits.shape[-1]),
             batch["labels"][:, 1:].reshape(-1),
-            ignore_index=IGNORE_INDEX,
+            torch.tensor(self.loc_ids, device=logits.device),
+            self.config.loc_sigma,
         )
         return StepOutput(loss, {}, out.moe_aux)
 
