@@ -14,9 +14,12 @@ Options under test (issue 12): `--bins` location bins per side (saved with the t
 `--loc-sigma` a Gaussian target over neighbouring bins, `--loc-init sincos` location embeddings
 started from their bin's sine-cosine encoding, `--vision-from DIR` the vision tower started from
 a saved detector's backbone (`benchmarks/detection.py --save-model`). After training, every
-wrong answer is sorted into: no box in the answer, the wrong object (the predicted box overlaps
-another object of the scene more than the referred one), or the right object but too imprecise
-(IoU < 0.5 with it); accuracy is also broken down by kind of expression.
+wrong answer is sorted into: no box in the answer, a box off every object, the wrong object (the
+predicted box overlaps another object of the scene more than the referred one), or the right
+object but too imprecise (0 < IoU < 0.5 with it); accuracy is also broken down by kind of
+expression. `--freeze vision` trains the rest only (`vlmoe.models.freeze`).
+`--image-after-prompt` builds the decoder with `image_token_id`, so it reads
+[prompt ; image ; answer] (`vlmoe.tasks.grounding`).
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from vlmoe.data.tokenizer import Tokenizer
 from vlmoe.data.transforms import ImageTransform
 from vlmoe.eval.runner import run_evaluators
 from vlmoe.models.checkpoint import load_model
+from vlmoe.models.freeze import freeze
 from vlmoe.models.registry import create_model
 from vlmoe.nn.boxes import box_iou
 from vlmoe.tasks import TaskDataset, TaskInfo, eval_loader
@@ -73,7 +77,7 @@ def diagnose(model, task: Grounding, test: TaskDataset, batch_size: int = 64) ->
     """Accuracy@IoU0.5 by expression kind and where the wrong answers went (see the module
     docstring); greedy answers as `Grounding.locate` reads them (the first box)."""
     model.eval()
-    counts: dict[str, int] = {"right": 0, "no box": 0, "wrong object": 0, "imprecise": 0}
+    counts = dict.fromkeys(["right", "no box", "wrong object", "imprecise", "off every object"], 0)
     kinds: dict[str, list[int]] = {}
     ious: list[float] = []
     for start in range(0, len(test), batch_size):
@@ -92,6 +96,8 @@ def diagnose(model, task: Grounding, test: TaskDataset, batch_size: int = 64) ->
                 ious.append(float(iou_M[ref.box]))
                 if iou_M[ref.box] >= 0.5:
                     outcome = "right"
+                elif iou_M.max() == 0:
+                    outcome = "off every object"
                 elif int(iou_M.argmax()) != ref.box and iou_M.max() > iou_M[ref.box]:
                     outcome = "wrong object"
                 else:
@@ -127,6 +133,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--loc-sigma", type=float, default=0.0, help="soft location target, bins")
     p.add_argument("--loc-init", default="random", choices=["random", "sincos"])
     p.add_argument("--vision-from", default=None, help="a saved detector whose backbone starts")
+    p.add_argument(
+        "--image-after-prompt",
+        action="store_true",
+        help="[prompt ; image ; answer]: image tokens see the expression (image_token_id)",
+    )
+    p.add_argument("--freeze", nargs="*", default=[], help="components not trained (vision)")
     p.add_argument("--out", default="benchmarks/results/grounding.json")
     p.add_argument("--work", default="runs/grounding")
     p.add_argument(
@@ -155,11 +167,14 @@ def main(argv: list[str] | None = None) -> None:
     if args.vision_from:
         backbone = load_model(args.vision_from).config.backbone
         overrides.update({f"vision.{k}": getattr(backbone, k) for k in VISION_FIELDS})
+    if args.image_after_prompt:
+        overrides["image_token_id"] = tok.image_id
     model = create_model(args.preset, vocab_size=tok.vocab_size, max_seq_len=MAX_LEN, **overrides)
     if args.vision_from:
         start_vision_from(model, args.vision_from)
     if args.loc_init == "sincos":
         init_location_embeddings(model, task.loc_ids)
+    freeze(model, args.freeze)
     cfg = RunConfig(
         optim=OptimizerConfig(lr=args.lr),
         schedule=ScheduleConfig(warmup_steps=max(1, args.steps // 20)),
@@ -178,14 +193,19 @@ def main(argv: list[str] | None = None) -> None:
         "loc_sigma": args.loc_sigma,
         "loc_init": args.loc_init,
         "vision_from": args.vision_from,
+        "freeze": args.freeze,
     }
     tag = "".join(
-        f"/{k}={v}" for k, v in overrides.items() if not args.vision_from or "vision." not in k
+        f"/{k}={v}"
+        for k, v in overrides.items()
+        if (not args.vision_from or "vision." not in k) and k != "image_token_id"
     )
+    tag += "/image-after-prompt" if args.image_after_prompt else ""
     tag += f"/bins{task.num_bins}" if task.num_bins != 64 else ""
     tag += f"/sigma{args.loc_sigma}" if args.loc_sigma else ""
     tag += "/sincos" if args.loc_init == "sincos" else ""
     tag += "/vision-from-detector" if args.vision_from else ""
+    tag += "".join(f"/freeze-{c}" for c in args.freeze)
     key = f"{args.preset}{tag}/seed{args.seed}/steps{args.steps}/lr{args.lr}"
     run_dir = Path(args.work) / key.replace("/", "-").replace("=", "_")
     trainer = Trainer(

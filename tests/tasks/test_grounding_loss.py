@@ -4,6 +4,7 @@ the sine-cosine start of the location embeddings."""
 
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -13,8 +14,9 @@ from vlmoe.data.locations import location_bins
 from vlmoe.data.shapes import ShapesConfig
 from vlmoe.data.shapes_data import ShapesDataset
 from vlmoe.data.tokenizer import Tokenizer
+from vlmoe.eval.runner import run_evaluators
 from vlmoe.models.registry import create_model
-from vlmoe.tasks import TaskDataset, TaskInfo
+from vlmoe.tasks import TaskDataset, TaskInfo, eval_loader
 from vlmoe.tasks.base import IGNORE_INDEX
 from vlmoe.tasks.grounding import (
     Grounding,
@@ -22,6 +24,7 @@ from vlmoe.tasks.grounding import (
     grounding_lm_loss,
     grounding_lm_loss_reference,
     init_location_embeddings,
+    insert_placeholders,
     location_soft_targets,
 )
 
@@ -119,3 +122,34 @@ def test_soft_target_trains_and_embeddings_start_smooth(texts):
     out.loss.backward()
     assert torch.isfinite(out.loss)
     assert model.lm.embed.weight.grad[task.loc_ids].abs().sum() > 0
+
+
+def test_insert_placeholders_hand_worked():
+    rows = torch.tensor([[1, 2, 3], [4, 5, 6]])
+    got = insert_placeholders(rows, torch.tensor([1, 3]), 2, 9)
+    assert got.tolist() == [[1, 9, 9, 2, 3], [4, 5, 6, 9, 9]]
+
+
+def test_prompt_before_image_layout(texts):
+    """A decoder with `image_token_id` reads [prompt ; image ; answer]: training, evaluation
+    and predict put the placeholders there, and the image tokens see the prompt."""
+    tok = Tokenizer.train(texts, vocab_size=200)
+    ds = ShapesDataset(SCENES, "test", 2)
+    task = Grounding(TaskInfo("grounding", "decoder", 16, 40), tok, GroundingConfig(num_bins=8))
+    model = create_model(
+        "decoder-debug", vocab_size=tok.vocab_size, max_seq_len=40, image_token_id=tok.image_id
+    )
+    data = TaskDataset(ds, task.examples(ds, "train"), 16)
+    batch = task.collate([data[i] for i in range(3)])
+    out = task.loss(model, batch)
+    out.loss.backward()
+    assert torch.isfinite(out.loss)
+    evald = TaskDataset(ds, task.examples(ds, "eval"), 16)
+    results = run_evaluators(model, task.evaluators(eval_loader(evald, task.collate, 4)))
+    assert 0 <= results["grounding/acc@0.5"] <= 1
+    pred = task.predict(model, np.asarray(ds[0].image), "the red circle")
+    n = model.num_image_tokens
+    assert pred.kind == "boxes" and pred.output.image_token_mask.sum() == n
+    # The image tokens come after the prompt: <bos> + "locate the red circle" first.
+    first_image = int(pred.output.image_token_mask[0].float().argmax())
+    assert first_image == len(pred.tokens)

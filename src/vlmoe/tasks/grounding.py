@@ -14,6 +14,13 @@ neighbouring bins instead (label smoothing by distance, as seq2box work replaces
 coordinate targets; e.g. "Pix2Seq v2" / Shikra-style discretized coordinates with soft labels),
 and `init_location_embeddings` starts the location tokens' embeddings (and output rows) from
 the 1-D sine-cosine encoding of their bin, so neighbouring bins start out alike.
+
+Where the image goes is the model's choice: by default the decoder reads [image tokens ; prompt ;
+answer], so image tokens never see the question; a decoder built with `image_token_id` (the
+tokenizer's `<image>`) reads [prompt ; image tokens ; answer] instead - the task puts the
+placeholders between prompt and answer - so every image token can already attend to the
+expression and mark whether it is the object asked for (the instruction-aware visual features
+of InstructBLIP, Dai et al. 2023, in a decoder-only model).
 """
 
 from __future__ import annotations
@@ -127,6 +134,18 @@ def init_location_embeddings(model: nn.Module, loc_ids: Sequence[int]) -> None:
             weight[ids] = (enc_KD * std).to(weight.dtype)
 
 
+def insert_placeholders(rows_BL: Tensor, at_B: Tensor, count: int, fill: int | Tensor) -> Tensor:
+    """`count` copies of `fill` inserted into each row `b` of `rows_BL` before position
+    `at_B[b]` (`L`: at the end): (B, L + count)."""
+    B, L = rows_BL.shape
+    pos_L = torch.arange(L, device=rows_BL.device)
+    shift_BL = (pos_L[None] >= at_B[:, None]).long() * count  # later tokens move right
+    out = torch.empty(B, L + count, dtype=rows_BL.dtype, device=rows_BL.device)
+    out[:] = fill if isinstance(fill, int) else fill.to(rows_BL.dtype)
+    out.scatter_(1, pos_L[None] + shift_BL, rows_BL)
+    return out
+
+
 @register_task
 class Grounding(Task):
     name = "grounding"
@@ -177,19 +196,30 @@ class Grounding(Task):
             "labels": lab,
             "prompt_ids": prompt["input_ids"],
             "prompt_mask": prompt["attention_mask"],
+            "prompt_lens": torch.tensor([len(p) for p in prompts], dtype=torch.long),  # (B,)
             "target_boxes": torch.tensor(targets, dtype=torch.float32),  # (B, 4) normalized
         }
 
+    @staticmethod
+    def _placeholders(model: nn.Module) -> tuple[int | None, int]:
+        """(the `<image>` id, image tokens per image) when `model` reads the image after the
+        prompt, else (None, 0)."""
+        token = getattr(getattr(model, "config", None), "image_token_id", None)
+        return (token, model.num_image_tokens) if token is not None else (None, 0)
+
     def loss(self, model: nn.Module, batch: dict[str, Any]) -> StepOutput:
-        out = model(
-            images=batch["images"],
-            input_ids=batch["input_ids"],
-            attention_mask=batch["attention_mask"],
-        )
+        ids, mask, labels = batch["input_ids"], batch["attention_mask"], batch["labels"]
+        token, n = self._placeholders(model)
+        if token is not None:  # [prompt ; image ; answer]
+            at = batch["prompt_lens"].to(ids.device)
+            ids = insert_placeholders(ids, at, n, token)
+            mask = insert_placeholders(mask, at, n, 1)
+            labels = insert_placeholders(labels, at, n, IGNORE_INDEX)
+        out = model(images=batch["images"], input_ids=ids, attention_mask=mask)
         logits = out.logits[:, :-1]  # token t+1 predicted at t
         loss = grounding_lm_loss(
             logits.reshape(-1, logits.shape[-1]),
-            batch["labels"][:, 1:].reshape(-1),
+            labels[:, 1:].reshape(-1),
             torch.tensor(self.loc_ids, device=logits.device),
             self.config.loc_sigma,
         )
@@ -198,7 +228,20 @@ class Grounding(Task):
     def evaluators(self, loader: Any) -> dict[str, Any]:
         return {"grounding": GroundingEvaluator(loader, self.locate)}
 
+    def _with_image(self, model: nn.Module, prompt_ids: Tensor, prompt_mask: Tensor):
+        """Left-padded prompts as `model` reads them: the image placeholders after the prompt
+        when it has them."""
+        token, n = self._placeholders(model)
+        if token is None:
+            return prompt_ids, prompt_mask
+        end = torch.full_like(prompt_ids[:, 0], prompt_ids.shape[1])
+        return (
+            insert_placeholders(prompt_ids, end, n, token),
+            insert_placeholders(prompt_mask, end, n, 1),
+        )
+
     def _answers(self, model: nn.Module, prompt_ids, prompt_mask, images, new: int) -> list[str]:
+        prompt_ids, prompt_mask = self._with_image(model, prompt_ids, prompt_mask)
         out = model.generate(
             prompt_ids,
             prompt_mask,
@@ -243,7 +286,8 @@ class Grounding(Task):
             }
             for box, label in text_to_boxes(answer, self.num_bins)
         ]
-        out = model(images=images, input_ids=prompt_ids, attention_mask=mask)
+        seen_ids, seen_mask = self._with_image(model, prompt_ids, mask)
+        out = model(images=images, input_ids=seen_ids, attention_mask=seen_mask)
         summary = "; ".join(f"{b['label']} {[round(v) for v in b['box']]}" for b in found)
         return Prediction(
             "boxes",
