@@ -4,22 +4,32 @@ the first generated box over every referring expression of held-out scenes.
 
 Scenes as in `benchmarks/detection.py` (1-6 objects, occlusion up to 30%, 64x64). The decoder is
 a `decoder-small` preset (ViT encoder, MLP projector, causal LM; `-moe`: E=8 top-2 in every
-other LM block) with a BPE tokenizer trained on the scenes' texts plus 64 location tokens (one
-bin per pixel). Training draws (image, prompt) examples; images are flipped at random with
-left/right swapped in the texts and the boxes mirrored.
+other LM block) with a BPE tokenizer trained on the scenes' texts plus the location tokens.
+Training draws (image, prompt) examples; images are flipped at random with left/right swapped
+in the texts and the boxes mirrored.
 
-    OMP_NUM_THREADS=1 python benchmarks/grounding.py --preset decoder-small-moe --steps 1500
+The defaults are the recipe (README, "Detection and grounding"), in two stages:
 
-Options under test (issue 12): `--bins` location bins per side (saved with the tokenizer),
-`--loc-sigma` a Gaussian target over neighbouring bins, `--loc-init sincos` location embeddings
-started from their bin's sine-cosine encoding, `--vision-from DIR` the vision tower started from
-a saved detector's backbone (`benchmarks/detection.py --save-model`). After training, every
-wrong answer is sorted into: no box in the answer, a box off every object, the wrong object (the
-predicted box overlaps another object of the scene more than the referred one), or the right
-object but too imprecise (0 < IoU < 0.5 with it); accuracy is also broken down by kind of
-expression. `--freeze vision` trains the rest only (`vlmoe.models.freeze`).
-`--image-after-prompt` builds the decoder with `image_token_id`, so it reads
-[prompt ; image ; answer] (`vlmoe.tasks.grounding`).
+1. the `det-small` detector, by its recipe on the same scenes (`benchmarks/detection.py`;
+   saved under `--work`, reused when there);
+2. the decoder with its vision tower started from that detector's backbone (`--vision-from`),
+   fixed 2-D grid positions added to the image tokens (`--image-positions sincos`: the
+   detector's features hold where a patch is only weakly), the prompt before the image
+   (image tokens see the expression; `--image-first` for the other order), 32 location bins
+   (`--bins`, saved with the tokenizer), a Gaussian target over neighbouring bins
+   (`--loc-sigma`) and location embeddings started from their bin's sine-cosine encoding
+   (`--loc-init`).
+
+    OMP_NUM_THREADS=1 python benchmarks/grounding.py
+    OMP_NUM_THREADS=1 python benchmarks/grounding.py --vision-from scratch --bins 0 \
+        --loc-sigma 0 --loc-init random --image-positions none --image-first \
+        --set vision.patch_embed=conv --steps 1500         # the earlier baseline
+
+After training, every wrong answer is sorted into: no box in the answer, a box off every
+object, the wrong object (the predicted box overlaps another object of the scene more than the
+referred one), or the right object but too imprecise (0 < IoU < 0.5 with it); accuracy is also
+broken down by kind of expression. `--freeze vision` trains the rest only
+(`vlmoe.models.freeze`).
 """
 
 from __future__ import annotations
@@ -151,7 +161,7 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--preset", default="decoder-small-moe")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--steps", type=int, default=1200)
+    p.add_argument("--steps", type=int, default=2000)
     p.add_argument("--num-train", type=int, default=20000)
     p.add_argument("--num-eval", type=int, default=100)
     p.add_argument("--lr", type=float, default=1e-3)
