@@ -154,6 +154,7 @@ class Grounding(Task):
     headline = ("grounding/acc@0.5",)
     predicts = ("boxes",)
     max_new_tokens = 24  # room for a few labelled boxes after "detect ..."
+    config_field = "grounding"
 
     def __init__(
         self, info: Any, tokenizer: Any = None, config: GroundingConfig | None = None
