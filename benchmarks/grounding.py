@@ -57,7 +57,7 @@ from vlmoe.models.registry import create_model
 from vlmoe.nn.boxes import box_iou
 from vlmoe.tasks import TaskDataset, TaskInfo, eval_loader
 from vlmoe.tasks.grounding import Grounding, GroundingConfig, init_location_embeddings
-from vlmoe.train.checkpoint import write_json_atomic
+from vlmoe.train.checkpoint import checkpoint_dirs, write_json_atomic
 from vlmoe.train.config import OptimizerConfig, RunConfig, ScheduleConfig, TrainConfig
 from vlmoe.train.trainer import Trainer
 
@@ -161,7 +161,7 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--preset", default="decoder-small-moe")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--steps", type=int, default=2000)
+    p.add_argument("--steps", type=int, default=1200)
     p.add_argument("--num-train", type=int, default=20000)
     p.add_argument("--num-eval", type=int, default=100)
     p.add_argument("--lr", type=float, default=1e-3)
@@ -188,6 +188,7 @@ def main(argv: list[str] | None = None) -> None:
         help="[image ; prompt ; answer] instead of [prompt ; image ; answer]",
     )
     p.add_argument("--freeze", nargs="*", default=[], help="components not trained (vision)")
+    p.add_argument("--resume", action="store_true", help="continue from the run's last checkpoint")
     p.add_argument("--out", default="benchmarks/results/grounding.json")
     p.add_argument("--work", default="runs/grounding")
     p.add_argument(
@@ -269,7 +270,9 @@ def main(argv: list[str] | None = None) -> None:
         model, task.loss, train, task.collate, cfg, run_dir, arch="decoder", eval_at_end=False
     )
     t0, c0 = time.perf_counter(), time.process_time()
-    trainer.fit()
+    done = checkpoint_dirs(run_dir) if args.resume else []
+    resumed_at = int(done[-1].name.split("_")[-1]) if done else 0
+    trainer.fit(resume=bool(done))
     seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
     model.save_pretrained(run_dir / "model", tokenizer=tok)
     task.info.save(run_dir / "model")
@@ -284,6 +287,8 @@ def main(argv: list[str] | None = None) -> None:
         "detector_train_cpu_seconds": stage1_cpu,  # stage 1 (0: a given or no detector)
         "detector_metrics": stage1.get("metrics", {}),
         "steps": args.steps,
+        "resumed_at_step": resumed_at,  # the seconds above are this call's (steps after it)
+        "cpu_seconds_per_step": cpu / max(1, args.steps - resumed_at),
         "num_refs": len(test),
         "batch_size": args.batch_size,
         "overrides": overrides,
