@@ -10,10 +10,11 @@ one per referring expression, scored by accuracy@IoU0.5 of the first box generat
 
 Plain cross-entropy treats a location token one bin off as wrong as one on the far side of the
 image. `GroundingConfig.loc_sigma` makes the target of each location token a Gaussian over the
-neighbouring bins instead (label smoothing by distance, as seq2box work replaces one-hot
-coordinate targets; e.g. "Pix2Seq v2" / Shikra-style discretized coordinates with soft labels),
-and `init_location_embeddings` starts the location tokens' embeddings (and output rows) from
-the 1-D sine-cosine encoding of their bin, so neighbouring bins start out alike.
+neighbouring bins instead (label smoothing by distance, as SimCC, Li et al. 2022, does for
+coordinates classified into bins; Generalized Focal Loss's distribution focal loss spreads a
+box edge over its two nearest bins in the same spirit), and `init_location_embeddings` starts
+the location tokens' embeddings (and output rows) from the 1-D sine-cosine encoding of their
+bin, so neighbouring bins start out alike.
 
 Where the image goes is the model's choice: by default the decoder reads [image tokens ; prompt ;
 answer], so image tokens never see the question; a decoder built with `image_token_id` (the
