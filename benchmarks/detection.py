@@ -57,6 +57,7 @@ def run_one(
     batch_size: int,
     run_dir: Path,
     overrides: dict | None = None,
+    save_model: bool = False,
 ) -> dict:
     torch.manual_seed(seed)
     model = create_model(preset, head=head, **(overrides or {}))
@@ -96,6 +97,8 @@ def run_one(
     t0, c0 = time.perf_counter(), time.process_time()
     result = trainer.fit()
     seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
+    if save_model:  # e.g. to start a grounding decoder's vision tower (benchmarks/grounding.py)
+        model.save_pretrained(run_dir / "model")
     loader = eval_loader(test, task.collate, 64)
     t1 = time.perf_counter()
     metrics = DetectionEvaluator(loader, names).compute(model)
@@ -172,6 +175,7 @@ def main(argv: list[str] | None = None) -> None:
         help="model config override, e.g. backbone.patch_embed=linear (JSON values)",
     )
     p.add_argument("--out", default="benchmarks/results/detection", help="one JSON file a run")
+    p.add_argument("--save-model", action="store_true", help="write WORK/<run>/model")
     p.add_argument("--work", default="runs/detection")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
@@ -196,6 +200,7 @@ def main(argv: list[str] | None = None) -> None:
                     args.batch_size,
                     Path(args.work) / key.replace("/", "-"),
                     overrides,
+                    args.save_model,
                 )
                 out.mkdir(parents=True, exist_ok=True)
                 write_json_atomic(path, result)

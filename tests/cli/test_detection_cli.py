@@ -66,3 +66,36 @@ def test_detection_trains_on_coco_instances(tmp_path, capsys):
     assert main([*args, "--out", str(run), "--batch-size", "4", "-q"]) == 0
     assert main(["eval", str(run)]) == 0
     assert "detection/mAP50" in capsys.readouterr().out
+
+
+def test_grounding_recipe_options_from_the_command_line(tmp_path, scene_png, capsys):
+    """The grounding recipe's options: location bins and soft target (`grounding.*`), the
+    prompt before the image and grid positions (model config); the bins survive in the saved
+    tokenizer, so predict reads them back."""
+    run = tmp_path / "ground"
+    args = ["train", "--preset", "decoder-debug", "--task", "grounding", "--steps", "2"]
+    options = ["grounding.num_bins=8", "grounding.loc_sigma=1.0", "model.image_token_id=4"]
+    options.append("model.image_positions=sincos")
+    sets = [x for kv in options for x in ("--set", kv)]
+    assert main([*args, "--out", str(run), *TINY, *sets]) == 0
+    assert "grounding/acc@0.5" in capsys.readouterr().out
+    tokenizer = json.loads(next(run.rglob("tokenizer.json")).read_text())
+    locs = [t["content"] for t in tokenizer["added_tokens"] if t["content"].startswith("<loc")]
+    assert locs == [f"<loc{k}>" for k in range(8)]
+    out = tmp_path / "g.png"
+    assert (
+        main(
+            [
+                "predict",
+                str(run),
+                "--image",
+                str(scene_png),
+                "--text",
+                "the red circle",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
+    assert out.with_suffix(".json").is_file()

@@ -365,6 +365,10 @@ class DecoderConfig(Config):
     # None: image tokens go in front of the text. An id: input_ids hold that many `<image>`
     # placeholders (LLaVA; `vlmoe.data` GenerationCollate), replaced by the image tokens.
     image_token_id: int | None = None
+    # "sincos": add the patch grid's fixed 2-D sine-cosine positions to the projected image
+    # tokens, so the LM can read where a patch is (Pix2Seq / DETR add them to the features the
+    # decoder attends to); needs a patch grid (vlmoe's ViT, or a square external grid).
+    image_positions: Literal["none", "sincos"] = "none"
     text: TextConfig = field(default_factory=TextConfig)
 
     @classmethod

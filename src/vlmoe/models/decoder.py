@@ -25,6 +25,7 @@ from vlmoe.models.text import TextTransformer
 from vlmoe.models.vit import ViT
 from vlmoe.moe.layer import MoEAux
 from vlmoe.nn.attention import KVCache
+from vlmoe.nn.embed import sincos_2d
 
 
 def build_projector(kind: str, in_dim: int, out_dim: int) -> nn.Module:
@@ -66,7 +67,20 @@ class Decoder(GenerationMixin, PretrainedModel):
             feats_BSD, auxes = _external_features(self.vision(images_BCHW)), []
             side = math.isqrt(feats_BSD.shape[1])
             grid = (side, side) if side * side == feats_BSD.shape[1] else None
-        return self.projector(feats_BSD), auxes, grid
+        img_BND = self.projector(feats_BSD)
+        if self.config.image_positions == "sincos":
+            img_BND = img_BND + self._grid_positions(img_BND, grid)
+        return img_BND, auxes, grid
+
+    def _grid_positions(self, img_BND: Tensor, grid: tuple[int, int] | None) -> Tensor:
+        """(N, D) 2-D sine-cosine positions of the image tokens' patch grid."""
+        N, D = img_BND.shape[1:]
+        if grid is None or grid[0] * grid[1] != N:
+            raise ValueError(
+                f'image_positions="sincos" needs image tokens on a patch grid; got {N} tokens '
+                f"and grid {grid} (use vision_feature='patch')"
+            )
+        return sincos_2d(D, grid).to(device=img_BND.device, dtype=img_BND.dtype)
 
     @property
     def num_image_tokens(self) -> int | None:

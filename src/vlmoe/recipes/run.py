@@ -181,7 +181,8 @@ def prepare(cfg: RunConfig) -> Run:
         list(getattr(train_set, task_cls.label_field)),
         list(train_set.answer_vocab),
     )
-    task = task_cls(info, tokenizer)
+    options = {"config": getattr(cfg, task_cls.config_field)} if task_cls.config_field else {}
+    task = task_cls(info, tokenizer, **options)
     task.max_new_tokens = cfg.eval.max_new_tokens
     task.label_smoothing = cfg.losses.label_smoothing
     task.flow = cfg.flow

@@ -152,6 +152,9 @@ class Task:
     label_smoothing: float = 0.0  # of class / answer losses (a run sets losses.label_smoothing)
     # The dataset attribute whose names become `TaskInfo.label_names` (detection: the box labels).
     label_field: ClassVar[str] = "label_names"
+    # The run config field (`vlmoe.train.RunConfig`) holding the task's own options, passed to
+    # its constructor as `config` ("": none).
+    config_field: ClassVar[str] = ""
 
     def __init__(self, info: TaskInfo, tokenizer: Any = None) -> None:
         if self.needs_text and tokenizer is None:

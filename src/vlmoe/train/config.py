@@ -25,6 +25,7 @@ from vlmoe.data.shapes import ShapesConfig
 from vlmoe.data.transforms import Augmentation
 from vlmoe.distributed.mesh import ParallelConfig
 from vlmoe.models.flow import FlowConfig
+from vlmoe.tasks.grounding import GroundingConfig
 
 Precision = Literal["auto", "fp32", "bf16"]
 
@@ -276,6 +277,8 @@ class RunConfig(Config):
     parallel: ParallelConfig = dataclasses.field(default_factory=ParallelConfig)
     # Rectified-flow training, sampling and EMA of the image generation tasks (others ignore it).
     flow: FlowConfig = dataclasses.field(default_factory=FlowConfig)
+    # Location bins and the soft location target of the grounding task (others ignore it).
+    grounding: GroundingConfig = dataclasses.field(default_factory=GroundingConfig)
 
 
 def apply_overrides(cfg: RunConfig, overrides: list[str]) -> RunConfig:
