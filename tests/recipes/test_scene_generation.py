@@ -46,8 +46,8 @@ def constant_judge(num_classes: int, value: int) -> JudgeCNN:
 
 
 def test_attribute_accuracy_counts_each_attribute_and_the_joint_ones():
-    judges = {"colour": constant_judge(6, 1), "shape": constant_judge(4, 2)}
-    judges["position"] = constant_judge(9, 4)
+    # The object judge reads colour 1, shape 2 (class 1 * 4 + 2); the position judge cell 4.
+    judges = {"object": constant_judge(24, 6), "position": constant_judge(9, 4)}
     targets = {
         "colour": torch.tensor([1, 1, 1, 0]),
         "shape": torch.tensor([2, 2, 0, 2]),

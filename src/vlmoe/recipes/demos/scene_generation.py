@@ -6,10 +6,11 @@ background, whose one caption names its colour, its shape and the cell of a 3x3 
 holds its centre (`ShapesConfig.caption_positions`: "a large red circle at the top left").
 The generator: `vlmoe train --task text-to-image` with rectified flow, 10% caption dropout for
 classifier-free guidance and EMA weights (the MNIST recipe of `vlmoe.recipes.demos.generation`).
-The judges: one `JudgeCNN` per attribute (colour, shape, position cell), trained on real
-training scenes (colour and shape with random 2-pixel shifts; position without, since a shift
-can move an object into another cell) and scored on held-out scenes. A generated image is
-right in an attribute when that attribute's judge reads the value its caption asked for.
+The judges: two `JudgeCNN`s trained on real training scenes and scored on held-out ones: one
+reads the object (its colour and shape, one of colours x shapes classes; trained with random
+2-pixel shifts), one its position cell (trained without shifts, which could move the object
+into another cell). A generated image is right in an attribute when the judge reads the value
+its caption asked for.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from vlmoe.train.config import RunConfig, apply_overrides
 log = logging.getLogger(__name__)
 
 ATTRIBUTES = ("colour", "shape", "position")
+JUDGES = ("object", "position")  # object = colour index * len(shapes) + shape index
 
 
 @dataclass(frozen=True)
@@ -128,43 +130,56 @@ def scene_tensors(
     )
 
 
-def num_values(attribute: str, world: ShapesConfig) -> int:
-    return {"colour": len(world.colours), "shape": len(world.shapes), "position": 9}[attribute]
+def judge_targets(targets: dict[str, Tensor], num_shapes: int) -> dict[str, Tensor]:
+    """The class each judge should read: {"object": colour * num_shapes + shape, "position"}."""
+    return {
+        "object": targets["colour"] * num_shapes + targets["shape"],
+        "position": targets["position"],
+    }
+
+
+def read_attributes(
+    judges: dict[str, JudgeCNN], images: Tensor, num_shapes: int
+) -> dict[str, Tensor]:
+    """{attribute: (N,) index} the judges read from images (N, 3, S, S) in [-1, 1]."""
+    _, obj = judge_outputs(judges["object"], images)
+    _, position = judge_outputs(judges["position"], images)
+    return {"colour": obj // num_shapes, "shape": obj % num_shapes, "position": position}
 
 
 def get_scene_judges(
     directory: Path,
-    num_train: int = 6000,
+    num_train: int = 3000,
     num_test: int = 1000,
-    epochs: int = 10,
+    epochs: int = 6,
     image_size: int = 32,
 ) -> tuple[dict[str, JudgeCNN], dict[str, float]]:
-    """({attribute: judge}, {attribute: held-out accuracy}): loaded from `directory`
-    (judge-<attribute>.safetensors), else trained on real training scenes and saved there."""
+    """({judge name: judge}, {attribute: held-out accuracy}): loaded from `directory`
+    (judge-<name>.safetensors), else trained on real training scenes and saved there."""
     world = scene_world(image_size)
-    test_images, _, test_targets = scene_tensors("test", num_test, image_size)
+    n_shapes = len(world.shapes)
+    sizes = {"object": len(world.colours) * n_shapes, "position": 9}
     train_set = None
-    judges, accuracy = {}, {}
-    for name in ATTRIBUTES:
+    judges = {}
+    for name in JUDGES:
         path = Path(directory) / f"judge-{name}.safetensors"
         if path.is_file():
             judges[name] = load_judge(path)
-        else:
-            if train_set is None:
-                train_set = scene_tensors("train", num_train, image_size)
-            t0 = time.perf_counter()
-            judges[name] = train_judge(
-                train_set[0],
-                train_set[2][name],
-                num_classes=num_values(name, world),
-                epochs=epochs,
-                max_shift=0 if name == "position" else 2,
-            )
-            save_judge(judges[name], path)
-            log.info("%s judge trained in %.0f s", name, time.perf_counter() - t0)
-        _, preds = judge_outputs(judges[name], test_images)
-        accuracy[name] = float((preds == test_targets[name]).float().mean())
-    return judges, accuracy
+            continue
+        if train_set is None:
+            train_set = scene_tensors("train", num_train, image_size)
+        t0 = time.perf_counter()
+        judges[name] = train_judge(
+            train_set[0],
+            judge_targets(train_set[2], n_shapes)[name],
+            num_classes=sizes[name],
+            epochs=epochs,
+            max_shift=0 if name == "position" else 2,
+        )
+        save_judge(judges[name], path)
+        log.info("%s judge trained in %.0f s", name, time.perf_counter() - t0)
+    test_images, _, test_targets = scene_tensors("test", num_test, image_size)
+    return judges, attribute_accuracy(judges, test_images, test_targets)
 
 
 def attribute_accuracy(
@@ -172,10 +187,8 @@ def attribute_accuracy(
 ) -> dict[str, float]:
     """The fraction of `images` whose judges read each target attribute, and the joint
     fractions `colour+shape` and `all` (every attribute right)."""
-    right = {}
-    for name, judge in judges.items():
-        _, preds = judge_outputs(judge, images)
-        right[name] = preds == targets[name]
+    read = read_attributes(judges, images, len(scene_world().shapes))
+    right = {name: read[name] == targets[name] for name in ATTRIBUTES}
     result = {name: float(r.float().mean()) for name, r in right.items()}
     result["colour+shape"] = float((right["colour"] & right["shape"]).float().mean())
     result["all"] = float(torch.stack(list(right.values())).all(0).float().mean())
