@@ -151,11 +151,14 @@ def get_scene_judges(
     directory: Path,
     num_train: int = 3000,
     num_test: int = 1000,
-    epochs: int = 6,
+    epochs: dict[str, int] | None = None,
     image_size: int = 32,
 ) -> tuple[dict[str, JudgeCNN], dict[str, float]]:
     """({judge name: judge}, {attribute: held-out accuracy}): loaded from `directory`
-    (judge-<name>.safetensors), else trained on real training scenes and saved there."""
+    (judge-<name>.safetensors), else trained on real training scenes and saved there.
+    `epochs` per judge: the object judge needs more than the position judge (shape read on
+    66.6% of held-out scenes after 6 epochs)."""
+    epochs = epochs or {"object": 20, "position": 6}
     world = scene_world(image_size)
     n_shapes = len(world.shapes)
     sizes = {"object": len(world.colours) * n_shapes, "position": 9}
@@ -173,7 +176,7 @@ def get_scene_judges(
             train_set[0],
             judge_targets(train_set[2], n_shapes)[name],
             num_classes=sizes[name],
-            epochs=epochs,
+            epochs=epochs[name],
             max_shift=0 if name == "position" else 2,
         )
         save_judge(judges[name], path)
