@@ -47,7 +47,7 @@ JUDGES = ("object", "position")  # object = colour index * len(shapes) + shape i
 class SceneRecipe:
     """Training and sampling settings of the one-object scene generator."""
 
-    steps: int = 2000
+    steps: int = 1200
     batch_size: int = 64
     lr: float = 1e-3
     warmup_steps: int = 50
