@@ -71,3 +71,22 @@ def test_inspect_plots_routing_by_time_position_and_class(dit_dir, tmp_path, cap
     assert np.asarray(data["class_LCE"]).sum() == 2 * 10 * 2 * 16 * 3 * 2
     assert all(0 <= v <= 1 for vs in data["nmi"].values() for v in vs)
     assert "NMI(expert; time)" in capsys.readouterr().out
+
+
+def test_a_run_samples_with_its_own_flow_settings(tmp_path, capsys):
+    """Inside a run directory, `load_trained` gives the task the run's flow settings and
+    `vlmoe generate` samples with them unless told otherwise."""
+    from vlmoe.recipes.run import load_trained
+    from vlmoe.train.config import RunConfig, apply_overrides
+
+    run_dir = tmp_path / "run"
+    vlmoe.create_model("dit-debug").save_pretrained(run_dir / "model")
+    cfg = apply_overrides(RunConfig(), ["flow.steps=3", "flow.sampler=heun", "flow.cfg_scale=1.5"])
+    cfg.to_yaml(run_dir / "config.yaml")
+    _, task = load_trained(run_dir / "model")
+    assert (task.flow.steps, task.flow.sampler, task.flow.cfg_scale) == (3, "heun", 1.5)
+    argv = ["generate", str(run_dir / "model"), "--label", "1", "--num", "1"]
+    assert main([*argv, "--out", str(tmp_path / "a.png"), "-q"]) == 0
+    assert "(3 heun steps, guidance 1.5)" in capsys.readouterr().out
+    assert main([*argv, "--steps", "2", "--cfg", "1", "--out", str(tmp_path / "b.png"), "-q"]) == 0
+    assert "(2 heun steps, guidance 1)" in capsys.readouterr().out

@@ -244,3 +244,34 @@ def test_crowded_config_shrinks_or_fails_clearly():
     with pytest.raises(ValueError, match="cannot place"):
         for i in range(20):
             make_sample(crowded, "train", i)
+
+
+def test_position_captions_name_the_grid_cell_of_each_object():
+    from vlmoe.data.grammar import POSITIONS, position_cell, position_phrase
+    from vlmoe.data.shapes import BACKGROUND_LEVEL
+
+    assert [position_cell(x, y, 30) for y, x in [(0, 0), (5, 15), (29, 29), (10, 19.9)]] == [
+        0,
+        1,
+        8,
+        4,
+    ]
+    phrases = [position_phrase(c) for c in (0, 3, 4, 7)]
+    assert phrases == ["at the top left", "on the left", "in the centre", "at the bottom"]
+    cfg = ShapesConfig(image_size=32, max_objects=1, num_captions=1, caption_positions=True)
+    cells = set()
+    for i in range(40):
+        sample = ShapesDataset(cfg, "train", 40).get(i)
+        (obj,) = sample.meta["scene"].objects
+        cell = position_cell(*obj.centre, 32)
+        cells.add(cell)
+        assert sample.captions == [f"a large {obj.colour} {obj.shape} {position_phrase(cell)}"]
+        # The pixels agree: the drawn object's centre lies in the named cell.
+        ys, xs = np.nonzero(np.abs(sample.image.astype(int) - BACKGROUND_LEVEL).sum(-1) > 60)
+        mid = ((xs.min() + xs.max() + 1) / 2, (ys.min() + ys.max() + 1) / 2)
+        assert abs(mid[0] - obj.centre[0]) <= 1.5 and abs(mid[1] - obj.centre[1]) <= 1.5
+    assert len(cells) >= 6 and POSITIONS[4] == "centre"
+    plain = dataclasses.replace(cfg, caption_positions=False)
+    assert ShapesDataset(plain, "train", 40).get(39).captions == [
+        f"a large {obj.colour} {obj.shape}"
+    ]

@@ -42,9 +42,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     images = p.add_argument_group("image generation (diffusion transformer models)")
     images.add_argument("--label", type=int, help="class id to generate")
     images.add_argument("--num", type=int, default=16, help="number of images (default 16)")
-    images.add_argument("--steps", type=int, default=30, help="sampling steps (default 30)")
-    images.add_argument("--cfg", type=float, default=3.0, help="guidance scale (1 = none)")
-    images.add_argument("--sampler", choices=["euler", "heun"], default="euler")
+    same = "default: the run's own (its config.yaml flow settings)"
+    images.add_argument("--steps", type=int, help=f"sampling steps ({same})")
+    images.add_argument("--cfg", type=float, help=f"guidance scale, 1 = none ({same})")
+    images.add_argument("--sampler", choices=["euler", "heun"], help=same)
     images.add_argument("--out", default="grid.png", help="PNG grid to write (default grid.png)")
 
 
@@ -60,13 +61,16 @@ def run_images(args: argparse.Namespace, directory) -> int:
     from vlmoe.viz.generation import save_image_grid
 
     for name, low in (("num", 1), ("steps", 1)):
-        if getattr(args, name) < low:
+        if getattr(args, name) is not None and getattr(args, name) < low:
             raise CLIError(f"--{name} must be >= {low}, got {getattr(args, name)}")
-    if args.cfg < 0:
+    if args.cfg is not None and args.cfg < 0:
         raise CLIError(f"--cfg must be >= 0, got {args.cfg}")
     if not args.out.lower().endswith(".png"):
         raise CLIError(f"--out must name a .png file, got {args.out!r}")
-    model, _ = load_trained(directory)  # a checkpoint's EMA weights when the run kept them
+    model, task = load_trained(directory)  # a checkpoint's EMA weights when the run kept them
+    steps = task.flow.steps if args.steps is None else args.steps
+    cfg_scale = task.flow.cfg_scale if args.cfg is None else args.cfg
+    sampler = args.sampler or task.flow.sampler
     if model.config.num_classes and args.label is None:
         raise CLIError(
             f"this model generates classes 0..{model.config.num_classes - 1}: pass --label"
@@ -79,7 +83,7 @@ def run_images(args: argparse.Namespace, directory) -> int:
         )
     except ValueError as e:
         raise CLIError(str(e)) from None
-    bar = tqdm(total=args.steps, desc="sampling", unit="step", disable=args.quiet)
+    bar = tqdm(total=steps, desc="sampling", unit="step", disable=args.quiet)
 
     def progress(step: int, total: int) -> None:
         bar.update(1)
@@ -91,14 +95,14 @@ def run_images(args: argparse.Namespace, directory) -> int:
             label=args.label,
             prompt=args.prompt,
             tokenizer=model.tokenizer,
-            steps=args.steps,
-            sampler=args.sampler,
-            cfg_scale=args.cfg,
+            steps=steps,
+            sampler=sampler,
+            cfg_scale=cfg_scale,
             seed=args.seed,
             progress=progress,
         )
     path = save_image_grid(images, args.out, nrow=math.ceil(math.sqrt(args.num)))
-    print(f"wrote {args.num} images to {path}")
+    print(f"wrote {args.num} images to {path} ({steps} {sampler} steps, guidance {cfg_scale:g})")
     return 0
 
 

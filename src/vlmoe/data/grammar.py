@@ -13,9 +13,11 @@ Question types (``QA.kind``): ``colour``, ``shape``, ``count``, ``exist``, ``spa
 left/right/above/below.
 
 Caption types (:func:`caption_kind`): ``listing`` (the canonical caption, every object with
-size, colour and shape, left to right), ``counts`` (shapes counted), ``colours`` (colour and
-shape of each object) and ``relation`` (two objects and where one is). :func:`parse_listing`
-reads a listing back into objects, so a generated caption can be scored attribute by attribute.
+size, colour and shape, left to right; with ``ShapesConfig.caption_positions`` each followed by
+its place, the 3x3 grid cell of its box centre: "a large red circle at the top left"),
+``counts`` (shapes counted), ``colours`` (colour and shape of each object) and ``relation``
+(two objects and where one is). :func:`parse_listing` reads a listing (without places) back
+into objects, so a generated caption can be scored attribute by attribute.
 """
 
 from __future__ import annotations
@@ -37,6 +39,18 @@ REL_PHRASE = {
     "below": "below",
 }
 OPPOSITE = {"left": "right", "right": "left", "above": "below", "below": "above"}
+# The 3x3 grid cells of an image, row-major; "left"/"right" are the words a flip exchanges.
+POSITIONS = (
+    "top left",
+    "top",
+    "top right",
+    "left",
+    "centre",
+    "right",
+    "bottom left",
+    "bottom",
+    "bottom right",
+)
 QUESTION_KINDS = ("colour", "shape", "count", "exist", "spatial", "compare")
 CAPTION_KINDS = ("listing", "counts", "colours", "relation")
 
@@ -124,20 +138,44 @@ def _count_words(objs: tuple[SceneObject, ...]) -> str:
     return _join(parts)
 
 
-def listing(scene: Scene) -> str:
-    """The canonical caption: every object with size, colour and shape, left to right (by box
-    centre; objects with equal centres keep the scene's order)."""
+def position_cell(x: float, y: float, image_size: int) -> int:
+    """The index into :data:`POSITIONS` of the 3x3 grid cell that holds the point (x, y)."""
+    row = min(2, max(0, int(3 * y / image_size)))
+    col = min(2, max(0, int(3 * x / image_size)))
+    return 3 * row + col
+
+
+def position_phrase(cell: int) -> str:
+    """ "at the top left", "on the left", "in the centre", ...: where an object in grid cell
+    ``cell`` is."""
+    name = POSITIONS[cell]
+    preposition = {"centre": "in", "left": "on", "right": "on"}.get(name, "at")
+    return f"{preposition} the {name}"
+
+
+def _placed(o: SceneObject, image_size: int) -> str:
+    return f"{noun_phrase(o)} {position_phrase(position_cell(*o.centre, image_size))}"
+
+
+def listing(scene: Scene, positions: bool = False) -> str:
+    """The canonical caption: every object with size, colour and shape (and, with
+    `positions`, its grid cell), left to right (by box centre; objects with equal centres keep
+    the scene's order)."""
     objs = scene.objects
     by_x = sorted(objs, key=lambda o: o.centre[0])
+    words = [_placed(o, scene.image_size) if positions else noun_phrase(o) for o in by_x]
     if len(objs) == 1:
-        return noun_phrase(objs[0])
-    return f"{NUMBER_WORDS[len(objs)]} objects: {_join([noun_phrase(o) for o in by_x])}"
+        return words[0]
+    return f"{NUMBER_WORDS[len(objs)]} objects: {_join(words)}"
 
 
-def make_captions(scene: Scene, rng: np.random.Generator, num: int) -> list[str]:
-    """``num`` distinct captions; the first lists every object (the canonical caption)."""
+def make_captions(
+    scene: Scene, rng: np.random.Generator, num: int, positions: bool = False
+) -> list[str]:
+    """``num`` distinct captions; the first lists every object (the canonical caption, with
+    each object's grid cell when `positions`)."""
     objs = scene.objects
-    full = listing(scene)
+    full = listing(scene, positions)
     candidates = [_count_words(objs)]
     candidates.append(_join([noun_phrase(o, with_size=False) for o in objs]))
     for a in objs:

@@ -66,6 +66,9 @@ class ShapesConfig(Config):
             split puts at least one of them in every scene.
         label: the class label: shape or colour of the largest object, number of objects, none.
         num_captions: captions per image (fewer when the scene allows fewer distinct ones).
+        caption_positions: the first (canonical) caption also says where each object is, the
+            cell of a 3x3 grid that holds its box centre ("a large red circle at the top
+            left"): the captions a text-to-image model learns placement from.
         num_questions: question-answer pairs per image (idem).
         seed: base seed of the world.
     """
@@ -85,6 +88,7 @@ class ShapesConfig(Config):
     holdout: tuple[tuple[str, str], ...] = ()
     label: LabelKind = "largest_shape"
     num_captions: int = 3
+    caption_positions: bool = False
     num_questions: int = 6
     seed: int = 0
 

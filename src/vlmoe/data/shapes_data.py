@@ -39,7 +39,7 @@ def scene_texts(
 ) -> tuple[list[str], list[QA], list[RefExp]]:
     """Captions, questions and referring expressions of a scene (its own RNG stream)."""
     rng = split_rng(cfg.seed, split, index, stream=STREAM_TEXT)
-    captions = make_captions(scene, rng, cfg.num_captions)
+    captions = make_captions(scene, rng, cfg.num_captions, cfg.caption_positions)
     qa = make_questions(scene, cfg, rng, cfg.num_questions, split)
     return captions, qa, make_refs(scene)
 

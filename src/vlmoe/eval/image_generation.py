@@ -82,8 +82,10 @@ def train_judge(
     batch_size: int = 64,
     lr: float = 1e-3,
     seed: int = 0,
+    max_shift: int = 2,
 ) -> JudgeCNN:
-    """Train a `JudgeCNN` on real images (N, C, H, W) in [-1, 1] with random 2-pixel shifts."""
+    """Train a `JudgeCNN` on real images (N, C, H, W) in [-1, 1] with random shifts of up to
+    `max_shift` pixels (0 for labels a shift can change, such as where an object is)."""
     torch.manual_seed(seed)
     g = torch.Generator().manual_seed(seed)
     judge = JudgeCNN(images.shape[1], images.shape[-1], num_classes)
@@ -95,7 +97,7 @@ def train_judge(
         order = torch.randperm(len(images), generator=g)
         for i in range(0, len(images), batch_size):
             idx = order[i : i + batch_size]
-            x = random_shift(images[idx], 2, g)
+            x = random_shift(images[idx], max_shift, g) if max_shift else images[idx]
             loss = F.cross_entropy(judge(x), labels[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -218,6 +220,44 @@ def generate_per_class(
         if progress is not None:
             progress(min(i + batch_size, len(labels)), len(labels))
     return torch.cat(out), labels
+
+
+@torch.no_grad()
+def generate_for_captions(
+    model: nn.Module,
+    tokenizer: Any,
+    captions: list[str],
+    *,
+    steps: int,
+    cfg_scale: float,
+    sampler: Sampler = "euler",
+    seed: int = 0,
+    batch_size: int = 100,
+) -> Tensor:
+    """One image (N, C, H, W) clipped to [-1, 1] per caption from a caption-conditioned DiT;
+    the noise of image i depends on `seed` and i only, not on the batch size."""
+    cfg = model.config
+    if cfg.text is None:
+        raise ValueError("generate_for_captions needs a caption-conditioned DiT (config.text)")
+    model.eval()
+    g = torch.Generator().manual_seed(seed)
+    noise = torch.randn(
+        (len(captions), cfg.in_channels, cfg.image_size, cfg.image_size), generator=g
+    )
+    out = []
+    for i in range(0, len(captions), batch_size):
+        enc = tokenizer.encode_batch(captions[i : i + batch_size], max_len=cfg.text.max_seq_len)
+        cond = {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"].long()}
+        x = sample(
+            model,
+            noise[i : i + batch_size],
+            cond,
+            steps=steps,
+            sampler=sampler,
+            cfg_scale=cfg_scale,
+        )
+        out.append(x.clamp(-1, 1))
+    return torch.cat(out)
 
 
 class ClassConditionalEvaluator:

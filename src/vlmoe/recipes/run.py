@@ -453,7 +453,9 @@ def resolve_model_dir(path: str | Path) -> Path:
 def load_trained(path: str | Path) -> tuple[nn.Module, Task]:
     """(model in eval mode, its task) from a run / model / checkpoint directory. A model
     without `task.json` gets its architecture's default task. A checkpoint of a run that kept
-    EMA weights gives them (what sampling uses), not the raw training weights."""
+    EMA weights gives them (what sampling uses), not the raw training weights. Inside a run
+    directory the task gets the run's settings (`config.yaml`): an image generator samples
+    with the steps, sampler and guidance it was trained and scored with."""
     directory = resolve_model_dir(path)
     model = load_model(directory)
     if (directory / EMA_WEIGHTS).is_file():  # a training checkpoint of a run that keeps EMA
@@ -477,8 +479,12 @@ def load_trained(path: str | Path) -> tuple[nn.Module, Task]:
             f"{directory}: no tokenizer.json, but this {info.architecture} model ({info.task}) "
             "reads text: copy in the tokenizer.json it was trained with"
         )
+    task = task_cls(info, tokenizer)
+    run_cfg = _run_config_near(directory)
+    if run_cfg is not None:
+        task.flow = run_cfg.flow
     model.eval()
-    return model, task_cls(info, tokenizer)
+    return model, task
 
 
 def _run_config_near(directory: Path) -> RunConfig | None:

@@ -170,15 +170,16 @@ class ModelAdapter:
         prompt: str,
         num: int,
         *,
-        steps: int,
-        cfg: float,
-        sampler: str,
+        steps: int | None,
+        cfg: float | None,
+        sampler: str | None,
         seed: int,
         routing: bool = False,
         stopped: Callable[[], bool] = lambda: False,
     ) -> tuple[list[np.ndarray], list[dict] | None]:
         """`num` (S, S, 3) uint8 images for `prompt` through `Task.predict` (an image
-        generation task), and the routing of its forward pass when asked. `stopped()` is
+        generation task; `steps`, `cfg`, `sampler` None: the task's own), and the routing of
+        its forward pass when asked. `stopped()` is
         asked after every sampling step; when true, `JobStoppedError` ends the sampling."""
 
         def progress(step: int, total: int) -> None:

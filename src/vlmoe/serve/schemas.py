@@ -260,11 +260,18 @@ class ImageGenerationRequest(BaseModel):
         default=None, description="'b64_json' (the server keeps no files, so no 'url')"
     )
     user: str | None = None
-    steps: int = Field(default=30, ge=1, le=1000, description="vlmoe: sampling steps")
-    cfg_scale: float = Field(
-        default=3.0, ge=0.0, le=50.0, description="vlmoe: classifier-free guidance (1 = none)"
+    steps: int | None = Field(
+        default=None, ge=1, le=1000, description="vlmoe: sampling steps (default: the model's)"
     )
-    sampler: Literal["euler", "heun"] = Field(default="euler", description="vlmoe: ODE solver")
+    cfg_scale: float | None = Field(
+        default=None,
+        ge=0.0,
+        le=50.0,
+        description="vlmoe: classifier-free guidance, 1 = none (default: the model's)",
+    )
+    sampler: Literal["euler", "heun"] | None = Field(
+        default=None, description="vlmoe: ODE solver (default: the model's)"
+    )
     seed: int | None = Field(
         default=None, ge=0, lt=2**63, description="vlmoe: same seed, same images"
     )

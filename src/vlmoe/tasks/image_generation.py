@@ -71,15 +71,16 @@ class _FlowTask(Task):
         cond: dict[str, Any],
         *,
         num: int = 1,
-        steps: int = 30,
-        cfg: float = 3.0,
-        sampler: str = "euler",
+        steps: int | None = None,
+        cfg: float | None = None,
+        sampler: str | None = None,
         seed: int = 0,
         progress: Callable[[int, int], None] | None = None,
         **_: Any,
     ) -> Prediction:
         """`num` images (default 1) for one condition, sampled with `steps`, `cfg`, `sampler`
-        and `seed` (`progress(step, steps)` after each step, as `generate_images` calls it).
+        (None: the task's `flow` settings, a loaded run's own) and `seed` (`progress(step,
+        steps)` after each step, as `generate_images` calls it).
 
         `extra["images"]` holds them as (S, S, 3) uint8 arrays (`extra["image"]` is the first);
         `output` is the model's forward over the first one noised half-way (t = 0.5, seeded
@@ -88,9 +89,9 @@ class _FlowTask(Task):
             model,
             num,
             tokenizer=self.tokenizer,
-            steps=steps,
-            sampler=sampler,  # type: ignore[arg-type]
-            cfg_scale=cfg,
+            steps=self.flow.steps if steps is None else steps,
+            sampler=sampler or self.flow.sampler,  # type: ignore[arg-type]
+            cfg_scale=self.flow.cfg_scale if cfg is None else cfg,
             seed=seed,
             progress=progress,
             **cond,

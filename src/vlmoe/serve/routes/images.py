@@ -3,11 +3,11 @@ images (`image-generation`: the prompt is a class name or index; `text-to-image`
 
 The response is OpenAI's, `{"created": ..., "data": [{"b64_json": PNG, "revised_prompt":
 null}, ...]}`; only `b64_json` is offered, since the server keeps no files to link to. vlmoe's
-fields choose the sampling (`steps`, `cfg_scale`, `sampler`, `seed`: the same seed gives the
-same bytes) and ask for the routing. Sampling runs on the engine's worker like every job, and
-stops between steps when the client goes away or the request times out. A request's `n` images
-are sampled as one batch; requests are not batched with each other, so that a seed alone fixes
-the bytes (rows of a batch can differ in the last bits of a matmul).
+fields choose the sampling (`steps`, `cfg_scale`, `sampler`, by default the run's own; `seed`:
+the same seed gives the same bytes) and ask for the routing. Sampling runs on the engine's
+worker like every job, and stops between steps when the client goes away or the request times
+out. A request's `n` images are sampled as one batch; requests are not batched with each other,
+so that a seed alone fixes the bytes (rows of a batch can differ in the last bits of a matmul).
 """
 
 from __future__ import annotations
