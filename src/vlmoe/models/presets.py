@@ -16,9 +16,10 @@ Routing variants of the ViT (`vit-debug-soft`, `vit-debug-ec`) cover soft MoE an
 Scene presets (`fusion-scene`, `decoder-scene`, `vit-mnist`, each with a `-moe` twin) are the
 models of `vlmoe demo` and of the scaling study's recipe: 32x32 scenes (28x28 digits) seen
 through a convolutional stem (`patch_embed="conv"`, Xiao et al. 2021) with 4x4-pixel patches, a
-64-wide 4-block tower; the MoE twins pool image and text tokens in E=8 top-2 experts (LIMoE,
-MoE-LLaVA). `RECIPES` says how to train them: one recipe per preset family, tuned on the dense
-model and applied unchanged to its MoE twin (see `Recipe`).
+64-wide 4-block tower (the fusion model adds the linear patch projection to the stem, which keeps
+colour, and reads its heads from a [CLS] token); the MoE twins pool image and text tokens in
+E=8 top-2 experts (LIMoE, MoE-LLaVA). `RECIPES` says how to train them: one recipe per preset
+family, tuned on the dense model and applied unchanged to its MoE twin (see `Recipe`).
 
 Diffusion transformers (`dit-*`, `vlmoe.models.dit`): `dit-small` is class-conditional on 28x28
 grey digits (patch 4, width 128, 6 blocks, GELU FFN of width 384); `dit-small-moe` is its DiT-MoE
@@ -150,8 +151,8 @@ RECIPES: dict[str, Recipe] = {
         label_smoothing=0.0,
         num_train=3000,
         note="3000 training scenes of 32x32 pixels, 6 questions each; 2000 steps of 16 (the "
-        "examples of 1000 steps of 32, which it beats); the model adds the linear patch "
-        "projection to the conv stem and reads a [CLS] token (see the preset)",
+        "examples of the old 1000 steps of 32): held-out VQA 61.3% vs 59-60%, colour questions "
+        "57% vs 34-38%, with the preset's hybrid embedding and [CLS] read-out (README, issue 17)",
     ),
     "decoder-scene": Recipe(
         task="captioning",

@@ -9,7 +9,10 @@ held-out scenes (the world's `test` split: other scenes, same rules):
   with an MoE language model; it learns the listing caption (every object's size, colour and
   shape, left to right), scored by BLEU-4 and attribute by attribute.
 
-Both see the image through a convolutional stem (`patch_embed="conv"`, Xiao et al. 2021).
+Both see the image through a convolutional stem (`patch_embed="conv"`, Xiao et al. 2021); the
+fusion model adds the linear patch projection to it (`"hybrid"`, which keeps colour) and reads
+its heads from a [CLS] token. How each trains is `RECIPES["fusion-scene"]` and
+`RECIPES["decoder-scene"]` (`vlmoe.models.presets`), applied unchanged to the MoE twins.
 
 The MoE twins have E=8 experts, top-2 routing, in every other block; their experts are
 `hidden_dim / top_k` wide so that each token runs as many FFN weights as in the dense model
