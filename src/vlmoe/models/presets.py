@@ -16,9 +16,10 @@ Routing variants of the ViT (`vit-debug-soft`, `vit-debug-ec`) cover soft MoE an
 Scene presets (`fusion-scene`, `decoder-scene`, `vit-mnist`, each with a `-moe` twin) are the
 models of `vlmoe demo` and of the scaling study's recipe: 32x32 scenes (28x28 digits) seen
 through a convolutional stem (`patch_embed="conv"`, Xiao et al. 2021) with 4x4-pixel patches, a
-64-wide 4-block tower; the MoE twins pool image and text tokens in E=8 top-2 experts (LIMoE,
-MoE-LLaVA). `RECIPES` says how to train them: one recipe per preset family, tuned on the dense
-model and applied unchanged to its MoE twin (see `Recipe`).
+64-wide 4-block tower (the fusion model adds the linear patch projection to the stem, which keeps
+colour, and reads its heads from a [CLS] token); the MoE twins pool image and text tokens in
+E=8 top-2 experts (LIMoE, MoE-LLaVA). `RECIPES` says how to train them: one recipe per preset
+family, tuned on the dense model and applied unchanged to its MoE twin (see `Recipe`).
 
 Diffusion transformers (`dit-*`, `vlmoe.models.dit`): `dit-small` is class-conditional on 28x28
 grey digits (patch 4, width 128, 6 blocks, GELU FFN of width 384); `dit-small-moe` is its DiT-MoE
@@ -141,15 +142,17 @@ RECIPES: dict[str, Recipe] = {
     "fusion-scene": Recipe(
         task="vqa+classification",
         data="shapes",
-        steps=1000,
-        batch_size=32,
+        steps=2000,
+        batch_size=16,
         lr=2e-3,
         warmup_steps=30,
         min_lr_ratio=0.05,
         weight_decay=0.05,
         label_smoothing=0.0,
         num_train=3000,
-        note="3000 training scenes of 32x32 pixels, 6 questions each",
+        note="3000 training scenes of 32x32 pixels, 6 questions each; 2000 steps of 16 (the "
+        "examples of the old 1000 steps of 32): held-out VQA 61.3% vs 59-60%, colour questions "
+        "57% vs 34-38%, with the preset's hybrid embedding and [CLS] read-out (README, issue 17)",
     ),
     "decoder-scene": Recipe(
         task="captioning",
@@ -217,15 +220,18 @@ def _register_scene() -> None:
         register_preset(
             f"fusion-scene{variant}",
             "fusion",
+            # The stem's last layer drops colour; the linear patch projection beside it keeps
+            # it (issue 17: hybrid embedding, heads on a [CLS] token).
             FusionConfig(
-                **scene,
+                **{**scene, "patch_embed": "hybrid"},
+                pool="cls",
                 vocab_size=256,
                 max_seq_len=32,
                 num_classes=4,
                 num_answers=32,
                 transformer=scene_tower(moe),
             ),
-            f"fusion encoder for the scene world, conv stem{what}",
+            f"fusion encoder for the scene world, conv stem + linear patches, [CLS]{what}",
         )
         register_preset(
             f"decoder-scene{variant}",

@@ -9,7 +9,10 @@ held-out scenes (the world's `test` split: other scenes, same rules):
   with an MoE language model; it learns the listing caption (every object's size, colour and
   shape, left to right), scored by BLEU-4 and attribute by attribute.
 
-Both see the image through a convolutional stem (`patch_embed="conv"`, Xiao et al. 2021).
+Both see the image through a convolutional stem (`patch_embed="conv"`, Xiao et al. 2021); the
+fusion model adds the linear patch projection to it (`"hybrid"`, which keeps colour) and reads
+its heads from a [CLS] token. How each trains is `RECIPES["fusion-scene"]` and
+`RECIPES["decoder-scene"]` (`vlmoe.models.presets`), applied unchanged to the MoE twins.
 
 The MoE twins have E=8 experts, top-2 routing, in every other block; their experts are
 `hidden_dim / top_k` wide so that each token runs as many FFN weights as in the dense model
@@ -39,7 +42,7 @@ from vlmoe.data.shapes import ShapesConfig
 from vlmoe.data.shapes_data import make_sample
 from vlmoe.io import write_json_atomic, write_text_atomic
 from vlmoe.models.base import count_parameters
-from vlmoe.models.presets import twin_moe
+from vlmoe.models.presets import RECIPES, twin_moe
 from vlmoe.recipes.run import load_trained, prepare, train
 from vlmoe.tasks import Task
 from vlmoe.train.config import RunConfig, apply_overrides
@@ -52,25 +55,40 @@ log = logging.getLogger(__name__)
 
 @dataclasses.dataclass(frozen=True)
 class DemoScale:
-    """How much work the demo does (the full demo vs `--quick`)."""
+    """How much work the demo does (the full demo vs `--quick`); how the models train is in
+    `RECIPES["fusion-scene"]` and `RECIPES["decoder-scene"]` (`vlmoe.models.presets`)."""
 
     num_train: int  # training scenes
     num_eval: int  # held-out scenes
     fusion_steps: int
     decoder_steps: int
-    batch_size: int
+    fusion_batch_size: int
+    decoder_batch_size: int
     image_size: int = 32
-    patch_size: int = 8
+    patch_size: int = 4
     dim: int = 64
     num_layers: int = 4
     hidden_dim: int = 192
 
 
+_FUSION, _DECODER = RECIPES["fusion-scene"], RECIPES["decoder-scene"]
 FULL = DemoScale(
-    num_train=3000, num_eval=200, fusion_steps=1000, decoder_steps=500, batch_size=32, patch_size=4
+    num_train=_FUSION.num_train or 3000,
+    num_eval=200,
+    fusion_steps=_FUSION.steps,
+    decoder_steps=_DECODER.steps,
+    fusion_batch_size=_FUSION.batch_size,
+    decoder_batch_size=_DECODER.batch_size,
 )
 QUICK = DemoScale(
-    num_train=300, num_eval=40, fusion_steps=60, decoder_steps=50, batch_size=16, num_layers=2
+    num_train=300,
+    num_eval=40,
+    fusion_steps=60,
+    decoder_steps=50,
+    fusion_batch_size=16,
+    decoder_batch_size=16,
+    patch_size=8,
+    num_layers=2,
 )
 
 
@@ -95,63 +113,61 @@ def demo_configs(s: DemoScale) -> dict[str, RunConfig]:
     """The four run configs, keyed "fusion-dense", "fusion-moe", "decoder-dense", "decoder-moe"."""
     common = [
         "data.name=shapes",
-        f"data.num_train={s.num_train}",
         f"data.num_eval={s.num_eval}",
         f"data.image_size={max(16, s.image_size)}",
-        f"train.batch_size={s.batch_size}",
         "train.log_every=10",
         "train.checkpoint_every=0",
         "train.keep_last=1",
-        "schedule.warmup_steps=30",
-        "schedule.min_lr_ratio=0.05",
-        "optim.lr=2e-3",
         "eval.max_new_tokens=20",
         "data.tokenizer_vocab=256",
         "eval.max_examples=300",
     ]
     # A conv stem sees shapes a linear patch projection misses (Xiao et al. 2021): scene
-    # classification 73% -> 99.7%, VQA 55% -> 59% at the same steps (issue 17).
+    # classification 73% -> 99.7%, VQA 55% -> 59% at the same steps. Its last layer drops
+    # colour, so the fusion model adds the linear patch projection to it ("hybrid"), and reads
+    # its heads from a [CLS] token (issue 17; `RECIPES["fusion-scene"]` says what each gave).
     img = {"image_size": s.image_size, "patch_size": s.patch_size, "patch_embed": "conv"}
+    fusion_img = {**img, "patch_embed": "hybrid", "pool": "cls"}
     vis = {f"vision.{k}": v for k, v in img.items()}
+    fusion_run = {
+        **_FUSION.overrides(),
+        "data.num_train": s.num_train,
+        "train.steps": s.fusion_steps,
+        "train.batch_size": s.fusion_batch_size,
+        "train.eval_every": max(1, s.fusion_steps // 5),
+    }
     out = {}
     for variant, preset, moe in (
         ("dense", "fusion-debug", "none"),
         ("moe", "fusion-debug", "pool"),
     ):
-        cfg = apply_overrides(
-            RunConfig(),
-            common
-            + [
-                f"model.preset={preset}",
-                "task=vqa+classification",
-                f"train.steps={s.fusion_steps}",
-                f"train.eval_every={max(1, s.fusion_steps // 5)}",
-            ],
-        )
-        over = {**img, **_tower(s, "", "none")}
+        cfg = apply_overrides(RunConfig(), [*common, f"model.preset={preset}"])
+        cfg = cfg.with_overrides(fusion_run)
+        over = {**fusion_img, **_tower(s, "", "none")}
         if moe == "pool":  # one pool of 8 experts for image and text tokens (LIMoE-style)
             moe = twin_moe(s.dim, s.hidden_dim).to_dict()
             over["transformer.moe"] = {k: moe[k] for k in ("num_experts", "top_k", "hidden_dim")}
         out[f"fusion-{variant}"] = cfg.with_overrides({"model.overrides": over})
+    decoder_run = {
+        **_DECODER.overrides(),
+        "data.num_train": s.num_train,
+        "train.steps": s.decoder_steps,
+        "train.batch_size": s.decoder_batch_size,
+        "train.eval_every": max(1, s.decoder_steps // 5),
+    }
     for variant, preset, moe in (
         ("dense", "decoder-debug", "none"),
         ("moe", "decoder-debug-moe", "pool"),
     ):
         # The decoder learns the listing caption (every object, left to right), so its
         # captions can be read back and scored attribute by attribute (captioning/attr/*).
-        cfg = apply_overrides(
-            RunConfig(),
-            common
-            + [
-                f"model.preset={preset}",
-                "task=captioning",
-                "data.shapes.num_captions=1",
-                f"train.steps={s.decoder_steps}",
-                f"train.eval_every={max(1, s.decoder_steps // 5)}",
-            ],
-        )
+        cfg = apply_overrides(RunConfig(), [*common, f"model.preset={preset}"])
+        cfg = cfg.with_overrides(decoder_run)
+        # Listing captions of four objects are 21 tokens with <bos> and <eos>: the debug
+        # preset's 16 cut them, so the decoder never saw the end of half its captions.
         over = {
             **vis,
+            "text.max_seq_len": 32,
             **_tower(s, "text.", moe),
             **_tower(dataclasses.replace(s, num_layers=2), "vision.", "none"),
         }
