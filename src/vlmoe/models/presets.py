@@ -193,10 +193,11 @@ RECIPES: dict[str, Recipe] = {
         warmup_steps=100,
         min_lr_ratio=0.05,
         weight_decay=0.05,
-        label_smoothing=0.0,
-        augment={"crop": "keep_boxes", "crop_scale": [0.8, 1.0]},
-        note="the 4000 MNIST-5k training digits, random crops of 80-100% (held-out 97.9% dense "
-        "and MoE; 97.5% / 96.4% in 1000 steps without crops)",
+        label_smoothing=0.1,
+        augment={"crop": "keep_boxes", "crop_scale": [0.8, 1.0], "shift": 2},
+        note="the 4000 MNIST-5k training digits, random crops of 80-100% then shifts of up to "
+        "2 pixels, label smoothing 0.1 (held-out, seed 0: 98.4% dense, 98.0% MoE; crops alone "
+        "97.9% both; 97.5% / 96.4% in 1000 steps without augmentation)",
     ),
 }
 
