@@ -67,14 +67,10 @@ QUICK = Recipe(steps=100, sample_steps=10)
 JUDGE_EPOCHS = 15
 
 
-def mnist_generation_config(
-    preset: str, recipe: Recipe = RECIPE, seed: int = 0, num_threads: int | None = None
-) -> RunConfig:
-    """The `RunConfig` of the recipe for a class-conditional DiT preset on MNIST-5k."""
-    overrides = [
-        f"model.preset={preset}",
-        "task=image-generation",
-        "data.name=mnist",
+def flow_training_overrides(recipe: Any, seed: int) -> list[str]:
+    """The training, optimizer, schedule and flow part of a generation recipe (`Recipe` or any
+    recipe with the same fields) as `--set` overrides: shared by every generation recipe."""
+    return [
         f"train.steps={recipe.steps}",
         f"train.batch_size={recipe.batch_size}",
         f"train.seed={seed}",
@@ -92,6 +88,18 @@ def mnist_generation_config(
         f"flow.steps={recipe.sample_steps}",
         f"flow.sampler={recipe.sampler}",
         f"flow.cfg_scale={recipe.cfg_scale}",
+    ]
+
+
+def mnist_generation_config(
+    preset: str, recipe: Recipe = RECIPE, seed: int = 0, num_threads: int | None = None
+) -> RunConfig:
+    """The `RunConfig` of the recipe for a class-conditional DiT preset on MNIST-5k."""
+    overrides = [
+        f"model.preset={preset}",
+        "task=image-generation",
+        "data.name=mnist",
+        *flow_training_overrides(recipe, seed),
     ]
     if num_threads is not None:
         overrides.append(f"train.num_threads={num_threads}")

@@ -35,6 +35,7 @@ from vlmoe.eval.image_generation import (
     save_judge,
     train_judge,
 )
+from vlmoe.recipes.demos.generation import flow_training_overrides
 from vlmoe.train.config import RunConfig, apply_overrides
 
 log = logging.getLogger(__name__)
@@ -85,23 +86,7 @@ def scene_generation_config(
         f"data.shapes.max_objects={world.max_objects}",
         f"data.shapes.num_captions={world.num_captions}",
         "data.shapes.caption_positions=true",
-        f"train.steps={recipe.steps}",
-        f"train.batch_size={recipe.batch_size}",
-        f"train.seed={seed}",
-        "train.log_every=50",
-        "train.keep_last=1",
-        "train.progress=none",
-        "train.tensorboard=none",
-        f"optim.lr={recipe.lr}",
-        "optim.weight_decay=0.0",
-        "optim.betas=[0.9, 0.99]",
-        f"schedule.warmup_steps={recipe.warmup_steps}",
-        "schedule.min_lr_ratio=0.0",
-        f"flow.ema_decay={recipe.ema_decay}",
-        f"flow.cond_dropout={recipe.cond_dropout}",
-        f"flow.steps={recipe.sample_steps}",
-        f"flow.sampler={recipe.sampler}",
-        f"flow.cfg_scale={recipe.cfg_scale}",
+        *flow_training_overrides(recipe, seed),
     ]
     return apply_overrides(RunConfig(), overrides)
 
