@@ -67,9 +67,9 @@ QUICK = Recipe(steps=100, sample_steps=10)
 JUDGE_EPOCHS = 15
 
 
-def flow_training_overrides(recipe: Any, seed: int) -> list[str]:
-    """The training, optimizer, schedule and flow part of a generation recipe (`Recipe` or any
-    recipe with the same fields) as `--set` overrides: shared by every generation recipe."""
+def flow_training_overrides(recipe: Recipe, seed: int) -> list[str]:
+    """The training, optimizer, schedule and flow part of a generation recipe as `--set`
+    overrides: shared by every generation recipe."""
     return [
         f"train.steps={recipe.steps}",
         f"train.batch_size={recipe.batch_size}",
