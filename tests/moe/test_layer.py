@@ -344,3 +344,26 @@ def test_decoding_fast_path_only_for_auto_backend():
         assert layer._few_pairs(x, routing) is None
         layer.cfg = MoEConfig(dim=16, hidden_dim=8, num_experts=8, top_k=2)  # auto
         assert layer._few_pairs(x, routing) == routing.expert_ids_TK.tolist()
+
+
+@pytest.mark.parametrize("backend", ["auto", "grouped_mm", "bmm", "loop"])
+def test_bf16_autocast_with_a_bf16_input_trains(backend):
+    """Under bf16 autocast an MoE whose input comes straight from a linear layer (bf16) runs
+    forward and backward, computes its experts in bf16 like autocast's nn.Linear, and its fp32
+    weights get gradients close to the fp32 ones."""
+    torch.manual_seed(0)
+    embed = torch.nn.Linear(16, 16)
+    layer = MoELayer(MoEConfig(dim=16, hidden_dim=32, num_experts=4, top_k=2, backend=backend))
+    x = torch.randn(24, 16)
+    grads = {}
+    for precision in ("fp32", "bf16"):
+        layer.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+            h = embed(x)
+            y, _ = layer(h)
+        assert y.dtype == (torch.bfloat16 if precision == "bf16" else torch.float32)
+        y.float().square().mean().backward()
+        grads[precision] = [p.grad.clone() for p in layer.experts.parameters()]
+        assert all(g.dtype == torch.float32 for g in grads[precision])
+    for a, b in zip(grads["fp32"], grads["bf16"]):
+        torch.testing.assert_close(b, a, atol=0.05 * a.abs().max().item(), rtol=0.05)

@@ -452,6 +452,18 @@ class Experts(nn.Module):
         nn.init.uniform_(self.w_out, -bound, bound)
 
     def forward(self, x_ND: Tensor, counts_E: Tensor) -> Tensor:
+        device = x_ND.device.type
+        if torch.is_autocast_enabled(device):
+            # Autocast does not reach inside the backends' autograd functions (and their
+            # backward runs outside it): compute in its dtype here, as it runs nn.Linear, the
+            # weights cast on each call and their gradients flowing back in full precision.
+            dtype = torch.get_autocast_dtype(device)
+            with torch.autocast(device, enabled=False):
+                w_in, w_out = self.w_in.to(dtype), self.w_out.to(dtype)
+                return self._run(x_ND.to(dtype), counts_E, w_in, w_out)
+        return self._run(x_ND, counts_E, self.w_in, self.w_out)
+
+    def _run(self, x_ND: Tensor, counts_E: Tensor, w_in: Tensor, w_out: Tensor) -> Tensor:
         backend = self.backend
         if backend == "auto":
             if bf16_emulated(x_ND):
@@ -459,7 +471,7 @@ class Experts(nn.Module):
                 y_ND = experts_grouped_mm(x_ND.float(), counts_E, w_in, w_out, self.activation)
                 return y_ND.to(x_ND.dtype)
             backend = choose_backend(counts_E, x_ND.dtype)
-        return _BACKENDS[backend](x_ND, counts_E, self.w_in, self.w_out, self.activation)
+        return _BACKENDS[backend](x_ND, counts_E, w_in, w_out, self.activation)
 
     def run_one(self, expert: int, x_MD: Tensor) -> Tensor:
         """Expert `expert` on the rows x (M, D), without a dispatched buffer: the decoding fast
