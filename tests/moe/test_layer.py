@@ -349,8 +349,8 @@ def test_decoding_fast_path_only_for_auto_backend():
 @pytest.mark.parametrize("backend", ["auto", "grouped_mm", "bmm", "loop"])
 def test_bf16_autocast_with_a_bf16_input_trains(backend):
     """Under bf16 autocast an MoE whose input comes straight from a linear layer (bf16) runs
-    forward and backward, computes its experts in bf16 like autocast's nn.Linear, and its fp32
-    weights get gradients close to the fp32 ones."""
+    forward and backward, computes its experts in bf16, and its fp32 weights get gradients
+    close to the fp32 ones."""
     torch.manual_seed(0)
     embed = torch.nn.Linear(16, 16)
     layer = MoELayer(MoEConfig(dim=16, hidden_dim=32, num_experts=4, top_k=2, backend=backend))

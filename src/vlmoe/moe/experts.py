@@ -453,14 +453,16 @@ class Experts(nn.Module):
 
     def forward(self, x_ND: Tensor, counts_E: Tensor) -> Tensor:
         device = x_ND.device.type
-        if torch.is_autocast_enabled(device):
+        if torch.is_autocast_enabled(device) and x_ND.dtype != self.w_in.dtype:
             # Autocast does not reach inside the backends' autograd functions (and their
-            # backward runs outside it): compute in its dtype here, as it runs nn.Linear, the
-            # weights cast on each call and their gradients flowing back in full precision.
-            dtype = torch.get_autocast_dtype(device)
+            # backward runs outside it): an input in autocast's dtype (e.g. straight from a
+            # linear layer) runs with the weights cast to it on each call, their gradients
+            # flowing back in full precision. A full-precision input (after a norm, as in the
+            # presets) stays in full precision: casting it down too made a dim-128 MoE model's
+            # bf16 step 1.3-1.9x slower on a CPU with AMX (`benchmarks/model_step.py`).
             with torch.autocast(device, enabled=False):
-                w_in, w_out = self.w_in.to(dtype), self.w_out.to(dtype)
-                return self._run(x_ND.to(dtype), counts_E, w_in, w_out)
+                w_in, w_out = self.w_in.to(x_ND.dtype), self.w_out.to(x_ND.dtype)
+                return self._run(x_ND, counts_E, w_in, w_out)
         return self._run(x_ND, counts_E, self.w_in, self.w_out)
 
     def _run(self, x_ND: Tensor, counts_E: Tensor, w_in: Tensor, w_out: Tensor) -> Tensor:
