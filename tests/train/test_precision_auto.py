@@ -54,3 +54,17 @@ def test_timing_leaves_no_trace(tmp_path):
     assert torch.equal(model.running, torch.full((3,), 1.5))
     for k, v in model.named_parameters():
         assert torch.equal(v, params[k]) and v.grad is None
+
+
+def test_a_resumed_run_keeps_its_precision(tmp_path, monkeypatch):
+    """The choice is saved with each checkpoint: a resume does not time again (exact resume)."""
+    monkeypatch.setattr(trainer_mod, "resolve_precision", lambda requested, device: "bf16")
+    monkeypatch.setattr(Trainer, "_time_precisions", lambda self: {"fp32": 2.0, "bf16": 1.0})
+    first = _trainer(tmp_path, "auto")
+    first.fit()
+    assert first._precision == "bf16"
+    monkeypatch.setattr(Trainer, "_time_precisions", lambda self: pytest.fail("timed again"))
+    cfg = first.cfg.with_overrides(["train.steps=3"])
+    again = Trainer(first.model, objective, dataset(), collate, cfg, tmp_path, arch="toy")
+    again.fit(resume=True)
+    assert again._precision == "bf16"

@@ -309,7 +309,7 @@ class Trainer:
             )
 
     def _autocast(self, precision: str | None = None):
-        precision = precision or self._precision or self._settle_precision()
+        precision = precision or self._precision
         if precision == "bf16":
             return torch.autocast(self.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
@@ -411,7 +411,8 @@ class Trainer:
             log.info("resumed from %s at step %d", ckpt_path, start)
         self.model.to(self.device)
         self._setup_ema(ckpt_path, state)
-        self._settle_precision()
+        # A resumed run keeps the precision it ran in (exact resume), whatever a new timing says.
+        self._precision = (state or {}).get("precision") or self._settle_precision()
         loader = train_loader(
             self.dataset,
             self.collate_fn,
@@ -630,6 +631,7 @@ class Trainer:
                 "stage_index": index,
                 "arch": self.arch,
                 "task": self.cfg.task,
+                "precision": self._precision,
                 **({"ema_updates": self.ema.num_updates} if self.ema is not None else {}),
             },
             keep_last=self.cfg.train.keep_last,

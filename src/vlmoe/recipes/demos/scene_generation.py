@@ -188,15 +188,7 @@ def score_scenes(
     scenes, judged attribute by attribute (`attribute_accuracy`)."""
     _, captions, targets = scene_tensors("test", num, recipe.image_size)
     t0 = time.perf_counter()
-    images = generate_for_captions(
-        model,
-        tokenizer,
-        captions,
-        steps=recipe.sample_steps,
-        cfg_scale=recipe.cfg_scale,
-        sampler=recipe.sampler,  # type: ignore[arg-type]
-        seed=seed,
-    )
+    images = caption_grid(model, tokenizer, captions, 1, recipe, seed)
     result = attribute_accuracy(judges, images, targets)
     result["sample_s"] = time.perf_counter() - t0
     return result, images, captions
@@ -210,7 +202,8 @@ def caption_grid(
     recipe: SceneRecipe = SCENE_RECIPE,
     seed: int = 0,
 ) -> Tensor:
-    """`per_caption` images of each caption, caption by caption (one grid row each)."""
+    """`per_caption` images of each caption, caption by caption (one grid row each), sampled
+    by the recipe's sampler."""
     repeated = [c for c in captions for _ in range(per_caption)]
     return generate_for_captions(
         model,
